@@ -1,0 +1,38 @@
+# Two entry points on a fresh machine:  `make demo`  and  `make test`.
+# Each creates its own virtual environment, installs torch first (pinned, so pip
+# never pulls a multi-GB CUDA build by accident), then the package.
+# GPU users: make demo TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://<your-wheel-index>"
+
+PYTHON      ?= python3
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO_VENV   ?= .venv
+TEST_VENV   ?= .venv-test
+
+.PHONY: demo test bench clean
+
+$(DEMO_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEMO_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(DEMO_VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(TEST_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(TEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(TEST_VENV)/bin/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(DEMO_VENV)/.installed
+	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/metatune demo
+
+test: $(TEST_VENV)/.installed
+	OMP_NUM_THREADS=1 $(TEST_VENV)/bin/python -m pytest
+
+bench: $(DEMO_VENV)/.installed
+	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/metatune bench hypergrad
+
+clean:
+	rm -rf $(DEMO_VENV) $(TEST_VENV)
