@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metatune import dynamics
+from metatune import dynamics, stability
 from metatune.errors import InvalidArgumentError, MetatuneError
 from metatune.hypergrad import HypergradResult, hypergrad
 from metatune.unroll import UnrollResult, unroll
@@ -14,5 +14,6 @@ __all__ = [
     "UnrollResult",
     "dynamics",
     "hypergrad",
+    "stability",
     "unroll",
 ]

@@ -18,6 +18,7 @@ meta-gradient explodes; γ ≈ 0 (forward) or < 0 (reverse) when it settles.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,14 +27,14 @@ import torch
 from torch import Tensor
 
 from metatune import dynamics
-from metatune._types import Batches, HyperArg, Params, TrainLoss, ValLoss
+from metatune._types import Batch, Batches, HyperArg, Params, TrainLoss, ValLoss
 from metatune.errors import invalid
 from metatune.unroll import (
     InnerProblem,
     autograd_gradient,
     check_scalar_loss,
-    functional_gradient,
     is_finite,
+    LossRecord,
     make_step,
     prepare,
     run_steps,
@@ -95,6 +96,7 @@ def hypergrad(
     mode: str = "forward",
     truncate: int | None = None,
     checkpoint: int | None = None,
+    compile: bool = False,  # noqa: A002 - the name users know from torch.compile
 ) -> HypergradResult:
     """Differentiate ``val_loss(θ_T)`` with respect to η and β through T inner steps.
 
@@ -104,6 +106,8 @@ def hypergrad(
         mode: "forward", "reverse" or "truncated".
         truncate: K in 1..steps, the window of "truncated" mode.
         checkpoint: for "reverse"/"truncated", keep the state every K steps and recompute.
+        compile: forward mode only: run each step through ``torch.compile`` (one-time
+            compilation of tens of seconds, then several times faster on small models).
 
     Returns:
         :class:`HypergradResult`; a diverging run is flagged ``diverged``, never raised.
@@ -122,7 +126,9 @@ def hypergrad(
     if mode == "forward":
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None in forward mode (its memory is already flat in T)")
-        return _forward(problem, val_loss)
+        return _forward(problem, val_loss, compile)
+    if compile:
+        raise invalid("compile", compile, "False unless mode='forward'")
     return _reverse(problem, val_loss, window, checkpoint or window, mode)
 
 
@@ -142,15 +148,26 @@ def _hyper_keys(problem: InnerProblem) -> list[HyperKey]:
     return [("lr", g) for g in problem.lr.values] + [("momentum", g) for g in problem.momentum.values]
 
 
-def _hyper_tensors(problem: InnerProblem, keys: list[HyperKey]) -> list[Tensor]:
+def _hyper_vector(problem: InnerProblem, keys: list[HyperKey]) -> Tensor:
+    """The k differentiated hyperparameters as one detached 1-d tensor, in ``keys`` order."""
     source = {"lr": problem.lr.values, "momentum": problem.momentum.values}
-    return [source[kind][group].detach() for kind, group in keys]
+    return torch.stack([source[kind][group].detach() for kind, group in keys])
 
 
-def _hyperparameters(problem: InnerProblem, keys: list[HyperKey], values) -> dynamics.Hyperparameters:  # noqa: ANN001
-    lr = {g: v for (kind, g), v in zip(keys, values) if kind == "lr"}
-    momentum = {g: v for (kind, g), v in zip(keys, values) if kind == "momentum"}
-    return problem.hyperparameters(lr, momentum)
+Layout = tuple[tuple[str, int, int], ...]
+"""(parameter name, index of its η, index of its β) in the hyperparameter vector."""
+
+
+def _layout(problem: InnerProblem, keys: list[HyperKey]) -> Layout:
+    index = {key: i for i, key in enumerate(keys)}
+    return tuple(
+        (n, index[("lr", problem.lr.groups[n])], index[("momentum", problem.momentum.groups[n])])
+        for n in problem.params
+    )
+
+
+def _per_param(layout: Layout, hyper: Tensor) -> dynamics.Hyperparameters:
+    return dynamics.Hyperparameters({n: hyper[i] for n, i, _ in layout}, {n: hyper[j] for n, _, j in layout})
 
 
 def _growth_rate(norm_a: float, norm_b: float, span: int) -> float:
@@ -164,8 +181,8 @@ def _squared_norm(tensors: dict[str, Tensor]) -> Tensor:
     return sum((t.double() ** 2).sum() for t in tensors.values())
 
 
-def _result(problem, keys, value, grads, growth, cost, mode, window, losses) -> HypergradResult:  # noqa: ANN001
-    numbers = [float(g) for g in grads]
+def _result(problem, keys, value, grads: Tensor, growth, cost, mode, window, losses) -> HypergradResult:  # noqa: ANN001
+    numbers = grads.detach().tolist()
     by_kind: dict[str, dict[str, float]] = {"lr": {}, "momentum": {}}
     for (kind, group), number in zip(keys, numbers):
         by_kind[kind][group] = number
@@ -177,41 +194,65 @@ def _result(problem, keys, value, grads, growth, cost, mode, window, losses) -> 
     )
 
 
-def _forward(problem: InnerProblem, val_loss: ValLoss) -> HypergradResult:
-    """Forward mode: Sₜ₊₁ = Jₜ Sₜ + Bₜ by a vmapped jvp of each step over the k tangents."""
+def _tangent_step(
+    train_loss: TrainLoss,
+    rule: dynamics.UpdateRule,
+    layout: Layout,
+    state: tuple[Params, Params, Tensor],
+    tangents: tuple[Params, Params, Tensor],
+    batch: Batch,
+) -> tuple[Params, Params, Params, Params, Tensor]:
+    """One step of (θ, v) and of its k tangents: Sₜ₊₁ = Jₜ Sₜ + Bₜ, by a jvp vmapped over k.
+
+    ``state`` is (θ, v, h), ``tangents`` (Sθ, Sv, Sh) with a leading axis of k
+    (Sh = I: tangent i moves hyperparameter i). Returns θ', v', Sθ', Sv', ℓ(θ; batch).
+    """
+    grad_fn = torch.func.grad_and_value(train_loss)
+
+    def step(p: Params, v: Params, h: Tensor) -> tuple[Params, Params, Tensor]:
+        grads, loss = grad_fn(p, batch)
+        new_p, new_state = rule(p, dynamics.MomentumState(v), grads, _per_param(layout, h))
+        return new_p, new_state.velocity, loss
+
+    def push(sp: Params, sv: Params, sh: Tensor) -> tuple:
+        return torch.func.jvp(step, state, (sp, sv, sh))
+
+    out_dims = ((None, None, None), (0, 0, 0))
+    (params, velocity, loss), (s_params, s_velocity, _) = torch.func.vmap(push, out_dims=out_dims)(*tangents)
+    return params, velocity, s_params, s_velocity, loss
+
+
+@functools.cache
+def _compiled_tangent_step() -> Callable[..., tuple[Params, Params, Params, Params, Tensor]]:
+    """:func:`_tangent_step` through ``torch.compile`` (compiled once per loss function)."""
+    return torch.compile(_tangent_step, dynamic=False)
+
+
+def _forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool) -> HypergradResult:
+    """Forward mode: carry the k tangents through every step; memory flat in T."""
     keys = _hyper_keys(problem)
-    k = len(keys)
-    hyper = _hyper_tensors(problem, keys)
-    step = make_step(functional_gradient(problem.train_loss), problem.rule)
+    hyper = _hyper_vector(problem, keys)
+    layout = _layout(problem, keys)
+    advance = _compiled_tangent_step() if compile_ else _tangent_step
     params, velocity = problem.params, problem.velocity
-    zeros = {n: torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
-    s_params, s_velocity = zeros, {n: z.clone() for n, z in zeros.items()}
-    s_hyper = list(torch.eye(k, dtype=hyper[0].dtype, device=hyper[0].device))
+    s_params = {n: torch.zeros((len(keys), *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
+    s_velocity = {n: torch.zeros_like(s) for n, s in s_params.items()}
+    s_hyper = torch.eye(len(keys), dtype=hyper.dtype, device=hyper.device)
     probe = problem.steps - problem.steps // 2
     norm_probe = torch.zeros((), dtype=torch.float64)
-    losses = []
+    losses = LossRecord(problem.steps, like=next(iter(params.values())))
     for t, batch in enumerate(problem.batches):
-
-        def one_step(p: Params, v: Params, *h: Tensor, batch=batch):  # noqa: ANN001, ANN202
-            new_p, new_state, loss = step(p, dynamics.MomentumState(v), _hyperparameters(problem, keys, h), batch)
-            return new_p, new_state.velocity, loss
-
-        def tangent_step(sp: Params, sv: Params, sh: Tensor):  # noqa: ANN202
-            return torch.func.jvp(one_step, (params, velocity, *hyper), (sp, sv, *sh))
-
-        (params, velocity, loss), (s_params, s_velocity, _) = torch.func.vmap(
-            tangent_step, in_dims=(0, 0, 0), out_dims=((None, None, None), (0, 0, 0))
-        )(s_params, s_velocity, torch.stack(s_hyper))
-        losses.append(loss)
+        params, velocity, s_params, s_velocity, loss = advance(
+            problem.train_loss, problem.rule, layout, (params, velocity, hyper), (s_params, s_velocity, s_hyper), batch
+        )
+        losses.record(t, loss)
         if t + 1 == probe:
             norm_probe = _squared_norm(s_params)
-    norm_end = _squared_norm(s_params)
     val_grad, value = torch.func.grad_and_value(val_loss)(params)
-    grads = sum(torch.einsum("k...,...->k", s_params[n], val_grad[n]) for n in params) if params else None
-    span = problem.steps - probe
-    growth = _growth_rate(math.sqrt(float(norm_probe)), math.sqrt(float(norm_end)), span) if span else 0.0
-    cost = problem.steps * (1.0 + k * TANGENT_COST) + 1.0
-    return _result(problem, keys, value, list(grads), growth, cost, "forward", problem.steps, torch.stack(losses))
+    grads = sum(torch.einsum("k...,...->k", s_params[n], val_grad[n]) for n in params)
+    growth = _growth_rate(math.sqrt(float(norm_probe)), math.sqrt(float(_squared_norm(s_params))), problem.steps - probe)
+    cost = problem.steps * (1.0 + len(keys) * TANGENT_COST) + 1.0
+    return _result(problem, keys, value, grads, growth, cost, "forward", problem.steps, losses.tensor)
 
 
 def _segments(steps: int, window: int, every: int) -> list[tuple[int, int]]:
@@ -238,50 +279,49 @@ def _reverse(
     stored, losses = _store_segment_starts(problem, [a for a, _ in segments])
     probe = problem.steps - window // 2
     norms: dict[int, list[Tensor]] = {probe: [], problem.steps: []}
-    hyper_grads = [torch.zeros_like(h) for h in _hyper_tensors(problem, keys)]
+    layout = _layout(problem, keys)
+    hyper_grads = torch.zeros_like(_hyper_vector(problem, keys))
     step = make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
     adjoint: tuple[Params, Params] | None = None
     value = torch.tensor(math.nan)
     for a, b in reversed(segments):
         start_params, start_velocity = _leaves(stored[a][0]), _leaves(stored[a][1])
-        hyper = [h.requires_grad_() for h in _hyper_tensors(problem, keys)]
+        hyper = _hyper_vector(problem, keys).requires_grad_()
         end_params, end_state, segment_losses = run_steps(
             step, start_params, dynamics.MomentumState(start_velocity),
-            _hyperparameters(problem, keys, hyper), problem.batches[a:b], _adjoint_probes(a, norms),
+            _per_param(layout, hyper), problem.batches[a:b], _adjoint_probes(a, norms),
         )
         if adjoint is None:  # the last segment ends in the validation loss
             terminal = val_loss(end_params)
             value = terminal.detach()
-            losses.extend(loss.detach() for loss in segment_losses)
+            losses = torch.cat([losses, segment_losses])
         else:
             terminal = _dot(adjoint[0], end_params) + _dot(adjoint[1], end_state.velocity)
         for probed in (norms[t] for t in norms if a < t <= b):
             probed.clear()  # the inner gradients of the forward pass fired the hooks too
-        inputs = [*start_params.values(), *start_velocity.values(), *hyper]
+        inputs = [*start_params.values(), *start_velocity.values(), hyper]
         grads = torch.autograd.grad(terminal, inputs, allow_unused=True, materialize_grads=True)
         n = len(start_params)
         adjoint = dict(zip(start_params, grads[:n])), dict(zip(start_velocity, grads[n : 2 * n]))
-        hyper_grads = [acc + g for acc, g in zip(hyper_grads, grads[2 * n :])]
+        hyper_grads = hyper_grads + grads[-1]
     growth = _growth_rate(_norm(norms[problem.steps]), _norm(norms[probe]), problem.steps - probe)
     recomputed = window - (segments[-1][1] - segments[-1][0])
     cost = problem.steps + recomputed + window * BACKWARD_STEP_COST + 1.0
-    return _result(problem, keys, value, hyper_grads, growth, cost, mode, window, torch.stack(losses))
+    return _result(problem, keys, value, hyper_grads, growth, cost, mode, window, losses)
 
 
-def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dict[int, tuple[Params, Params]], list[Tensor]]:
+def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dict[int, tuple[Params, Params]], Tensor]:
     """Run the steps before the last segment without a graph; keep the state at each start."""
     plain = make_step(autograd_gradient(problem.train_loss, create_graph=False), problem.rule)
-    hyper = problem.hyperparameters()
     params, state = problem.params, dynamics.MomentumState(problem.velocity)
-    stored, losses = {}, []
-    with torch.no_grad():
-        for t, batch in enumerate(problem.batches[: starts[-1]]):
-            if t in starts:
-                stored[t] = (params, state.velocity)
-            params, state, loss = plain(params, state, hyper, batch)
-            losses.append(loss.detach())
-    stored[starts[-1]] = (params, state.velocity)
-    return stored, losses
+    stored: dict[int, tuple[Params, Params]] = {}
+    losses = []
+    for a, b in zip([0, *starts], starts):
+        with torch.no_grad():
+            params, state, segment_losses = run_steps(plain, params, state, problem.hyperparameters(), problem.batches[a:b])
+        stored[b] = (params, state.velocity)
+        losses.append(segment_losses)
+    return stored, torch.cat(losses)
 
 
 def _adjoint_probes(offset: int, norms: dict[int, list[Tensor]]) -> Callable[[int, Params, dynamics.MomentumState], None]:

@@ -161,15 +161,29 @@ def run_steps(
     hyper: dynamics.Hyperparameters,
     batches: Sequence[Batch],
     on_step: Callable[[int, Params, dynamics.MomentumState], None] | None = None,
-) -> tuple[Params, dynamics.MomentumState, list[Tensor]]:
-    """Apply ``step`` once per batch; ``on_step(t, θₜ₊₁, stateₜ₊₁)`` sees each new state."""
-    losses = []
+) -> tuple[Params, dynamics.MomentumState, Tensor]:
+    """Apply ``step`` once per batch; ``on_step(t, θₜ₊₁, stateₜ₊₁)`` sees each new state.
+
+    Returns the final θ and state and the detached per-step losses, copied into one
+    tensor so that no step's graph outlives the step.
+    """
+    losses = LossRecord(len(batches), like=next(iter(params.values())))
     for t, batch in enumerate(batches):
         params, state, loss = step(params, state, hyper, batch)
-        losses.append(loss)
+        losses.record(t, loss)
         if on_step is not None:
             on_step(t, params, state)
-    return params, state, losses
+    return params, state, losses.tensor
+
+
+class LossRecord:
+    """Per-step losses written into one preallocated tensor (no per-step objects kept)."""
+
+    def __init__(self, steps: int, like: Tensor) -> None:
+        self.tensor = torch.full((steps,), math.nan, dtype=like.dtype, device=like.device)
+
+    def record(self, t: int, loss: Tensor) -> None:
+        self.tensor[t] = loss.detach()
 
 
 def unroll(
@@ -209,7 +223,7 @@ def unroll(
     state = dynamics.MomentumState(problem.velocity)
     with torch.no_grad():
         final, state, losses = run_steps(step, problem.params, state, problem.hyperparameters(), problem.batches)
-    return UnrollResult(final, state.velocity, torch.stack([loss.detach() for loss in losses]))
+    return UnrollResult(final, state.velocity, losses)
 
 
 def is_finite(*values: Tensor | float) -> bool:

@@ -1,0 +1,385 @@
+"""Tests of metatune.stability against independent oracles.
+
+Oracles: numpy eigenvalues of the explicit 2n×2n transition matrix of the state (θ, v),
+numpy eigenvalues of a Hessian built on purpose, torch.autograd's Hessian, brute-force
+grids, and plain :func:`metatune.unroll.unroll`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metatune import stability
+from metatune.unroll import unroll
+
+torch.set_num_threads(1)
+
+ETAS_BETAS = [(0.05, 0.0), (0.1, 0.5), (0.3, 0.9), (0.45, 0.2), (0.9, 0.7), (0.02, 0.99)]
+
+
+# --- oracles -----------------------------------------------------------------------------------
+
+
+def rotated(eigenvalues: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Q diag(λ) Qᵀ with a random orthogonal Q (not diagonal)."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(eigenvalues),) * 2))
+    return (q * eigenvalues) @ q.T
+
+
+def transition_matrix(hessian: np.ndarray, lr: float, momentum: float, nesterov: bool) -> np.ndarray:
+    """The linear map (θ, v) → (θ', v') of one step on the quadratic ½ θᵀHθ.
+
+    heavy ball: v' = βv + Hθ, θ' = θ − ηv' = (I − ηH)θ − ηβ v
+    Nesterov:   v' = βv + Hθ, θ' = θ − η(Hθ + βv') = (I − η(1+β)H)θ − ηβ² v
+    """
+    eye = np.eye(len(hessian))
+    if nesterov:
+        top = np.hstack([eye - lr * (1 + momentum) * hessian, -lr * momentum**2 * eye])
+    else:
+        top = np.hstack([eye - lr * hessian, -lr * momentum * eye])
+    return np.vstack([top, np.hstack([hessian, momentum * eye])])
+
+
+def matrix_radius(hessian: np.ndarray, lr: float, momentum: float, nesterov: bool) -> float:
+    return float(np.abs(np.linalg.eigvals(transition_matrix(hessian, lr, momentum, nesterov))).max())
+
+
+def quadratic(matrix: np.ndarray):  # noqa: ANN201
+    """½ θᵀAθ with θ split over a matrix and a vector (to exercise flattening), and θ₀."""
+    a = torch.tensor(matrix, dtype=torch.float64)
+    n = len(matrix)
+    cut = n // 2
+
+    def loss(params, batch):  # noqa: ANN001, ANN202
+        theta = torch.cat([params["w"].reshape(-1), params["b"]])
+        return 0.5 * theta @ a @ theta
+
+    theta0 = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    params = {"w": theta0[:cut].clone().reshape(cut, 1), "b": theta0[cut:].clone()}
+    return loss, params
+
+
+# --- closed form vs the transition matrix --------------------------------------------------------
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("lr, momentum", ETAS_BETAS + [(2.5, 0.5), (5.0, 0.1)])
+def test_spectral_radius_matches_transition_matrix(lr: float, momentum: float, nesterov: bool) -> None:
+    eigenvalues = np.array([-0.3, 0.01, 0.5, 1.0, 2.0, 3.0])
+    hessian = rotated(eigenvalues, seed=1)
+    expected = matrix_radius(hessian, lr, momentum, nesterov)
+    got = stability.spectral_radius(lr, momentum, eigenvalues, nesterov)
+    assert isinstance(got, float)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_spectral_radius_array_likes_and_grid() -> None:
+    eigenvalues = [0.2, 1.0, 4.0]
+    reference = stability.spectral_radius(0.3, 0.6, eigenvalues)
+    for form in (np.array(eigenvalues), torch.tensor(eigenvalues), tuple(eigenvalues)):
+        assert stability.spectral_radius(0.3, 0.6, form) == reference
+    as_tensors = stability.spectral_radius(torch.tensor(0.3), torch.tensor(0.6), eigenvalues)
+    assert as_tensors == pytest.approx(reference)
+    lrs, betas = np.meshgrid(np.linspace(0.05, 1.0, 4), np.linspace(0.0, 0.95, 3), indexing="ij")
+    grid = stability.spectral_radius(lrs, betas, eigenvalues, nesterov=True)
+    assert grid.shape == (4, 3)
+    for index in np.ndindex(grid.shape):
+        hessian = np.diag(eigenvalues)
+        assert grid[index] == pytest.approx(matrix_radius(hessian, lrs[index], betas[index], True), rel=1e-9)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9, 0.99])
+def test_critical_lr_separates_stable_from_unstable(momentum: float, nesterov: bool) -> None:
+    eigenvalues = np.array([0.1, 0.7, 5.0])
+    limit = stability.critical_lr(eigenvalues.max(), momentum, nesterov)
+    hessian = rotated(eigenvalues, seed=2)
+    assert matrix_radius(hessian, 0.99 * limit, momentum, nesterov) < 1
+    assert matrix_radius(hessian, 1.01 * limit, momentum, nesterov) > 1
+    assert stability.spectral_radius(0.99 * limit, momentum, eigenvalues, nesterov) < 1
+    assert stability.spectral_radius(1.01 * limit, momentum, eigenvalues, nesterov) > 1
+
+
+def test_critical_lr_without_positive_curvature_is_infinite() -> None:
+    assert stability.critical_lr(0.0, 0.5) == math.inf
+    assert stability.critical_lr(-2.0, 0.5, nesterov=True) == math.inf
+
+
+# --- properties --------------------------------------------------------------------------------
+
+curvature = st.floats(1e-3, 1e3)
+momentum_st = st.floats(0.0, 0.99)
+away_from_boundary = st.one_of(st.floats(0.01, 0.98), st.floats(1.02, 3.0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(lam=curvature, momentum=momentum_st, ratio=away_from_boundary, nesterov=st.booleans())
+def test_stability_bound(lam: float, momentum: float, ratio: float, nesterov: bool) -> None:
+    bound = 2 * (1 + momentum) / (1 + 2 * momentum) if nesterov else 2 * (1 + momentum)
+    lr = ratio * bound / lam
+    assert (stability.spectral_radius(lr, momentum, [lam], nesterov) < 1) == (ratio < 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lam=curvature, momentum=st.floats(0.01, 0.99), t=st.floats(0.01, 0.99))
+def test_underdamped_modes_have_modulus_sqrt_beta(lam: float, momentum: float, t: float) -> None:
+    low, high = (1 - math.sqrt(momentum)) ** 2, (1 + math.sqrt(momentum)) ** 2
+    lr = (low + t * (high - low)) / lam
+    assert stability.regime(lr, momentum, lam) == "underdamped"
+    assert stability.spectral_radius(lr, momentum, [lam]) == pytest.approx(math.sqrt(momentum), rel=1e-9)
+    assert stability.regime(0.5 * low / lam, momentum, lam) == "overdamped"
+    assert stability.regime(low / lam, momentum, lam) == "critically damped"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    low=st.floats(-1.0, 5.0), width=st.floats(0.0, 50.0), lr=st.floats(0.01, 1.0),
+    momentum=momentum_st, nesterov=st.booleans(),
+)
+def test_radius_over_an_interval_is_at_an_end(
+    low: float, width: float, lr: float, momentum: float, nesterov: bool
+) -> None:
+    inside = np.linspace(low, low + width, 400)
+    ends = stability.spectral_radius(lr, momentum, [low, low + width], nesterov)
+    assert stability.spectral_radius(lr, momentum, inside, nesterov) <= ends * (1 + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "lr, momentum, lam", [(0.3, 0.5, 2.0), (1.0, 0.9, 0.5), (0.1, 0.2, 20.0), (2.0, 0.7, 3.0)]
+)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_regime_matches_transition_matrix(lr: float, momentum: float, lam: float, nesterov: bool) -> None:
+    mu = np.linalg.eigvals(transition_matrix(np.array([[lam]]), lr, momentum, nesterov))
+    expected = "underdamped" if abs(mu[0].imag) > 1e-12 else "overdamped"
+    assert stability.regime(lr, momentum, lam, nesterov) == expected
+
+
+def test_damping_ratio_limits() -> None:
+    # the exact discrete critical damping ηλ = (1 − √β)² tends to ζ = 1 as β → 1
+    for momentum, tolerance in [(0.9, 0.06), (0.99, 0.006), (0.999, 6e-4)]:
+        zeta = stability.damping_ratio(1.0, momentum, (1 - math.sqrt(momentum)) ** 2)
+        assert abs(zeta - 1) < tolerance
+    assert stability.damping_ratio(0.1, 0.5, 0.0) == math.inf
+    assert math.isnan(stability.damping_ratio(0.1, 0.5, -1.0))
+    assert stability.damping_ratio(0.1, 0.5, 4.0) > stability.damping_ratio(0.1, 0.5, 9.0)
+
+
+# --- optimal heavy ball --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("low, high", [(1.0, 10.0), (0.5, 200.0), (2.0, 2.0)])
+def test_optimal_hyperparameters_minimise_radius(low: float, high: float) -> None:
+    lr, momentum = stability.optimal_hyperparameters(low, high)
+    spectrum = np.linspace(low, high, 60)
+    best = stability.spectral_radius(lr, momentum, spectrum)
+    assert best == pytest.approx(math.sqrt(momentum), abs=1e-7)
+    lrs, betas = np.meshgrid(np.geomspace(0.05 / high, 4.0 / high, 120), np.linspace(0.0, 0.99, 100))
+    grid = stability.spectral_radius(lrs, betas, spectrum)
+    assert best <= grid.min() + 1e-9
+    quoted = 2 / (low * (1 + math.sqrt(high / low)) ** 2)  # half of η*: not optimal
+    if high > low:
+        assert stability.spectral_radius(quoted, momentum, spectrum) > best + 1e-3
+
+
+# --- Hessian spectrum ----------------------------------------------------------------------------
+
+
+def test_hessian_vector_product_matches_autograd_hessian() -> None:
+    def loss(params, batch):  # noqa: ANN001, ANN202
+        return (torch.sin(params["a"]) * params["b"] ** 2).sum() + (params["a"] ** 4).sum() * batch
+
+    f64 = {"dtype": torch.float64}
+    params = {"a": torch.tensor([0.3, -1.2, 0.7], **f64), "b": torch.tensor([2.0, 0.5, -1.0], **f64)}
+    flat = torch.cat([params["a"], params["b"]])
+    dense = torch.autograd.functional.hessian(lambda x: loss({"a": x[:3], "b": x[3:]}, 0.5), flat)
+    vector = {"a": torch.tensor([1.0, -2.0, 0.5], **f64), "b": torch.tensor([0.1, 3.0, -1.0], **f64)}
+    hv = stability.hessian_vector_product(loss, params, batch=0.5)(vector)
+    expected = dense @ torch.cat([vector["a"], vector["b"]])
+    torch.testing.assert_close(torch.cat([hv["a"], hv["b"]]), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, nesterov", [(2, False), (20, True), (21, False), (30, False), (30, True)])
+def test_estimate_on_a_rotated_quadratic(n: int, nesterov: bool) -> None:
+    eigenvalues = np.concatenate([[0.1, 10.0], np.random.default_rng(n).uniform(0.5, 8.0, n - 2)])
+    loss, params = quadratic(rotated(eigenvalues, seed=n))
+    lr, momentum = 0.15, 0.6
+    rep = stability.estimate(loss, params, lr, momentum, nesterov=nesterov)
+    assert rep.lambda_max == pytest.approx(10.0, rel=1e-6)
+    assert rep.lambda_min == pytest.approx(0.1, rel=1e-6)
+    true_radius = stability.spectral_radius(lr, momentum, eigenvalues, nesterov)
+    assert rep.spectral_radius == pytest.approx(true_radius, rel=1e-6)
+    assert rep.critical_lr == pytest.approx(stability.critical_lr(10.0, momentum, nesterov), rel=1e-6)
+    assert rep.stable == (rep.spectral_radius < 1) == (lr < rep.critical_lr)
+    assert not rep.saddle
+    assert rep.regime_max == stability.regime(lr, momentum, 10.0, nesterov)
+    assert rep.damping_ratio_min == pytest.approx(stability.damping_ratio(lr, momentum, 0.1), rel=1e-6)
+    assert (rep.lr, rep.momentum, rep.nesterov) == (lr, momentum, nesterov)
+    if n <= 20:  # exact dense Hessian from n HVPs
+        assert rep.hvp_evals == n
+    else:
+        assert 0 < rep.hvp_evals < 20 * n
+    lr_t, momentum_t = torch.tensor(lr, dtype=torch.float64), torch.tensor(momentum, dtype=torch.float64)
+    again = stability.estimate(loss, params, lr_t, momentum_t, nesterov=nesterov)
+    assert again == rep  # seeded: reproducible
+
+
+@pytest.mark.parametrize("n", [2, 30])
+def test_estimate_reports_saddles_apart_from_instability(n: int) -> None:
+    eigenvalues = np.concatenate([[-0.5, 4.0], np.linspace(0.2, 3.0, n - 2)])
+    loss, params = quadratic(rotated(eigenvalues, seed=3))
+    limit = stability.critical_lr(4.0, 0.5)
+    calm = stability.estimate(loss, params, 0.9 * limit, 0.5)
+    assert calm.saddle and calm.stable
+    assert calm.lambda_min == pytest.approx(-0.5, rel=1e-6)
+    assert calm.spectral_radius > 1  # escape along the negative direction...
+    escape = stability.spectral_radius(0.9 * limit, 0.5, [-0.5])
+    assert calm.spectral_radius == pytest.approx(escape, rel=1e-6)
+    wild = stability.estimate(loss, params, 1.1 * limit, 0.5)
+    assert wild.saddle and not wild.stable  # ...but divergence comes from curvature only
+
+
+def test_estimate_on_identity_and_zero_hessians() -> None:
+    for scale in (3.0, 0.0):
+        loss, params = quadratic(scale * np.eye(40))
+        rep = stability.estimate(loss, params, 0.1, 0.5)
+        assert rep.lambda_min == pytest.approx(scale, abs=1e-12)
+        assert rep.lambda_max == pytest.approx(scale, abs=1e-12)
+        assert not rep.saddle
+
+
+def test_estimate_in_float32() -> None:
+    eigenvalues = np.concatenate([[0.1, 10.0], np.linspace(1.0, 8.0, 38)])
+    loss64, params64 = quadratic(rotated(eigenvalues, seed=4))
+    a = torch.tensor(rotated(eigenvalues, seed=4), dtype=torch.float32)
+
+    def loss(params, batch):  # noqa: ANN001, ANN202
+        theta = torch.cat([params["w"].reshape(-1), params["b"]])
+        return 0.5 * theta @ a @ theta
+
+    params = {name: p.float() for name, p in params64.items()}
+    rep = stability.estimate(loss, params, 0.1, 0.5)
+    assert rep.lambda_max == pytest.approx(10.0, rel=1e-5)
+    assert rep.lambda_min == pytest.approx(0.1, abs=1e-4)
+
+
+# --- along a run ---------------------------------------------------------------------------------
+
+
+def test_along_run_below_critical() -> None:
+    loss, params = quadratic(rotated(np.linspace(0.5, 4.0, 25), seed=5))
+    lr = 0.8 * stability.critical_lr(4.0, 0.7)
+    report = stability.along_run(loss, params, lr, 0.7, steps=25, every=10)
+    assert report.steps_checked == [0, 10, 20, 25]
+    assert report.stable and not report.diverged and not report.saddle_seen
+    assert report.max_spectral_radius == max(report.spectral_radii) < 1
+    assert report.lambda_max == pytest.approx([4.0] * 4, rel=1e-6)
+    whole = unroll(loss, params, lr, 0.7, steps=25)
+    for name in params:
+        torch.testing.assert_close(report.run.params[name], whole.params[name], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(report.run.losses, whole.losses, rtol=1e-12, atol=1e-14)
+
+
+def test_along_run_uses_the_batch_of_each_step() -> None:
+    def loss(params, batch):  # noqa: ANN001, ANN202
+        return 0.5 * batch * (params["x"] ** 2).sum()
+
+    params = {"x": torch.ones(3, dtype=torch.float64)}
+    report = stability.along_run(loss, params, 0.1, 0.5, steps=4, batches=[1.0, 2.0, 3.0, 4.0], every=2)
+    assert report.lambda_max == pytest.approx([1.0, 3.0, 4.0])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_along_run_above_critical_diverges_without_raising(nesterov: bool) -> None:
+    loss, params = quadratic(rotated(np.linspace(0.5, 4.0, 25), seed=6))
+    lr = 3.0 * stability.critical_lr(4.0, 0.5, nesterov)
+    report = stability.along_run(loss, params, lr, 0.5, steps=3000, nesterov=nesterov, every=100)
+    assert report.diverged and not report.stable
+    assert report.max_spectral_radius == math.inf
+    assert report.spectral_radii[0] > 1
+    assert math.isnan(report.lambda_max[-1])
+    assert report.steps_checked[-1] < 3000
+    assert len(report.run.losses) == report.steps_checked[-1]
+    assert not torch.isfinite(report.run.losses).all()  # θᵀAθ overflows to inf/NaN first
+
+
+def test_along_run_stops_where_curvature_is_not_finite() -> None:
+    def loss(params, batch):  # noqa: ANN001, ANN202
+        x = params["x"]
+        return (x.abs() ** 1.5).sum() if batch == "kink" else (x**2).sum()
+
+    # lr = 0.5, β = 0 on x² lands exactly on x = 0, where |x|^1.5 has infinite curvature
+    report = stability.along_run(loss, {"x": torch.ones(3, dtype=torch.float64)}, 0.5, 0.0, steps=3,
+                                 batches=["quad", "kink", "quad"], every=1)
+    assert report.steps_checked == [0, 1]
+    assert report.diverged and not report.stable and report.max_spectral_radius == math.inf
+    assert len(report.run.losses) == 1
+    with pytest.raises(stability.NonFiniteCurvatureError, match=r"^params"):
+        stability.estimate(loss, report.run.params, 0.5, 0.0, batch="kink")
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, math.nan, math.inf])
+def test_bad_lr(lr: float) -> None:
+    loss, params = quadratic(np.eye(4))
+    with pytest.raises(ValueError, match=r"^lr="):
+        stability.estimate(loss, params, lr, 0.5)
+    with pytest.raises(ValueError, match=r"^lr="):
+        stability.spectral_radius(lr, 0.5, [1.0])
+    with pytest.raises(ValueError, match=r"^lr="):
+        stability.along_run(loss, params, lr, 0.5, steps=2)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, 1.5, math.nan])
+def test_bad_momentum(momentum: float) -> None:
+    loss, params = quadratic(np.eye(4))
+    with pytest.raises(ValueError, match=r"^momentum="):
+        stability.estimate(loss, params, 0.1, momentum)
+    with pytest.raises(ValueError, match=r"^momentum="):
+        stability.spectral_radius(0.1, np.array([0.5, momentum]), [1.0])
+    with pytest.raises(ValueError, match=r"^momentum="):
+        stability.critical_lr(1.0, momentum)
+
+
+def test_non_scalar_loss() -> None:
+    def loss(params, batch):  # noqa: ANN001, ANN202
+        return params["x"] ** 2
+
+    with pytest.raises(ValueError, match=r"train_loss"):
+        stability.estimate(loss, {"x": torch.ones(3, dtype=torch.float64)}, 0.1, 0.5)
+
+
+def test_non_finite_params() -> None:
+    loss, params = quadratic(np.eye(4))
+    params["b"][0] = math.nan
+    with pytest.raises(ValueError, match=r"params\['b'\]"):
+        stability.estimate(loss, params, 0.1, 0.5)
+
+
+@pytest.mark.parametrize("low, high", [(2.0, 1.0), (0.0, 1.0), (-1.0, 1.0), (math.nan, 1.0)])
+def test_bad_eigenvalue_range(low: float, high: float) -> None:
+    with pytest.raises(ValueError, match=r"^lambda_min="):
+        stability.optimal_hyperparameters(low, high)
+
+
+def test_other_bad_arguments() -> None:
+    loss, params = quadratic(np.eye(4))
+    with pytest.raises(ValueError, match=r"^eigenvalues="):
+        stability.spectral_radius(0.1, 0.5, [])
+    with pytest.raises(ValueError, match=r"^eigenvalues="):
+        stability.spectral_radius(0.1, 0.5, [1.0, math.inf])
+    with pytest.raises(ValueError, match=r"^every="):
+        stability.along_run(loss, params, 0.1, 0.5, steps=4, every=0)
+    with pytest.raises(ValueError, match=r"^nesterov="):
+        stability.estimate(loss, params, 0.1, 0.5, nesterov="yes")
+    with pytest.raises(ValueError, match=r"^tol="):
+        stability.estimate(loss, params, 0.1, 0.5, tol=-1.0)
+    with pytest.raises(ValueError, match=r"^lr="):
+        stability.estimate(loss, params, {"w": 0.1, "b": 0.2}, 0.5)
