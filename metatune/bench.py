@@ -175,16 +175,16 @@ def measure_in_child(task: Task) -> dict:
         return pool.apply(measure, (task,))
 
 
-def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], **common) -> list[Task]:  # noqa: ANN003
+def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], *,
+         compile: bool = False, **common) -> list[Task]:  # noqa: A002, ANN003
     """The tasks of ``metatune bench hypergrad``: SGD baselines, our modes, the peers."""
     every_t = sorted(set(steps_forward) | set(steps_reverse) | set(peers))
     tasks = [Task("sgd", t, **common) for t in every_t]
     tasks += [Task("forward", t, **common) for t in steps_forward]
-    if common.get("compile"):
-        tasks += [replace(Task("forward", t, **common), compile=False) for t in steps_forward[:1]]
-    tasks += [replace(Task("reverse", t, **common), compile=False) for t in steps_reverse]
-    tasks += [replace(Task("truncated", t, truncate=truncate, **common), compile=False) for t in steps_forward if t >= truncate]
-    tasks += [replace(Task(peer, t, **common), compile=False) for t in peers for peer in ("torchopt", "higher")]
+    tasks += [Task("forward", t, compile=True, **common) for t in steps_forward if compile]
+    tasks += [Task("reverse", t, **common) for t in steps_reverse]
+    tasks += [Task("truncated", t, truncate=truncate, **common) for t in steps_forward if t >= truncate]
+    tasks += [Task(peer, t, **common) for t in peers for peer in ("torchopt", "higher")]
     return tasks
 
 

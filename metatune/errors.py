@@ -13,6 +13,10 @@ class InvalidArgumentError(MetatuneError, ValueError):
     """An argument is outside its valid range; the message says what to change."""
 
 
+class NonFiniteCurvatureError(InvalidArgumentError):
+    """A Hessian-vector product at ``params`` is NaN or inf: no local quadratic model exists."""
+
+
 def invalid(name: str, value: Any, expected: str) -> InvalidArgumentError:
     """Build the error for argument ``name`` with ``value``; ``expected`` names the valid range.
 

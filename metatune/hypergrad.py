@@ -113,7 +113,7 @@ def hypergrad(
         :class:`HypergradResult`; a diverging run is flagged ``diverged``, never raised.
 
     Example:
-        >>> loss = lambda p, b: (p["x"] ** 2).sum()
+        >>> loss = lambda p, b=None: (p["x"] ** 2).sum()
         >>> hg = hypergrad(loss, loss, {"x": torch.tensor([1.0])}, lr=0.1, momentum=0.5, steps=5)
         >>> hg.lr < 0  # a larger step would lower the loss further
         True

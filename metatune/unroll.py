@@ -216,7 +216,7 @@ def unroll(
         >>> loss = lambda p, b: (p["x"] ** 2).sum()
         >>> run = unroll(loss, {"x": torch.tensor([1.0])}, lr=0.1, momentum=0.5, steps=3)
         >>> round(float(run.params["x"]), 4)
-        0.377
+        0.302
     """
     problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     step = make_step(autograd_gradient(problem.train_loss, create_graph=False), problem.rule)

@@ -1,0 +1,223 @@
+"""Stability reports: the local transition at θ (:func:`estimate`) and along a run (:func:`along_run`)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from metatune._types import Batch, Batches, Params, TrainLoss
+from metatune.errors import NonFiniteCurvatureError, invalid
+from metatune.stability.spectrum import HessianOperator, extreme_eigenvalues, hessian_vector_product
+from metatune.stability.theory import (
+    Regime,
+    _checked_bool,
+    _checked_lr,
+    _checked_momentum,
+    critical_lr,
+    damping_ratio,
+    regime,
+    spectral_radius,
+)
+from metatune.unroll import UnrollResult, check_batches, check_params, check_scalar_loss, check_steps
+from metatune.unroll import is_finite, unroll
+
+
+@dataclass(frozen=True)
+class StabilityReport:
+    """The local transition at θ: extreme curvatures, ρ, and what each end of the spectrum does.
+
+    ``spectral_radius`` is ρ over [λ_min, λ_max] (reached at an end point; a negative λ_min
+    gives ρ > 1 by saddle escape). ``stable`` is about positive curvature alone, η < critical_lr:
+    a saddle (``saddle``: λ_min < 0 beyond the eigenvalue tolerance) is not instability.
+    """
+
+    lambda_max: float
+    lambda_min: float
+    spectral_radius: float
+    critical_lr: float
+    stable: bool
+    saddle: bool
+    regime_max: Regime
+    regime_min: Regime
+    damping_ratio_max: float
+    damping_ratio_min: float
+    lr: float
+    momentum: float
+    nesterov: bool
+    hvp_evals: int
+
+
+def estimate(
+    train_loss: TrainLoss,
+    params: Params,
+    lr: Any,
+    momentum: Any,
+    batch: Batch = None,
+    nesterov: bool = False,
+    *,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> StabilityReport:
+    """Diagnose one momentum-SGD step at θ from the extreme eigenvalues of ∇²ℓ(θ; batch).
+
+    Args:
+        train_loss: ``train_loss(params, batch) -> scalar``.
+        params: θ by name.
+        lr: η > 0, a number or 0-d tensor.
+        momentum: β in [0, 1), a number or 0-d tensor.
+        batch: the batch the Hessian is taken on.
+        nesterov: Nesterov momentum instead of heavy ball.
+        tol: Lanczos tolerance: λ errors of about tol·(λ_max − λ_min) at most.
+        seed: seed of the Lanczos start vector (reproducible reports).
+
+    Returns:
+        :class:`StabilityReport`.
+
+    Raises:
+        ValueError: a bad argument, or :class:`NonFiniteCurvatureError` if H v is NaN/inf.
+        scipy.sparse.linalg.ArpackNoConvergence: Lanczos did not reach ``tol``.
+
+    Example:
+        >>> loss = lambda p, b: 0.5 * (torch.tensor([1.0, 4.0]) * p["x"] ** 2).sum()
+        >>> rep = estimate(loss, {"x": torch.ones(2)}, lr=0.1, momentum=0.5)
+        >>> rep.lambda_max, rep.critical_lr, rep.stable
+        (4.0, 0.75, True)
+    """
+    params = check_params(params)
+    eta = float(_checked_lr(lr, scalar=True))
+    beta = float(_checked_momentum(momentum, scalar=True))
+    nesterov = _checked_bool(nesterov, "nesterov")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+        raise invalid("tol", tol, "a finite tolerance >= 0 (0: machine precision)")
+    check_scalar_loss(train_loss(params, batch), "train_loss(params, batch)")
+    operator = HessianOperator(hessian_vector_product(train_loss, params, batch), params)
+    low, high = extreme_eigenvalues(operator, tol=tol, seed=seed)
+    saddle = low < -max(tol, 1e3 * operator.eps) * max(abs(low), abs(high))
+    return _report(low, high, eta, beta, nesterov, saddle, operator.evals)
+
+
+def _report(
+    low: float, high: float, eta: float, beta: float, nesterov: bool, saddle: bool, evals: int
+) -> StabilityReport:
+    limit = critical_lr(high, beta, nesterov)
+    return StabilityReport(
+        lambda_max=high,
+        lambda_min=low,
+        spectral_radius=spectral_radius(eta, beta, [low, high], nesterov),
+        critical_lr=limit,
+        stable=eta < limit,
+        saddle=bool(saddle),
+        regime_max=regime(eta, beta, high, nesterov),
+        regime_min=regime(eta, beta, low, nesterov),
+        damping_ratio_max=damping_ratio(eta, beta, high),
+        damping_ratio_min=damping_ratio(eta, beta, low),
+        lr=eta,
+        momentum=beta,
+        nesterov=nesterov,
+        hvp_evals=evals,
+    )
+
+
+# --- along a training run -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStability:
+    """Stability checked every few steps of a run; ``run`` is the run itself (cut short if it diverged).
+
+    A point where the run had diverged has ρ = inf and λ = nan. ``stable`` means every point
+    was stable from positive curvature (saddles aside) and the run stayed finite.
+    """
+
+    max_spectral_radius: float
+    steps_checked: list[int]
+    spectral_radii: list[float]
+    lambda_max: list[float]
+    lambda_min: list[float]
+    stable: bool
+    saddle_seen: bool
+    diverged: bool
+    hvp_evals: int
+    run: UnrollResult
+
+
+def along_run(
+    train_loss: TrainLoss,
+    params: Params,
+    lr: Any,
+    momentum: Any,
+    steps: int,
+    batches: Batches = None,
+    nesterov: bool = False,
+    *,
+    every: int = 50,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> RunStability:
+    """Train as :func:`metatune.unroll` does, and :func:`estimate` at step 0 and every ``every`` steps.
+
+    Each estimate uses the batch of the step it is taken at (the last batch at the end of
+    the sequence). A run that diverges is stopped there and reported, never raised.
+
+    Example:
+        >>> loss = lambda p, b: (p["x"] ** 2).sum()
+        >>> rs = along_run(loss, {"x": torch.ones(3)}, lr=0.1, momentum=0.5, steps=4, every=2)
+        >>> rs.steps_checked, rs.stable
+        ([0, 2, 4], True)
+    """
+    batch_list = check_batches(batches, check_steps(steps))
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise invalid("every", every, "an integer >= 1")
+    check = functools.partial(
+        estimate, train_loss, lr=lr, momentum=momentum, nesterov=nesterov, tol=tol, seed=seed
+    )
+    current, velocity, losses = check_params(params), None, []
+    points = [(0, check(current, batch=_batch_at(batches, 0)))]
+    for start in range(0, steps, every):
+        chunk = unroll(train_loss, current, lr, momentum, min(every, steps - start),
+                       batch_list[start : start + every], nesterov, velocity=velocity)
+        current, velocity, end = chunk.params, chunk.velocity, start + len(chunk.losses)
+        losses.append(chunk.losses)
+        finite = is_finite(*current.values(), *velocity.values(), chunk.losses)
+        points.append((end, _estimate_if_finite(check, current, _batch_at(batches, end), finite)))
+        if points[-1][1] is None:
+            break
+    return _summarise(points, UnrollResult(current, velocity, torch.cat(losses)))
+
+
+def _batch_at(batches: Batches, step: int) -> Batch:
+    """The batch of ``step``, the last one past the end, or None without batches."""
+    return None if batches is None else batches[min(step, len(batches) - 1)]
+
+
+def _estimate_if_finite(
+    check: Callable[..., StabilityReport], params: Params, batch: Batch, finite: bool
+) -> StabilityReport | None:
+    """The report at a point of the run, or None where the run (or its curvature) diverged."""
+    if not finite:
+        return None
+    try:
+        return check(params, batch=batch)
+    except NonFiniteCurvatureError:
+        return None
+
+
+def _summarise(points: list[tuple[int, StabilityReport | None]], run: UnrollResult) -> RunStability:
+    reports = [report for _, report in points]
+    radii = [math.inf if r is None else r.spectral_radius for r in reports]
+    return RunStability(
+        max_spectral_radius=max(radii),
+        steps_checked=[step for step, _ in points],
+        spectral_radii=radii,
+        lambda_max=[math.nan if r is None else r.lambda_max for r in reports],
+        lambda_min=[math.nan if r is None else r.lambda_min for r in reports],
+        stable=all(r is not None and r.stable for r in reports),
+        saddle_seen=any(r is not None and r.saddle for r in reports),
+        diverged=reports[-1] is None,
+        hvp_evals=sum(r.hvp_evals for r in reports if r is not None),
+        run=run,
+    )
