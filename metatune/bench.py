@@ -169,10 +169,10 @@ def measure(task: Task) -> dict:
     return {**asdict(task), "seconds": seconds, "peak_mb": peak / 2**20}
 
 
-def measure_in_child(task: Task) -> dict:
-    """:func:`measure` in a fresh spawned process, so each peak is the run's own."""
+def measure_in_child(task, fn: Callable[..., dict] = measure) -> dict:  # noqa: ANN001
+    """``fn(task)`` (default :func:`measure`) in a fresh spawned process, so each peak is the run's own."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, (task,))
+        return pool.apply(fn, (task,))
 
 
 def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], *,
@@ -202,17 +202,24 @@ def table(rows: list[dict]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["hypergrad"], help="which benchmark")
+    parser.add_argument("what", choices=["hypergrad", "population"], help="which benchmark")
     parser.add_argument("--forward-steps", default="100,1000,10000", help="T for forward mode (comma-separated)")
     parser.add_argument("--reverse-steps", default="100,1000", help="T for reverse mode")
     parser.add_argument("--truncate", type=int, default=100, help="K for truncated mode")
     parser.add_argument("--peer-steps", default="100,1000", help="T for torchopt and higher ('' to skip)")
-    parser.add_argument("--hidden", default="512,128", help="hidden widths of the digits MLP (64-…-10)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--hidden", default=None,
+                        help="hidden widths of the digits MLP (64-…-10); default 512,128 (hypergrad), 64 (population)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256 (hypergrad), 128 (population)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="forward mode through torch.compile")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--population", default="16,64,256", help="population: sizes K (comma-separated)")
+    parser.add_argument("--steps", type=int, default=200, help="population: inner steps T")
+    parser.add_argument("--loop-runs", type=int, default=8,
+                        help="population: SGD runs timed per K (evenly spaced members), scaled linearly to K")
+    parser.add_argument("--chunk-size", type=int, default=None, help="population: vmap chunk_size")
+    parser.add_argument("--eager-only", action="store_true", help="population: skip the compile=True rows")
 
 
 def _ints(text: str) -> list[int]:
@@ -220,12 +227,14 @@ def _ints(text: str) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
-    common = dict(hidden=tuple(_ints(args.hidden)), batch_size=args.batch_size, device=args.device,
+    if args.what == "population":
+        return population_main(args)
+    common = dict(hidden=tuple(_ints(args.hidden or "512,128")), batch_size=args.batch_size or 256, device=args.device,
                   threads=args.threads, compile=args.compile)
     tasks = plan(_ints(args.forward_steps), _ints(args.reverse_steps), args.truncate, _ints(args.peer_steps), **common)
     n_params = sum(p.numel() for p in _problem(Task("sgd", 1, **common))[1].values())
     print(f"metatune bench hypergrad: MLP 64-{'-'.join(map(str, common['hidden']))}-10 ({n_params} parameters), "
-          f"digits, batch {args.batch_size}, float32, {args.device}, {args.threads} thread(s); "
+          f"digits, batch {common['batch_size']}, float32, {args.device}, {args.threads} thread(s); "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}", flush=True)
     rows = []
     from tqdm import tqdm
@@ -233,6 +242,113 @@ def main(args: argparse.Namespace) -> int:
     for task in tqdm(tasks, desc="bench", unit="run"):
         rows.append(measure_in_child(task))
     print(table(rows))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(rows, out, indent=2)
+    return 0
+
+
+@dataclass(frozen=True)
+class PopulationTask:
+    """One measurement of ``metatune bench population``: ``method`` "loop" or "population"."""
+
+    method: str
+    population: int
+    steps: int = 200
+    hidden: tuple[int, ...] = (64,)
+    batch_size: int = 128
+    compile: bool = False
+    chunk_size: int | None = None
+    loop_runs: int = 8
+    device: str = "cpu"
+    threads: int = 1
+    seed: int = 0
+
+
+def population_settings(k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """K random-search settings: η log-uniform in [1e-3, 1], β uniform in [0, 0.99)."""
+    generator = torch.Generator().manual_seed(seed)
+    lrs = 10 ** (-3 + 3 * torch.rand(k, generator=generator, dtype=torch.float64))
+    return lrs, 0.99 * torch.rand(k, generator=generator, dtype=torch.float64)
+
+
+def _timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def measure_population(task: PopulationTask) -> dict:
+    """Warm up (and compile) on 3 steps, then time T steps; the loop's time is scaled to all K runs.
+
+    "loop" trains ``loop_runs`` evenly spaced members one after another with ``torch.optim.SGD``;
+    "population" trains all K at once with :func:`metatune.population.train_population`.
+    """
+    torch.set_num_threads(task.threads)
+    base = Task("sgd", task.steps, hidden=task.hidden, batch_size=task.batch_size, device=task.device)
+    model, params, train_loss, val_loss, batches = _problem(base)
+    lrs, momenta = population_settings(task.population, task.seed)
+    if task.method == "loop":
+        members = torch.linspace(0, task.population - 1, min(task.loop_runs, task.population)).round().long().tolist()
+
+        def run(steps: list) -> None:  # noqa: ANN202
+            for i in members:
+                _sgd_loop(model, params, train_loss, steps, replace(base, lr=float(lrs[i]), momentum=float(momenta[i])))
+    else:
+        from metatune.population import train_population
+
+        members = list(range(task.population))
+
+        def run(steps: list):  # noqa: ANN202
+            return train_population(train_loss, val_loss, params, lrs, momenta, len(steps), steps,
+                                    chunk_size=task.chunk_size, compile=task.compile)
+    warmup, _ = _timed(lambda: run(batches[:3]), task.device)
+    seconds, result = _timed(lambda: run(batches), task.device)
+    diverged = int(result.diverged.sum()) if result is not None else None
+    return {**asdict(task), "timed_runs": len(members), "measured_seconds": seconds,
+            "seconds": seconds * task.population / len(members), "warmup_seconds": warmup, "diverged": diverged}
+
+
+def population_table(rows: list[dict]) -> str:
+    """Rows as a Markdown table; speedup = SGD-loop seconds / population seconds at the same K."""
+    loop = {row["population"]: row["seconds"] for row in rows if row["method"] == "loop"}
+    lines = ["| K | method | seconds | speedup | warm-up s | diverged members |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["method"] == "loop":
+            method = f"SGD loop ({row['timed_runs']} of {row['population']} runs timed, scaled ×" \
+                     f"{row['population'] / row['timed_runs']:g})"
+        else:
+            method = "population, compile=True" if row["compile"] else "population (eager)"
+        speedup = loop.get(row["population"], float("nan")) / row["seconds"]
+        diverged = "" if row["diverged"] is None else row["diverged"]
+        lines.append(f"| {row['population']} | {method} | {row['seconds']:.2f} | {speedup:.2f} "
+                     f"| {row['warmup_seconds']:.1f} | {diverged} |")
+    return "\n".join(lines)
+
+
+def population_main(args: argparse.Namespace) -> int:
+    """``metatune bench population``: K settings trained at once against K ``torch.optim.SGD`` runs."""
+    common = dict(steps=args.steps, hidden=tuple(_ints(args.hidden or "64")), batch_size=args.batch_size or 128,
+                  device=args.device, threads=args.threads, loop_runs=args.loop_runs, chunk_size=args.chunk_size)
+    tasks = []
+    for k in _ints(args.population):
+        tasks += [PopulationTask("loop", k, **common), PopulationTask("population", k, **common)]
+        tasks += [] if args.eager_only else [PopulationTask("population", k, compile=True, **common)]
+    n_params = sum(p.numel() for p in _problem(Task("sgd", 1, hidden=common["hidden"]))[1].values())
+    print(f"metatune bench population: MLP 64-{'-'.join(map(str, common['hidden']))}-10 ({n_params} parameters), "
+          f"digits, batch {common['batch_size']}, T={args.steps}, float32, {args.device}, {args.threads} thread(s); "
+          f"η log-uniform [1e-3, 1], β uniform [0, 0.99); "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}", flush=True)
+    from tqdm import tqdm
+
+    rows = [measure_in_child(task, measure_population) for task in tqdm(tasks, desc="bench", unit="run")]
+    print(population_table(rows))
+    print("Seconds exclude the warm-up (3 steps, which includes compilation). The population's time includes "
+          "its K validation losses; the loop's does not.")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows, out, indent=2)

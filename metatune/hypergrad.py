@@ -48,6 +48,21 @@ TANGENT_COST = 1.5
 BACKWARD_STEP_COST = 2.0
 """Backpropagating through one inner step (a Hessian-vector product), in gradient evaluations."""
 
+def cost(mode: str, steps: int, hyperparameters: int = 2, window: int | None = None,
+         checkpoint: int | None = None) -> float:
+    """Gradient evaluations one meta-gradient costs (the ``gradient_evals`` it reports).
+
+    forward: T (1 + k·TANGENT_COST) + 1; reverse/truncated over a window W in segments of
+    C steps: T + (W − last segment) recomputed + W·BACKWARD_STEP_COST + 1. The + 1 is the
+    validation gradient.
+    """
+    if mode == "forward":
+        return steps * (1.0 + hyperparameters * TANGENT_COST) + 1.0
+    window = steps if window is None else window
+    last = (window - 1) % (checkpoint or window) + 1
+    return steps + (window - last) + window * BACKWARD_STEP_COST + 1.0
+
+
 HyperKey = tuple[str, str]
 """("lr" | "momentum", group prefix): one differentiated hyperparameter scalar."""
 
@@ -251,8 +266,8 @@ def _forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool) -> Hyperg
     val_grad, value = torch.func.grad_and_value(val_loss)(params)
     grads = sum(torch.einsum("k...,...->k", s_params[n], val_grad[n]) for n in params)
     growth = _growth_rate(math.sqrt(float(norm_probe)), math.sqrt(float(_squared_norm(s_params))), problem.steps - probe)
-    cost = problem.steps * (1.0 + len(keys) * TANGENT_COST) + 1.0
-    return _result(problem, keys, value, grads, growth, cost, "forward", problem.steps, losses.tensor)
+    spent = cost("forward", problem.steps, len(keys))
+    return _result(problem, keys, value, grads, growth, spent, "forward", problem.steps, losses.tensor)
 
 
 def _segments(steps: int, window: int, every: int) -> list[tuple[int, int]]:
@@ -305,9 +320,8 @@ def _reverse(
         adjoint = dict(zip(start_params, grads[:n])), dict(zip(start_velocity, grads[n : 2 * n]))
         hyper_grads = hyper_grads + grads[-1]
     growth = _growth_rate(_norm(norms[problem.steps]), _norm(norms[probe]), problem.steps - probe)
-    recomputed = window - (segments[-1][1] - segments[-1][0])
-    cost = problem.steps + recomputed + window * BACKWARD_STEP_COST + 1.0
-    return _result(problem, keys, value, hyper_grads, growth, cost, mode, window, losses)
+    spent = cost(mode, problem.steps, len(keys), window, every)
+    return _result(problem, keys, value, hyper_grads, growth, spent, mode, window, losses)
 
 
 def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dict[int, tuple[Params, Params]], Tensor]:

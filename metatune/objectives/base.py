@@ -1,0 +1,159 @@
+"""The Objective: a named, seeded tuning problem, and the registry that names them.
+
+An objective builds everything a tuner needs from a seed: initial parameters, a training
+loss over a seeded minibatch sequence, a validation loss, a default search space and a
+default inner horizon T. Built-in objectives register with :func:`register`; third
+parties do the same in-process or through the ``metatune.objectives`` entry-point group
+(each entry point loads a factory, registered under the entry point's name).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import torch
+
+from metatune._types import Batches, Params, TrainLoss, ValLoss
+from metatune.errors import invalid
+
+ENTRY_POINT_GROUP = "metatune.objectives"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Box for (η, β): η in [lr_low, lr_high] (log scale by default), β in [momentum_low, momentum_high]."""
+
+    lr_low: float = 1e-4
+    lr_high: float = 1.0
+    momentum_low: float = 0.0
+    momentum_high: float = 0.99
+    lr_log: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr_low < self.lr_high:
+            raise invalid("space.lr", (self.lr_low, self.lr_high), "0 < low < high")
+        if not 0 <= self.momentum_low < self.momentum_high < 1:
+            raise invalid("space.momentum", (self.momentum_low, self.momentum_high), "0 <= low < high < 1")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A seeded tuning problem.
+
+    Attributes:
+        name: registry name; params: the keyword arguments it was built with.
+        description: one line for listings.
+        init_params: ``init_params(seed) -> θ₀``.
+        train_loss: ``train_loss(params, batch) -> scalar``.
+        val_loss: ``val_loss(params) -> scalar``.
+        batches: ``batches(seed, steps) -> at least steps batches`` (or None for full-batch).
+        space: default search space; steps: default inner horizon T.
+        optimum: known (η*, β*, ρ*) where theory gives them (``{"lr", "momentum", "spectral_radius"}``).
+    """
+
+    name: str
+    description: str
+    init_params: Callable[[int], Params]
+    train_loss: TrainLoss
+    val_loss: ValLoss
+    batches: Callable[[int, int], Batches]
+    space: SearchSpace = field(default_factory=SearchSpace)
+    steps: int = 100
+    params: dict[str, Any] = field(default_factory=dict)
+    optimum: dict[str, float] | None = None
+
+
+Factory = Callable[..., Objective]
+_FACTORIES: dict[str, Factory] = {}
+_entry_points_loaded = False
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    """Decorator registering ``factory(**params) -> Objective`` under ``name``.
+
+    Every factory takes keyword arguments with defaults (listed by :func:`describe`),
+    including ``dtype`` and ``device``.
+
+    Example:
+        >>> @register("my-problem")
+        ... def my_problem(*, scale: float = 1.0, dtype=torch.float64, device="cpu") -> Objective: ...
+    """
+
+    def add(factory: Factory) -> Factory:
+        _FACTORIES[name] = factory
+        return factory
+
+    return add
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        _FACTORIES.setdefault(entry.name, entry.load())
+
+
+def names() -> list[str]:
+    """Registered objective names, built-in and from entry points, sorted."""
+    _load_entry_points()
+    return sorted(_FACTORIES)
+
+
+def parameters(name: str) -> dict[str, Any]:
+    """The keyword parameters of objective ``name`` and their defaults."""
+    factory = _factory(name)
+    return {
+        p.name: p.default
+        for p in inspect.signature(factory).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every objective: name, description, parameters with defaults, default space and T."""
+    rows = []
+    for name in names():
+        objective = get(name)
+        shown = {k: v for k, v in parameters(name).items() if k not in ("dtype", "device")}
+        rows.append({"name": name, "description": objective.description, "parameters": shown,
+                     "steps": objective.steps, "space": vars(objective.space)})
+    return rows
+
+
+def get(name: str, **params: Any) -> Objective:
+    """Build objective ``name`` with ``params`` (the rest keep their defaults).
+
+    Raises:
+        ValueError: unknown name (the message lists the names) or unknown parameter.
+
+    Example:
+        >>> get("quadratic", dim=10, kappa=100.0).name
+        'quadratic'
+    """
+    factory = _factory(name)
+    allowed = parameters(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise invalid("objective_params", params, f"parameters of {name!r} among {sorted(allowed)}; unknown: {unknown}")
+    return factory(**params)
+
+
+def _factory(name: str) -> Factory:
+    _load_entry_points()
+    if name not in _FACTORIES:
+        raise invalid("objective", name, f"one of {sorted(_FACTORIES)}")
+    return _FACTORIES[name]
+
+
+def default_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A dtype given as a torch dtype or its name ("float32", "float64")."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in ("float32", "float64"):
+        raise invalid("dtype", dtype, "'float32' or 'float64'")
+    return getattr(torch, dtype)

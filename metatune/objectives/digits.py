@@ -1,0 +1,115 @@
+"""Classifiers of scikit-learn's 8×8 digits: ``logistic-digits``, ``mlp-digits``, ``cnn-digits``.
+
+The data ship inside scikit-learn (no download); :func:`metatune.datasets.digits` shuffles
+them with ``data_seed``, holds out a quarter for validation and standardises the features.
+Each step sees a seeded minibatch of training rows; the loss is the mean cross-entropy
+(plus ½ wd ‖W‖² on the training side of ``logistic-digits`` when ``weight_decay > 0``). The
+validation loss is the cross-entropy over the whole held-out split.
+
+Example:
+    >>> from metatune.objectives import get
+    >>> get("logistic-digits", batch_size=64).params["batch_size"]
+    64
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import nn
+
+from metatune.datasets import digits
+from metatune.errors import invalid
+from metatune.objectives._supervised import Supervised, check_positive_int, seeded_init
+from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
+
+N_FEATURES, N_CLASSES, SIDE = 64, 10, 8
+
+
+def _classifier(
+    name: str, description: str, build: Callable[[], nn.Module], *, space: SearchSpace, params: dict,
+    data_seed: int, batch_size: int, steps: int, dtype: str, device: str, weight_decay: float = 0.0,
+) -> Objective:
+    """The :class:`Objective` training ``build()`` on the digits split of ``data_seed``."""
+    check_positive_int("steps", steps)
+    torch_dtype = default_dtype(dtype)
+    data = digits(seed=data_seed, dtype=torch_dtype, device=device)
+    penalty = (lambda p: 0.5 * weight_decay * (p["weight"] ** 2).sum()) if weight_decay > 0 else None
+    model = build().to(dtype=torch_dtype, device=device)
+    problem = Supervised(model, data, F.cross_entropy, batch_size, penalty)
+    return Objective(
+        name=name, description=description, init_params=seeded_init(build, torch_dtype, device),
+        train_loss=problem.train_loss, val_loss=problem.val_loss, batches=problem.batches,
+        space=space, steps=steps, params=params,
+    )
+
+
+@register("logistic-digits")
+def logistic_digits(
+    *, data_seed: int = 0, batch_size: int = 128, weight_decay: float = 0.0, steps: int = 200,
+    dtype: str = "float32", device: str = "cpu",
+) -> Objective:
+    """Multinomial logistic regression 64 → 10 (convex; ill-conditioned by correlated pixels)."""
+    if not weight_decay >= 0:
+        raise invalid("weight_decay", weight_decay, "a number >= 0")
+    return _classifier(
+        "logistic-digits",
+        f"multinomial logistic regression 64→10 on digits, batch {batch_size}, "
+        f"weight decay {weight_decay:g}, data seed {data_seed}",
+        lambda: nn.Linear(N_FEATURES, N_CLASSES),
+        space=SearchSpace(lr_low=1e-3, lr_high=10.0),
+        params={"data_seed": data_seed, "batch_size": batch_size, "weight_decay": weight_decay, "steps": steps},
+        data_seed=data_seed, batch_size=batch_size, steps=steps, dtype=dtype, device=device,
+        weight_decay=weight_decay,
+    )
+
+
+@register("mlp-digits")
+def mlp_digits(
+    *, hidden: int = 64, data_seed: int = 0, batch_size: int = 128, steps: int = 200,
+    dtype: str = "float32", device: str = "cpu",
+) -> Objective:
+    """A one-hidden-layer tanh MLP 64 → ``hidden`` → 10."""
+    check_positive_int("hidden", hidden)
+    return _classifier(
+        "mlp-digits",
+        f"tanh MLP 64→{hidden}→10 on digits, batch {batch_size}, data seed {data_seed}",
+        lambda: nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, N_CLASSES)),
+        space=SearchSpace(lr_low=1e-3, lr_high=3.0),
+        params={"hidden": hidden, "data_seed": data_seed, "batch_size": batch_size, "steps": steps},
+        data_seed=data_seed, batch_size=batch_size, steps=steps, dtype=dtype, device=device,
+    )
+
+
+def _cnn(width: int) -> nn.Module:
+    """conv 1→w 3×3 · tanh · conv w→2w 3×3 · tanh · 2×2 average pool · linear 2w·4·4 → 10.
+
+    Smooth throughout (tanh, average pooling), so finite differences of the meta-gradient
+    agree with the exact ones.
+    """
+    return nn.Sequential(
+        nn.Unflatten(1, (1, SIDE, SIDE)),
+        nn.Conv2d(1, width, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.Tanh(),
+        nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(2 * width * (SIDE // 2) ** 2, N_CLASSES),
+    )
+
+
+@register("cnn-digits")
+def cnn_digits(
+    *, width: int = 16, data_seed: int = 0, batch_size: int = 256, steps: int = 200,
+    dtype: str = "float32", device: str = "cpu",
+) -> Objective:
+    """A small CNN on the 8×8 images (``width`` and 2·``width`` channels); worth a GPU."""
+    check_positive_int("width", width)
+    return _classifier(
+        "cnn-digits",
+        f"tanh CNN 1→{width}→{2 * width} channels (3×3) + linear on 8×8 digits, batch {batch_size}, "
+        f"data seed {data_seed}",
+        lambda: _cnn(width),
+        space=SearchSpace(lr_low=1e-3, lr_high=3.0),
+        params={"width": width, "data_seed": data_seed, "batch_size": batch_size, "steps": steps},
+        data_seed=data_seed, batch_size=batch_size, steps=steps, dtype=dtype, device=device,
+    )

@@ -1,0 +1,47 @@
+"""Tuning methods behind one interface: ``mt.tune(objective, method="metagrad", budget=…)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metatune.errors import invalid
+from metatune.objectives import Objective, get
+from metatune.tuners.base import Callback, Trial, Tuner, TuneResult
+from metatune.tuners.cmaes import CmaEsTuner
+from metatune.tuners.gp import GPTuner
+from metatune.tuners.grid import GridTuner
+from metatune.tuners.metagrad import MetagradTuner
+from metatune.tuners.random_search import RandomTuner
+from metatune.tuners.tpe import TPETuner
+
+METHODS: dict[str, type[Tuner]] = {
+    tuner.name: tuner for tuner in (MetagradTuner, TPETuner, RandomTuner, GridTuner, CmaEsTuner, GPTuner)
+}
+
+
+def tune(objective: Objective | str, method: str = "metagrad", budget: float = 20_000, seed: int = 0,
+         *, callback: Callback | None = None, **options: Any) -> TuneResult:
+    """Search (η, β) for ``objective`` with ``method`` within ``budget`` gradient evaluations.
+
+    Args:
+        objective: an :class:`~metatune.objectives.Objective` or a registered name.
+        method: one of :data:`METHODS` ("metagrad", "tpe", "random", "grid", "cmaes", "gp").
+        budget: gradient evaluations the search may spend (tangents and Hessian-vector
+            products count as their multiples of a gradient).
+        seed: seeds θ₀, the minibatches and the method.
+        callback: receives each :class:`Trial` as it is recorded.
+        options: passed to the method (e.g. ``steps``, ``space``, metagrad's ``mode``).
+
+    Example:
+        >>> res = tune("quadratic", method="random", budget=3_000, seed=0, steps=50)
+        >>> len(res.trials), res.best_value < res.trials[0].value or res.best is res.trials[0]
+        (58, True)
+    """
+    if isinstance(objective, str):
+        objective = get(objective)
+    if method not in METHODS:
+        raise invalid("method", method, f"one of {sorted(METHODS)}")
+    return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options).run()
+
+
+__all__ = ["METHODS", "Trial", "TuneResult", "Tuner", "tune"]

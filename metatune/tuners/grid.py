@@ -1,0 +1,45 @@
+"""``grid``: a square grid (η log-spaced, β linear) sized to the budget, in seeded random order.
+
+The points are those of Optuna's GridSampler over the same lists; the grid is walked here
+because GridSampler ends a study by calling ``Study.stop()`` from ``tell``, which Optuna
+allows only inside ``Study.optimize`` and not in the ask/tell loop the tuners share.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from metatune.tuners.base import BudgetExhausted, Tuner
+
+
+class GridTuner(Tuner):
+    """⌊√n⌋ × ⌊√n⌋ points, n the trials the budget affords, trained 64 at a time as populations."""
+
+    name = "grid"
+    batch_size = 64
+
+    def grid(self) -> list[tuple[float, float]]:
+        side = max(math.isqrt(int(self.budget // self.trial_cost())), 1)
+        space = self.space
+        make = np.geomspace if space.lr_log else np.linspace
+        lrs = make(space.lr_low, space.lr_high, side).tolist()
+        momenta = np.linspace(space.momentum_low, space.momentum_high, side).tolist()
+        points = list(itertools.product(lrs, momenta))
+        order = np.random.default_rng(self.seed).permutation(len(points))
+        return [points[i] for i in order]
+
+    def search(self) -> None:
+        points = self.grid()
+        for first in range(0, len(points), self.batch_size):
+            batch = points[first : first + self.batch_size]
+            affordable = int(self.remaining() // self.trial_cost())
+            if affordable < 1:
+                raise BudgetExhausted
+            batch = batch[:affordable]
+            if len(batch) == 1:
+                self.evaluate(*batch[0])
+            else:
+                self.evaluate_population(batch)
