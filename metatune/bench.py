@@ -1,9 +1,14 @@
-"""``metatune bench hypergrad``: meta-gradient cost against plain ``torch.optim.SGD`` training.
+"""``metatune bench hypergrad|population``: cost against plain ``torch.optim.SGD`` training.
 
 Each figure is measured in a fresh child process (so peak memory is its own): wall time
 divided by the wall time of a plain ``torch.optim.SGD`` loop of the same T on the same
 model, data and batches, and the peak memory above the resident size at the start of the
 run (CPU: RSS sampled every 2 ms; CUDA: ``torch.cuda.max_memory_allocated``).
+
+``metatune bench population``: K (η, β) settings trained at once by
+:func:`metatune.population.train_population` (eager and through ``torch.compile``) against
+K ordinary ``torch.optim.SGD`` runs one after another, timed on an evenly spaced subset of
+the K settings and scaled linearly to K; speedup = loop seconds / population seconds.
 """
 
 from __future__ import annotations
@@ -219,7 +224,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop-runs", type=int, default=8,
                         help="population: SGD runs timed per K (evenly spaced members), scaled linearly to K")
     parser.add_argument("--chunk-size", type=int, default=None, help="population: vmap chunk_size")
-    parser.add_argument("--eager-only", action="store_true", help="population: skip the compile=True rows")
+    parser.add_argument("--eager-only", action="store_true", help="population: skip the compiled rows")
+    parser.add_argument("--compile-mode", default=None,
+                        help="population: torch.compile mode of the compiled rows; default 'default' on CPU, "
+                             "'reduce-overhead' (CUDA graphs) on CUDA")
 
 
 def _ints(text: str) -> list[int]:
@@ -258,6 +266,7 @@ class PopulationTask:
     hidden: tuple[int, ...] = (64,)
     batch_size: int = 128
     compile: bool = False
+    compile_mode: str = "default"
     chunk_size: int | None = None
     loop_runs: int = 8
     device: str = "cpu"
@@ -282,30 +291,45 @@ def _timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def _plain_sgd_run(model, params, data, batches, lr: float, momentum: float) -> None:  # noqa: ANN001
+    """One ordinary training run: ``model(x)``, ``backward()``, ``torch.optim.SGD.step()``."""
+    model.load_state_dict(params, strict=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for idx in batches:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+        optimizer.step()
+
+
 def measure_population(task: PopulationTask) -> dict:
     """Warm up (and compile) on 3 steps, then time T steps; the loop's time is scaled to all K runs.
 
-    "loop" trains ``loop_runs`` evenly spaced members one after another with ``torch.optim.SGD``;
-    "population" trains all K at once with :func:`metatune.population.train_population`.
+    "loop" trains ``loop_runs`` evenly spaced members one after another, each an ordinary
+    ``torch.optim.SGD`` run of the ``nn.Module``; "population" trains all K at once with
+    :func:`metatune.population.train_population` (which also evaluates the K validation losses).
     """
+    from metatune import datasets
+
     torch.set_num_threads(task.threads)
-    base = Task("sgd", task.steps, hidden=task.hidden, batch_size=task.batch_size, device=task.device)
-    model, params, train_loss, val_loss, batches = _problem(base)
+    model, params, train_loss, val_loss, batches = _problem(
+        Task("sgd", task.steps, hidden=task.hidden, batch_size=task.batch_size, device=task.device))
     lrs, momenta = population_settings(task.population, task.seed)
     if task.method == "loop":
+        data = datasets.digits(seed=0, device=task.device)  # the data ``train_loss`` closes over
         members = torch.linspace(0, task.population - 1, min(task.loop_runs, task.population)).round().long().tolist()
 
-        def run(steps: list) -> None:  # noqa: ANN202
+        def run(steps: list) -> None:
             for i in members:
-                _sgd_loop(model, params, train_loss, steps, replace(base, lr=float(lrs[i]), momentum=float(momenta[i])))
+                _plain_sgd_run(model, params, data, steps, float(lrs[i]), float(momenta[i]))
     else:
         from metatune.population import train_population
 
         members = list(range(task.population))
+        compile_ = task.compile_mode if task.compile else False
 
         def run(steps: list):  # noqa: ANN202
             return train_population(train_loss, val_loss, params, lrs, momenta, len(steps), steps,
-                                    chunk_size=task.chunk_size, compile=task.compile)
+                                    chunk_size=task.chunk_size, compile=compile_)
     warmup, _ = _timed(lambda: run(batches[:3]), task.device)
     seconds, result = _timed(lambda: run(batches), task.device)
     diverged = int(result.diverged.sum()) if result is not None else None
@@ -322,7 +346,7 @@ def population_table(rows: list[dict]) -> str:
             method = f"SGD loop ({row['timed_runs']} of {row['population']} runs timed, scaled ×" \
                      f"{row['population'] / row['timed_runs']:g})"
         else:
-            method = "population, compile=True" if row["compile"] else "population (eager)"
+            method = f"population, compile={row['compile_mode']!r}" if row["compile"] else "population (eager)"
         speedup = loop.get(row["population"], float("nan")) / row["seconds"]
         diverged = "" if row["diverged"] is None else row["diverged"]
         lines.append(f"| {row['population']} | {method} | {row['seconds']:.2f} | {speedup:.2f} "
@@ -333,7 +357,8 @@ def population_table(rows: list[dict]) -> str:
 def population_main(args: argparse.Namespace) -> int:
     """``metatune bench population``: K settings trained at once against K ``torch.optim.SGD`` runs."""
     common = dict(steps=args.steps, hidden=tuple(_ints(args.hidden or "64")), batch_size=args.batch_size or 128,
-                  device=args.device, threads=args.threads, loop_runs=args.loop_runs, chunk_size=args.chunk_size)
+                  device=args.device, threads=args.threads, loop_runs=args.loop_runs, chunk_size=args.chunk_size,
+                  compile_mode=args.compile_mode or ("reduce-overhead" if args.device.startswith("cuda") else "default"))
     tasks = []
     for k in _ints(args.population):
         tasks += [PopulationTask("loop", k, **common), PopulationTask("population", k, **common)]

@@ -45,6 +45,58 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Equal-budget comparison with a progress bar, a table, JSON and plots."""
+    import os
+
+    import optuna
+    from tqdm import tqdm
+
+    from metatune import objectives
+    from metatune.compare import compare
+
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    params = dict(item.split("=", 1) for item in args.param)
+    objective = objectives.get(args.objective, **{k: _parse_value(v) for k, v in params.items()})
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = list(range(args.seeds))
+    options = {"metagrad": {"mode": args.metagrad_mode}} if args.metagrad_mode else {}
+    with tqdm(total=args.budget * len(methods) * len(seeds), unit="grad", unit_scale=True, desc="compare") as bar:
+
+        def on_trial(method: str, seed: int, trial) -> None:  # noqa: ANN001
+            bar.set_postfix_str(f"{method} seed {seed} best {trial.value:.3g}")
+            bar.update(trial.gradient_evals)
+
+        cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options)
+    print(cmp.table())
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"compare-{objective.name}")
+    with open(f"{stem}.json", "w") as out:
+        out.write(cmp.to_json())
+    written = [f"{stem}.json", *cmp.plot(stem)]
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def _objectives(args: argparse.Namespace) -> int:
+    from metatune import objectives
+
+    for row in objectives.describe():
+        shown = ", ".join(f"{k}={v}" for k, v in row["parameters"].items())
+        print(f"{row['name']:16s} {row['description']}\n{'':16s} parameters: {shown}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from metatune import bench
 
@@ -60,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--momentum", type=float, default=0.9)
     demo.add_argument("--threads", type=int, default=1)
     demo.set_defaults(handler=_demo)
+    cmp = commands.add_parser("compare", help="equal-budget comparison of tuning methods")
+    cmp.add_argument("--objective", default="quadratic", help="a registered objective (metatune objectives)")
+    cmp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="objective parameter")
+    cmp.add_argument("--methods", default="metagrad,tpe,cmaes,random")
+    cmp.add_argument("--budget", type=float, default=20_000, help="gradient evaluations per method and seed")
+    cmp.add_argument("--seeds", type=int, default=5)
+    cmp.add_argument("--target", type=float, default=None, help="loss for 'evals to target'")
+    cmp.add_argument("--metagrad-mode", default=None, choices=["forward", "reverse"])
+    cmp.add_argument("--out", default="metatune-out", help="folder for the JSON and the plots")
+    cmp.add_argument("--threads", type=int, default=1)
+    cmp.set_defaults(handler=_compare)
+    objs = commands.add_parser("objectives", help="list the registered objectives")
+    objs.set_defaults(handler=_objectives)
     bench_parser = commands.add_parser("bench", help="print benchmark figures")
     from metatune import bench
 

@@ -36,6 +36,7 @@ Settings = Union[Tensor, Sequence[float]]
 """K values of one hyperparameter: a 1-d tensor or a sequence of numbers."""
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 StepFn = Callable[..., tuple[Params, Params, Tensor]]
 
@@ -154,11 +155,15 @@ def _as_vector(values: Settings, name: str) -> Tensor:
     if isinstance(values, (str, bytes)) or isinstance(values, bool):
         raise invalid(name, values, expected)
     try:
-        vector = torch.as_tensor(values.detach() if isinstance(values, Tensor) else values)
+        vector = values.detach() if isinstance(values, Tensor) else torch.as_tensor(values)
+        if vector.dtype == torch.bool or vector.is_complex():
+            raise TypeError(vector.dtype)
+        # Python numbers go straight to float64 (not through the float32 default dtype).
+        vector = vector if isinstance(values, Tensor) else torch.as_tensor(values, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise invalid(name, type(values).__name__, expected) from None
-    if vector.dim() != 1 or len(vector) == 0 or vector.dtype == torch.bool or vector.is_complex():
-        raise invalid(name, f"{vector.dtype} tensor of shape {tuple(vector.shape)}", expected)
+    if vector.dim() != 1 or len(vector) == 0:
+        raise invalid(name, f"a tensor of shape {tuple(vector.shape)}", expected)
     return vector.to(torch.float64)
 
 
@@ -226,8 +231,21 @@ def _population_step(
 
 @functools.cache
 def _compiled_step(mode: str) -> StepFn:
-    """:func:`_population_step` through ``torch.compile`` (compiled once per loss function and K)."""
-    return torch.compile(_population_step, dynamic=False, mode=mode)
+    """:func:`_population_step` through ``torch.compile`` (compiled once per loss function and K).
+
+    Modes with CUDA graphs replay into the same output buffers at every step, so each
+    step is marked as a new one and its outputs are copied out before the next replay.
+    """
+    compiled = torch.compile(_population_step, dynamic=False, mode=mode)
+    if mode not in CUDA_GRAPH_MODES:
+        return compiled
+
+    def replay(*args: object) -> tuple[Params, Params, Tensor]:
+        torch.compiler.cudagraph_mark_step_begin()
+        params, velocity, loss = compiled(*args)
+        return {n: p.clone() for n, p in params.items()}, {n: v.clone() for n, v in velocity.items()}, loss.clone()
+
+    return replay
 
 
 def _diverged(values: Tensor, losses: Tensor, params: Params) -> Tensor:

@@ -102,6 +102,19 @@ def test_chunks_and_population_size_do_not_change_a_member(regression):
     assert whole.params is None and whole.train_losses.shape == (len(LRS), STEPS)
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's imports
+def test_compiled_step_equals_eager(regression):
+    model, params, train_loss, val_loss, batches = regression
+    eager = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches, nesterov=True)
+    compiled = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches, nesterov=True,
+                                compile=True)
+    keep = ~eager.diverged
+    assert torch.equal(compiled.diverged, eager.diverged) and int(keep.sum()) == len(LRS) - 1
+    assert torch.allclose(compiled.values[keep], eager.values[keep], rtol=1e-10, atol=0)
+    assert torch.allclose(compiled.train_losses[keep], eager.train_losses[keep], rtol=1e-10, atol=0)
+
+
 def test_best_index_skips_diverged_members(regression):
     model, params, train_loss, val_loss, batches = regression
     pop = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches)

@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-import torch
-
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
 from metatune.population import train_population
@@ -216,19 +214,8 @@ class Tuner(abc.ABC):
     def curvature(self) -> Curvature:
         """λ_min, λ_max at θ₀ on the first batch (the objective's exact values if it has them)."""
         if self._curvature is None:
-            self._curvature = self._estimate_curvature()
+            self._curvature = estimate_curvature(self.objective, self.params, self.batches)
         return self._curvature
-
-    def _estimate_curvature(self) -> Curvature:
-        from metatune.hypergrad import BACKWARD_STEP_COST
-        from metatune.stability import estimate
-
-        known = self.objective.optimum or {}
-        if "lambda_min" in known and "lambda_max" in known:
-            return Curvature(known["lambda_min"], known["lambda_max"], 0.0)
-        batch = None if self.batches is None else self.batches[0]
-        report = estimate(self.objective.train_loss, self.params, lr=1e-3, momentum=0.0, batch=batch)
-        return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * BACKWARD_STEP_COST)
 
     def spectral_radius(self, lr: float, momentum: float) -> float:
         """ρ of the transition over [λ_min, λ_max] at θ₀ (positive curvature only)."""
@@ -237,6 +224,16 @@ class Tuner(abc.ABC):
         return float(spectral_radius(lr, momentum, eigenvalues))
 
 
-def to_float(value: Any) -> float:
-    """A Python float from a number or a one-element tensor."""
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+def estimate_curvature(objective: Objective, params: dict, batches: Any) -> Curvature:
+    """λ_min, λ_max of the training loss at ``params`` on the first batch, by Lanczos
+    (:func:`metatune.stability.estimate`), or the objective's exact values when it has them.
+    Each Hessian-vector product costs ``BACKWARD_STEP_COST`` gradient evaluations."""
+    from metatune.hypergrad import BACKWARD_STEP_COST
+    from metatune.stability import estimate
+
+    known = objective.optimum or {}
+    if "lambda_min" in known and "lambda_max" in known:
+        return Curvature(known["lambda_min"], known["lambda_max"], 0.0)
+    batch = None if batches is None else batches[0]
+    report = estimate(objective.train_loss, params, lr=1e-3, momentum=0.0, batch=batch)
+    return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * BACKWARD_STEP_COST)

@@ -1,0 +1,179 @@
+"""Equal-budget comparison of tuning methods over several seeds: table, JSON and plots.
+
+Every method gets the same objective, search space, inner horizon T, gradient-evaluation
+budget and seeds. Per method the summary gives the median best validation loss with its
+spread (min–max over seeds), the median gradient evaluations needed to reach a target
+loss (∞ when a seed never reaches it), the median wall time, and ρ / stability of the
+best trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from metatune.errors import invalid
+from metatune.objectives import Objective, get
+from metatune.tuners import METHODS, Trial, TuneResult, tune
+from metatune.tuners.base import Curvature, estimate_curvature
+
+
+@dataclass
+class Comparison:
+    """The results of :func:`compare`: ``results[method]`` holds one TuneResult per seed."""
+
+    objective: Objective
+    budget: float
+    seeds: list[int]
+    results: dict[str, list[TuneResult]]
+    curvature: Curvature
+    target: float
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per method (see the module docstring)."""
+        rows = []
+        for method, runs in self.results.items():
+            best = [r.best_value for r in runs]
+            reach = [evals_to_reach(r, self.target) for r in runs]
+            best_trials = [r.best for r in runs if r.best is not None]
+            rows.append({
+                "method": method,
+                "best_value_median": float(np.median(best)),
+                "best_value_min": float(np.min(best)),
+                "best_value_max": float(np.max(best)),
+                "evals_to_target_median": float(np.median(reach)),
+                "reached_target": sum(math.isfinite(x) for x in reach),
+                "wall_time_median": float(np.median([r.wall_time for r in runs])),
+                "gradient_evals_median": float(np.median([r.gradient_evals for r in runs])),
+                "trials_median": float(np.median([len(r.trials) for r in runs])),
+                "spectral_radius_median": float(np.median([t.spectral_radius for t in best_trials])) if best_trials else math.nan,
+                "stable": all(t.stable for t in best_trials),
+                "diverged_trials": sum(t.diverged for r in runs for t in r.trials),
+            })
+        return rows
+
+    def table(self) -> str:
+        """The summary as a Markdown table."""
+        lines = [
+            f"{self.objective.name}: budget {self.budget:g} gradient evaluations, T = {self.objective.steps}, "
+            f"seeds {self.seeds}, target loss {self.target:.4g}",
+            "",
+            "| method | best val loss (median) | [min, max] | evals to target (median) | reached | "
+            "wall s (median) | trials | final ρ | stable | diverged trials |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in self.summary():
+            lines.append(
+                f"| {row['method']} | {row['best_value_median']:.4g} | [{row['best_value_min']:.3g}, "
+                f"{row['best_value_max']:.3g}] | {row['evals_to_target_median']:.0f} | "
+                f"{row['reached_target']}/{len(self.seeds)} | {row['wall_time_median']:.1f} | "
+                f"{row['trials_median']:.0f} | {row['spectral_radius_median']:.4f} | {row['stable']} | "
+                f"{row['diverged_trials']} |"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objective": {"name": self.objective.name, "params": self.objective.params,
+                          "steps": self.objective.steps, "optimum": self.objective.optimum},
+            "budget": self.budget,
+            "seeds": self.seeds,
+            "target": self.target,
+            "curvature": {"lambda_min": self.curvature.lambda_min, "lambda_max": self.curvature.lambda_max},
+            "summary": self.summary(),
+            "runs": {m: [_run_dict(r) for r in runs] for m, runs in self.results.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(self.to_dict()), indent=2)
+
+    def plot(self, path: str) -> list[str]:
+        """Write the convergence and η–β plane plots as ``<path>-convergence.png`` and
+        ``<path>-plane.png``; return the file names."""
+        from metatune import plots
+
+        return [plots.convergence(self, f"{path}-convergence.png"), plots.plane(self, f"{path}-plane.png")]
+
+
+def evals_to_reach(result: TuneResult, target: float) -> float:
+    """Cumulative gradient evaluations at the first trial with value ≤ target (∞ if none)."""
+    for trial in result.trials:
+        if not trial.diverged and trial.value <= target:
+            return trial.cumulative_evals
+    return math.inf
+
+
+def _run_dict(result: TuneResult) -> dict[str, Any]:
+    return {"seed": result.seed, "wall_time": result.wall_time, "best_value": result.best_value,
+            "best_lr": result.best_lr, "best_momentum": result.best_momentum,
+            "trials": [_trial_dict(t) for t in result.trials]}
+
+
+def _trial_dict(trial: Trial) -> dict[str, Any]:
+    return {k: getattr(trial, k) for k in trial.__dataclass_fields__}
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf/NaN: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def compare(
+    objective: Objective | str,
+    methods: Sequence[str] = ("metagrad", "tpe", "cmaes", "random"),
+    budget: float = 20_000,
+    seeds: Iterable[int] = range(5),
+    *,
+    target: float | None = None,
+    on_trial: Callable[[str, int, Trial], None] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> Comparison:
+    """Run every method on every seed at the same budget and collect the results.
+
+    Args:
+        objective: an Objective or a registered name.
+        methods: names from :data:`metatune.tuners.METHODS`.
+        budget: gradient evaluations per (method, seed).
+        seeds: seeds; each seeds θ₀, the minibatches and the method.
+        target: the loss for "evaluations to reach"; default: the median best value of the
+            first method other than metagrad (the reference baseline), else of the first.
+        on_trial: ``on_trial(method, seed, trial)`` after each trial (progress bars).
+        options: per-method keyword options, e.g. ``{"metagrad": {"mode": "reverse"}}``.
+
+    Example:
+        >>> cmp = compare("quadratic", ["random", "grid"], budget=1_000, seeds=[0, 1])
+        >>> [row["method"] for row in cmp.summary()]
+        ['random', 'grid']
+    """
+    if isinstance(objective, str):
+        objective = get(objective)
+    methods, seeds = list(methods), list(seeds)
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise invalid("methods", methods, f"a non-empty list from {sorted(METHODS)}")
+    if not seeds:
+        raise invalid("seeds", seeds, "at least one seed")
+    options = options or {}
+    results: dict[str, list[TuneResult]] = {}
+    for method in methods:
+        results[method] = []
+        for seed in seeds:
+            callback = None if on_trial is None else (lambda t, m=method, s=seed: on_trial(m, s, t))
+            results[method].append(tune(objective, method, budget, seed, callback=callback, **options.get(method, {})))
+    if target is None:
+        reference = next((m for m in methods if m != "metagrad"), methods[0])
+        target = float(np.median([r.best_value for r in results[reference]]))
+    params = objective.init_params(seeds[0])
+    curvature = estimate_curvature(objective, params, objective.batches(seeds[0], objective.steps))
+    return Comparison(objective, float(budget), seeds, results, curvature, target)

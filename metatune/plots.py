@@ -1,0 +1,106 @@
+"""Plots of a :class:`~metatune.compare.Comparison` (matplotlib, written to PNG files)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from metatune.stability import spectral_radius
+
+if TYPE_CHECKING:
+    from metatune.compare import Comparison
+    from metatune.tuners import TuneResult
+
+RHO_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib without a display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def best_so_far_on(result: TuneResult, grid: np.ndarray) -> np.ndarray:
+    """The best value reached by each gradient-evaluation count in ``grid`` (NaN before any)."""
+    evals = np.array([e for e, _ in result.best_so_far()])
+    best = np.array([b for _, b in result.best_so_far()], dtype=float)
+    best[~np.isfinite(best)] = np.nan
+    index = np.searchsorted(evals, grid, side="right") - 1
+    return np.where(index >= 0, best[np.clip(index, 0, None)], np.nan)
+
+
+def convergence(cmp: Comparison, path: str) -> str:
+    """Best-so-far validation loss against gradient evaluations: median line, min–max band."""
+    plt = _pyplot()
+    grid = np.linspace(0.0, cmp.budget, 400)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, runs in cmp.results.items():
+        curves = np.vstack([best_so_far_on(r, grid) for r in runs])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a method's first trial
+            valid = np.isfinite(curves).sum(axis=0) > len(runs) / 2
+            median = np.where(valid, np.nanmedian(np.where(np.isfinite(curves), curves, np.inf), axis=0), np.nan)
+            low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+        (line,) = ax.plot(grid, median, label=method, lw=2)
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15, lw=0)
+    ax.axhline(cmp.target, color="grey", ls=":", lw=1, label=f"target {cmp.target:.3g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient evaluations")
+    ax.set_ylabel("best validation loss so far")
+    ax.set_title(f"{cmp.objective.name}: median over {len(cmp.seeds)} seeds, band = min–max")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plane(cmp: Comparison, path: str) -> str:
+    """The η–β plane: ρ contours and the ρ = 1 boundary from the curvature at θ₀, every trial
+    coloured by its validation loss (diverged ones as ×), and metagrad's path."""
+    plt = _pyplot()
+    space = cmp.objective.space
+    lrs = np.geomspace(space.lr_low, space.lr_high, 240)
+    momenta = np.linspace(space.momentum_low, space.momentum_high, 200)
+    lr_grid, momentum_grid = np.meshgrid(lrs, momenta)
+    eigenvalues = [max(cmp.curvature.lambda_min, 0.0), cmp.curvature.lambda_max]
+    rho = spectral_radius(lr_grid, momentum_grid, eigenvalues)
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    contours = ax.contour(lr_grid, momentum_grid, rho, levels=list(RHO_LEVELS), colors="grey", linewidths=0.7)
+    ax.clabel(contours, fmt="ρ=%.2f", fontsize=7)
+    ax.contour(lr_grid, momentum_grid, rho, levels=[1.0], colors="black", linewidths=2)
+    ax.contourf(lr_grid, momentum_grid, rho, levels=[1.0, np.inf], colors=["#f4cccc"], alpha=0.5)
+    trials = [t for runs in cmp.results.values() for r in runs for t in r.trials]
+    finite = [t for t in trials if not t.diverged]
+    if finite:
+        values = np.log10([max(t.value, 1e-300) for t in finite])
+        points = ax.scatter([t.lr for t in finite], [t.momentum for t in finite], c=values, s=14, cmap="viridis")
+        fig.colorbar(points, ax=ax, label="log10 validation loss")
+    diverged = [t for t in trials if t.diverged]
+    ax.scatter([t.lr for t in diverged], [t.momentum for t in diverged], marker="x", c="red", s=16,
+               label=f"diverged ({len(diverged)})")
+    for result in cmp.results.get("metagrad", [])[:1]:
+        path_trials = [t for t in result.trials if "growth_rate" in t.metrics]
+        ax.plot([t.lr for t in path_trials], [t.momentum for t in path_trials], "-o", color="orange",
+                ms=3, lw=1.5, label=f"metagrad path (seed {result.seed})")
+    if cmp.objective.optimum and "lr" in cmp.objective.optimum:
+        ax.plot(cmp.objective.optimum["lr"], cmp.objective.optimum["momentum"], "*", color="magenta", ms=12,
+                label="rate-optimal (η*, β*)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate η")
+    ax.set_ylabel("momentum β")
+    ax.set_title(f"{cmp.objective.name}: ρ from λ ∈ [{eigenvalues[0]:.3g}, {eigenvalues[1]:.3g}] at θ₀ "
+                 f"(shaded: ρ > 1)")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["best_so_far_on", "convergence", "plane"]

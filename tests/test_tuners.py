@@ -1,0 +1,126 @@
+"""One shared suite over every tuning method, then what only metagrad promises."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import metatune as mt
+from metatune import objectives
+from metatune.stability import critical_lr
+from metatune.tuners import METHODS, tune
+from metatune.tuners.metagrad import MetagradTuner
+
+BUDGET = 1_500
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    return objectives.get("quadratic", dim=10, kappa=100.0, steps=30)
+
+
+@pytest.fixture(scope="module")
+def results(quadratic):
+    """Every method once on the same objective, budget and seed, with its callback log."""
+    out = {}
+    for method in METHODS:
+        seen = []
+        out[method] = (tune(quadratic, method, budget=BUDGET, seed=0, callback=seen.append), seen)
+    return out
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_budget_is_respected_and_counted(results, method):
+    result, _ = results[method]
+    assert 0 < result.gradient_evals <= BUDGET
+    cumulative = [t.cumulative_evals for t in result.trials]
+    assert cumulative == sorted(cumulative)
+    assert sum(t.gradient_evals for t in result.trials) <= cumulative[-1] + 1e-9
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_callback_sees_every_trial_in_order(results, method):
+    result, seen = results[method]
+    assert seen == result.trials and [t.number for t in seen] == list(range(len(seen)))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trials_stay_in_the_space_and_best_is_the_minimum(results, method, quadratic):
+    result, _ = results[method]
+    space = quadratic.space
+    for trial in result.trials:
+        assert space.lr_low * (1 - 1e-9) <= trial.lr <= space.lr_high * (1 + 1e-9)
+        assert space.momentum_low <= trial.momentum <= space.momentum_high
+    finite = [t.value for t in result.trials if not t.diverged]
+    assert result.best_value == min(finite)
+    assert result.best_value < result.trials[0].value or result.best is result.trials[0]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trial_values_are_the_validation_loss_of_a_plain_run(results, method, quadratic):
+    result, _ = results[method]
+    trial = result.best
+    params = quadratic.init_params(0)
+    run = mt.unroll(quadratic.train_loss, params, trial.lr, trial.momentum, quadratic.steps)
+    assert trial.value == pytest.approx(float(quadratic.val_loss(run.params)), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_same_seed_same_trials(results, method, quadratic):
+    again = tune(quadratic, method, budget=BUDGET, seed=0)
+    first, _ = results[method]
+    assert [(t.lr, t.momentum) for t in again.trials] == [(t.lr, t.momentum) for t in first.trials]
+
+
+@pytest.mark.parametrize("method", ["tpe", "random", "cmaes"])
+def test_diverged_trials_are_recorded_with_their_spectral_radius(method):
+    """Most of this space lies past the critical lr: trials diverge, the study goes on."""
+    wide = objectives.get("quadratic", dim=10, kappa=100.0, steps=60)
+    result = tune(wide, method, budget=61 * 30, seed=1,
+                  space=objectives.SearchSpace(lr_low=1e-3, lr_high=1.0))
+    diverged = [t for t in result.trials if t.diverged]
+    assert diverged and len(result.trials) == 30
+    assert all(t.value == math.inf and t.spectral_radius > 1 and not t.stable for t in diverged)
+    assert all(t.spectral_radius < 1 for t in result.trials if t.lr < 0.5 * critical_lr(100.0, t.momentum))
+
+
+def test_unknown_method_and_bad_budget_are_refused(quadratic):
+    with pytest.raises(ValueError, match="method='sideways'"):
+        tune(quadratic, "sideways", budget=100)
+    with pytest.raises(ValueError, match="budget=-5"):
+        tune(quadratic, "tpe", budget=-5)
+    with pytest.raises(ValueError, match="objective='nope'"):
+        tune("nope", "tpe", budget=100)
+
+
+def test_metagrad_respects_the_stability_guard(results, quadratic):
+    result, _ = results["metagrad"]
+    lam = quadratic.optimum["lambda_max"]
+    assert all(t.lr <= critical_lr(lam, t.momentum) for t in result.trials)
+    assert all(t.stable for t in result.trials)
+
+
+def test_metagrad_coordinates_round_trip_and_projection_caps_lr(quadratic):
+    tuner = MetagradTuner(quadratic, budget=BUDGET)
+    u = MetagradTuner.encode(0.01, 0.7)
+    assert MetagradTuner.decode(u) == pytest.approx((0.01, 0.7))
+    lr, momentum = MetagradTuner.decode(tuner.project(MetagradTuner.encode(5.0, 0.5)))
+    assert lr == pytest.approx((1 - tuner.margin) * critical_lr(100.0, momentum))
+
+
+def test_metagrad_improves_on_the_rate_optimal_start(quadratic):
+    result = tune(quadratic, "metagrad", budget=4_000, seed=0, screen=0)
+    first = result.trials[0]
+    assert "growth_rate" in first.metrics  # a meta-gradient step, not a screening trial
+    start_lr, start_momentum = mt.stability.optimal_hyperparameters(1.0, 100.0)
+    assert (first.lr, first.momentum) == pytest.approx((start_lr, start_momentum), rel=1e-3)
+    assert result.best_value < 0.1 * first.value
+
+
+def test_metagrad_backs_off_after_an_exploding_step(quadratic):
+    """A huge meta step overshoots; the tuner must return and shrink its step, not wander off."""
+    result = tune(quadratic, "metagrad", budget=4_000, seed=0, meta_lr=3.0, starts=1)
+    values = [t.value for t in result.trials]
+    assert result.best_value <= values[0]
+    assert any(later > 10 * values[0] for later in values[1:]) or result.best_value < values[0]
