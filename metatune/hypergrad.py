@@ -80,6 +80,7 @@ class HypergradResult:
         gradient_evals: cost in gradient-evaluation units.
         mode: the mode used; steps: T; window: steps differentiated through.
         train_losses: ℓ(θₜ; bₜ) for each inner step.
+        params, velocity: the final θ_T and v_T (detached), to continue training from.
     """
 
     value: float
@@ -92,6 +93,8 @@ class HypergradResult:
     steps: int
     window: int
     train_losses: Tensor = field(repr=False)
+    params: Params = field(repr=False, default_factory=dict)
+    velocity: Params = field(repr=False, default_factory=dict)
 
     @property
     def amplification(self) -> float:
@@ -112,6 +115,8 @@ def hypergrad(
     truncate: int | None = None,
     checkpoint: int | None = None,
     compile: bool = False,  # noqa: A002 - the name users know from torch.compile
+    *,
+    velocity: Params | None = None,
 ) -> HypergradResult:
     """Differentiate ``val_loss(θ_T)`` with respect to η and β through T inner steps.
 
@@ -121,6 +126,7 @@ def hypergrad(
         mode: "forward", "reverse" or "truncated".
         truncate: K in 1..steps, the window of "truncated" mode.
         checkpoint: for "reverse"/"truncated", keep the state every K steps and recompute.
+        velocity: initial velocity (default zeros), to differentiate a stretch of a longer run.
         compile: forward mode only: run each step through ``torch.compile`` (one-time
             compilation of tens of seconds, then several times faster on small models).
 
@@ -133,7 +139,7 @@ def hypergrad(
         >>> hg.lr < 0  # a larger step would lower the loss further
         True
     """
-    problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov)
+    problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     check_scalar_loss(val_loss(problem.params), "val_loss(params)")
     window = _window(mode, truncate, steps)
     if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1):
@@ -196,7 +202,7 @@ def _squared_norm(tensors: dict[str, Tensor]) -> Tensor:
     return sum((t.double() ** 2).sum() for t in tensors.values())
 
 
-def _result(problem, keys, value, grads: Tensor, growth, cost, mode, window, losses) -> HypergradResult:  # noqa: ANN001
+def _result(problem, keys, value, grads: Tensor, growth, cost, mode, window, losses, final) -> HypergradResult:  # noqa: ANN001
     numbers = grads.detach().tolist()
     by_kind: dict[str, dict[str, float]] = {"lr": {}, "momentum": {}}
     for (kind, group), number in zip(keys, numbers):
@@ -204,8 +210,9 @@ def _result(problem, keys, value, grads: Tensor, growth, cost, mode, window, los
     lr = by_kind["lr"] if problem.lr.per_group else by_kind["lr"][dynamics.SCALAR_GROUP]
     mom = by_kind["momentum"] if problem.momentum.per_group else by_kind["momentum"][dynamics.SCALAR_GROUP]
     diverged = not is_finite(value, losses, *numbers)
+    params, velocity = ({n: t.detach() for n, t in state.items()} for state in final)
     return HypergradResult(
-        float(value), lr, mom, growth, diverged, cost, mode, problem.steps, window, losses
+        float(value), lr, mom, growth, diverged, cost, mode, problem.steps, window, losses, params, velocity
     )
 
 
@@ -267,7 +274,8 @@ def _forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool) -> Hyperg
     grads = sum(torch.einsum("k...,...->k", s_params[n], val_grad[n]) for n in params)
     growth = _growth_rate(math.sqrt(float(norm_probe)), math.sqrt(float(_squared_norm(s_params))), problem.steps - probe)
     spent = cost("forward", problem.steps, len(keys))
-    return _result(problem, keys, value, grads, growth, spent, "forward", problem.steps, losses.tensor)
+    return _result(problem, keys, value, grads, growth, spent, "forward", problem.steps, losses.tensor,
+                   (params, velocity))
 
 
 def _segments(steps: int, window: int, every: int) -> list[tuple[int, int]]:
@@ -307,6 +315,7 @@ def _reverse(
             _per_param(layout, hyper), problem.batches[a:b], _adjoint_probes(a, norms),
         )
         if adjoint is None:  # the last segment ends in the validation loss
+            final = (end_params, end_state.velocity)
             terminal = val_loss(end_params)
             value = terminal.detach()
             losses = torch.cat([losses, segment_losses])
@@ -321,7 +330,7 @@ def _reverse(
         hyper_grads = hyper_grads + grads[-1]
     growth = _growth_rate(_norm(norms[problem.steps]), _norm(norms[probe]), problem.steps - probe)
     spent = cost(mode, problem.steps, len(keys), window, every)
-    return _result(problem, keys, value, hyper_grads, growth, spent, mode, window, losses)
+    return _result(problem, keys, value, hyper_grads, growth, spent, mode, window, losses, final)
 
 
 def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dict[int, tuple[Params, Params]], Tensor]:

@@ -199,3 +199,18 @@ def test_bad_input_raises_value_error_naming_the_argument(mlp, kwargs, named):
 def test_non_scalar_validation_loss_is_refused(mlp):
     with pytest.raises(ValueError, match=r"val_loss\(params\)"):
         mt.hypergrad(mlp.train_loss, lambda p: p["0.bias"] * 2, mlp.params, 0.1, 0.9, 3, mlp.batches)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_final_state_and_resuming_velocity_match_unroll(mlp, mode):
+    first = mt.unroll(mlp.train_loss, mlp.params, 0.3, 0.9, 7, mlp.batches)
+    hg = mt.hypergrad(mlp.train_loss, mlp.val_loss, first.params, 0.3, 0.9, 5, mlp.batches[7:], mode=mode,
+                      velocity=first.velocity)
+    whole = mt.unroll(mlp.train_loss, mlp.params, 0.3, 0.9, 12, mlp.batches)
+    for name in whole.params:
+        assert torch.allclose(hg.params[name], whole.params[name], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(hg.velocity[name], whole.velocity[name], rtol=1e-12, atol=1e-14)
+    eps = 1e-6
+    values = [float(mlp.val_loss(mt.unroll(mlp.train_loss, first.params, 0.3 + s * eps, 0.9, 5, mlp.batches[7:],
+                                           velocity=first.velocity).params)) for s in (1, -1)]
+    assert _relative(hg.lr, (values[0] - values[1]) / (2 * eps)) <= 1e-6

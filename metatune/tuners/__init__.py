@@ -11,11 +11,12 @@ from metatune.tuners.cmaes import CmaEsTuner
 from metatune.tuners.gp import GPTuner
 from metatune.tuners.grid import GridTuner
 from metatune.tuners.metagrad import MetagradTuner
+from metatune.tuners.online import OnlineTuner
 from metatune.tuners.random_search import RandomTuner
 from metatune.tuners.tpe import TPETuner
 
 METHODS: dict[str, type[Tuner]] = {
-    tuner.name: tuner for tuner in (MetagradTuner, TPETuner, RandomTuner, GridTuner, CmaEsTuner, GPTuner)
+    tuner.name: tuner for tuner in (MetagradTuner, OnlineTuner, TPETuner, RandomTuner, GridTuner, CmaEsTuner, GPTuner)
 }
 
 
@@ -25,7 +26,7 @@ def tune(objective: Objective | str, method: str = "metagrad", budget: float = 2
 
     Args:
         objective: an :class:`~metatune.objectives.Objective` or a registered name.
-        method: one of :data:`METHODS` ("metagrad", "tpe", "random", "grid", "cmaes", "gp").
+        method: one of :data:`METHODS` ("metagrad", "online", "tpe", "random", "grid", "cmaes", "gp").
         budget: gradient evaluations the search may spend (tangents and Hessian-vector
             products count as their multiples of a gradient).
         seed: seeds θ₀, the minibatches and the method.

@@ -1,0 +1,75 @@
+"""``online``: adapt (η, β) inside each training run from short-horizon meta-gradients.
+
+Hypergradient descent (Baydin et al., 2018), generalised to β and to K-step horizons:
+every K steps, the last K steps are differentiated in reverse mode (the stretch that was
+trained anyway, so the only extra cost is the backward pass), Adam moves
+u = (log η, log(1 − β)) on log ℓ_val, and training continues from where it is. The same
+stability guard as ``metagrad`` caps η. Each run of T steps is one trial (its value is
+ℓ_val at the end; its (η, β) those reached at the end); the next run starts from them.
+
+The meta-gradient over K ≪ T steps is biased towards what helps *now* (short-horizon
+bias, Wu et al., 2018): greedy choices of η that lower the loss in K steps can be far
+from the η best for the whole run. ``metatune bench horizon`` measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from metatune.errors import invalid
+from metatune.hypergrad import cost, hypergrad
+from metatune.tuners.metagrad import MetagradTuner, Start, adam_direction
+
+
+class OnlineTuner(MetagradTuner):
+    """Adapt (η, β) every ``horizon`` steps inside each run; see the module docstring."""
+
+    name = "online"
+
+    def __init__(self, objective, *, horizon: int = 10, meta_lr: float = 0.05, **kwargs) -> None:  # noqa: ANN001, ANN003
+        super().__init__(objective, meta_lr=meta_lr, mode="reverse", screen=0, starts=1, **kwargs)
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise invalid("horizon", horizon, "an integer >= 1 (steps between hyperparameter updates)")
+        self.horizon = min(horizon, self.steps)
+
+    def run_cost(self) -> float:
+        """One adaptive run: a reverse meta-gradient over each K-step stretch of the T steps."""
+        full, rest = divmod(self.steps, self.horizon)
+        return full * cost("reverse", self.horizon) + (cost("reverse", rest) if rest else 0.0)
+
+    def search(self) -> None:
+        self.charge(self.curvature().gradient_evals)
+        u = self.project(self.starting_points()[0])
+        while True:
+            u = self.adaptive_run(u)
+
+    def adaptive_run(self, u: np.ndarray) -> np.ndarray:
+        """Train T steps from θ₀ adapting u every K steps; record the run; return the final u."""
+        spent = self.run_cost()
+        self.charge(spent)
+        began = time.perf_counter()
+        start_lr, start_momentum = self.decode(u)
+        state = Start(u, self.meta_lr)
+        params, velocity, hg = self.params, None, None
+        for first in range(0, self.steps, self.horizon):
+            k = min(self.horizon, self.steps - first)
+            batches = None if self.batches is None else self.batches[first : first + k]
+            lr, momentum = self.decode(state.u)
+            hg = hypergrad(self.objective.train_loss, self.objective.val_loss, params, lr, momentum, k,
+                           batches, mode="reverse", velocity=velocity)
+            if hg.diverged:
+                break
+            grad = np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, 1e-300)
+            direction, state.first_moment, state.second_moment = adam_direction(state, grad)
+            state.iterations += 1
+            state.u = self.project(state.u - self.meta_lr * direction)
+            params, velocity = hg.params, hg.velocity
+        value = math.inf if hg is None or hg.diverged else hg.value
+        self.record(lr, momentum, value, spent, time.perf_counter() - began, horizon=self.horizon,
+                    start_lr=start_lr, start_momentum=start_momentum)
+        if not math.isfinite(value):  # back off: restart from a smaller learning rate
+            return self.project(u - np.array([math.log(2.0), 0.0]))
+        return self.project(state.u)
