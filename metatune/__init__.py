@@ -1,19 +1,38 @@
-"""metatune: tune momentum SGD's learning rate and momentum by exact meta-gradients."""
+"""metatune: tune momentum SGD's learning rate and momentum by exact meta-gradients.
+
+The engine (``unroll``, ``hypergrad``, ``stability``), named problems (``objectives``),
+tuning methods (``tune``: metagrad, online, and Optuna's samplers), vmapped populations
+(``train_population``) and the equal-budget comparison (``compare``).
+"""
 
 from __future__ import annotations
 
-from metatune import dynamics, stability
+from metatune import dynamics, objectives, stability
+from metatune.compare import Comparison, compare
 from metatune.errors import InvalidArgumentError, MetatuneError
 from metatune.hypergrad import HypergradResult, hypergrad
+from metatune.hypergrad import cost as hypergrad_cost
+from metatune.population import PopulationResult, train_population
+from metatune.tuners import METHODS, Trial, TuneResult, tune
 from metatune.unroll import UnrollResult, unroll
 
 __all__ = [
+    "METHODS",
+    "Comparison",
     "HypergradResult",
     "InvalidArgumentError",
     "MetatuneError",
+    "PopulationResult",
+    "Trial",
+    "TuneResult",
     "UnrollResult",
+    "compare",
     "dynamics",
     "hypergrad",
+    "hypergrad_cost",
+    "objectives",
     "stability",
+    "train_population",
+    "tune",
     "unroll",
 ]

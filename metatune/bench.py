@@ -291,7 +291,9 @@ def _timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def _plain_sgd_run(model, params, data, batches, lr: float, momentum: float) -> None:  # noqa: ANN001
+def _plain_sgd_run(
+    model: torch.nn.Module, params: dict, data: object, batches: list, lr: float, momentum: float
+) -> None:
     """One ordinary training run: ``model(x)``, ``backward()``, ``torch.optim.SGD.step()``."""
     model.load_state_dict(params, strict=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -327,7 +329,7 @@ def measure_population(task: PopulationTask) -> dict:
         members = list(range(task.population))
         compile_ = task.compile_mode if task.compile else False
 
-        def run(steps: list):  # noqa: ANN202
+        def run(steps: list) -> object:
             return train_population(train_loss, val_loss, params, lrs, momenta, len(steps), steps,
                                     chunk_size=task.chunk_size, compile=compile_)
     warmup, _ = _timed(lambda: run(batches[:3]), task.device)
@@ -356,16 +358,19 @@ def population_table(rows: list[dict]) -> str:
 
 def population_main(args: argparse.Namespace) -> int:
     """``metatune bench population``: K settings trained at once against K ``torch.optim.SGD`` runs."""
-    common = dict(steps=args.steps, hidden=tuple(_ints(args.hidden or "64")), batch_size=args.batch_size or 128,
-                  device=args.device, threads=args.threads, loop_runs=args.loop_runs, chunk_size=args.chunk_size,
-                  compile_mode=args.compile_mode or ("reduce-overhead" if args.device.startswith("cuda") else "default"))
+    cuda = args.device.startswith("cuda")
+    template = PopulationTask(
+        "loop", 0, steps=args.steps, hidden=tuple(_ints(args.hidden or "64")), batch_size=args.batch_size or 128,
+        compile_mode=args.compile_mode or ("reduce-overhead" if cuda else "default"), chunk_size=args.chunk_size,
+        loop_runs=args.loop_runs, device=args.device, threads=args.threads,
+    )
     tasks = []
     for k in _ints(args.population):
-        tasks += [PopulationTask("loop", k, **common), PopulationTask("population", k, **common)]
-        tasks += [] if args.eager_only else [PopulationTask("population", k, compile=True, **common)]
-    n_params = sum(p.numel() for p in _problem(Task("sgd", 1, hidden=common["hidden"]))[1].values())
-    print(f"metatune bench population: MLP 64-{'-'.join(map(str, common['hidden']))}-10 ({n_params} parameters), "
-          f"digits, batch {common['batch_size']}, T={args.steps}, float32, {args.device}, {args.threads} thread(s); "
+        tasks += [replace(template, population=k), replace(template, method="population", population=k)]
+        tasks += [] if args.eager_only else [replace(template, method="population", population=k, compile=True)]
+    n_params = sum(p.numel() for p in _problem(Task("sgd", 1, hidden=template.hidden))[1].values())
+    print(f"metatune bench population: MLP 64-{'-'.join(map(str, template.hidden))}-10 ({n_params} parameters), "
+          f"digits, batch {template.batch_size}, T={args.steps}, float32, {args.device}, {args.threads} thread(s); "
           f"η log-uniform [1e-3, 1], β uniform [0, 0.99); "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}", flush=True)
     from tqdm import tqdm

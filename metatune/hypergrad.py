@@ -42,11 +42,15 @@ from metatune.unroll import (
 
 MODES = ("forward", "reverse", "truncated")
 
-TANGENT_COST = 1.5
-"""One tangent carried through one inner step, in gradient evaluations (see BENCHMARKS.md)."""
+TANGENT_COST = 2.0
+"""One tangent carried through one inner step, in gradient evaluations: jvp of the
+gradient costs ≈ 2 gradients in matmul/conv FLOPs (``metatune bench cost``: 1.6 on
+mlp-digits, 2.0 on cnn-digits and rnn-sequence; BENCHMARKS.md)."""
 
 BACKWARD_STEP_COST = 2.0
-"""Backpropagating through one inner step (a Hessian-vector product), in gradient evaluations."""
+"""Backpropagating through one inner step (a Hessian-vector product by double backward),
+in gradient evaluations: 1.2 (mlp-digits) to 2.0 (cnn-digits, rnn-sequence) in FLOPs."""
+
 
 def cost(mode: str, steps: int, hyperparameters: int = 2, window: int | None = None,
          checkpoint: int | None = None) -> float:

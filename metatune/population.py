@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -32,7 +31,7 @@ from metatune._types import Batch, Batches, Params, TrainLoss, ValLoss
 from metatune.errors import invalid
 from metatune.unroll import check_batches, check_params, check_scalar_loss, check_steps
 
-Settings = Union[Tensor, Sequence[float]]
+Settings = Tensor | Sequence[float]
 """K values of one hyperparameter: a 1-d tensor or a sequence of numbers."""
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -87,14 +86,15 @@ def train_population(
     nesterov: bool = False,
     *,
     chunk_size: int | None = None,
-    compile: bool | str = False,  # noqa: A002 - the name users know from torch.compile
+    compile: bool | str = False,
     return_params: bool = False,
 ) -> PopulationResult:
     """Train K momentum-SGD runs, member k with (``lrs[k]``, ``momenta[k]``), in one batched loop.
 
     Args:
         train_loss, val_loss, params, steps, batches, nesterov: as :func:`metatune.hypergrad`;
-            every member starts from ``params`` and sees the same batches.
+            every member starts from ``params`` and sees the same batches. Both losses run
+            under ``torch.func.vmap``: no ``.item()`` or value-dependent Python branches.
         lrs: K learning rates, each finite and > 0.
         momenta: K momenta, each in [0, 1).
         chunk_size: members per vectorised call (``vmap``'s ``chunk_size``): bounds the
@@ -146,13 +146,12 @@ def check_settings(lrs: Settings, momenta: Settings, like: Tensor) -> tuple[Tens
         raise invalid("momenta", f"{len(momentum_vector)} values", f"as many values as lrs ({len(lr_vector)})")
     _check_each(lr_vector, "lrs", lambda x: math.isfinite(x) and x > 0, "a finite learning rate > 0")
     _check_each(momentum_vector, "momenta", lambda x: 0.0 <= x < 1.0, "a momentum in [0, 1)")
-    to = dict(dtype=like.dtype, device=like.device)
-    return lr_vector.to(**to), momentum_vector.to(**to)
+    return lr_vector.to(dtype=like.dtype, device=like.device), momentum_vector.to(dtype=like.dtype, device=like.device)
 
 
 def _as_vector(values: Settings, name: str) -> Tensor:
     expected = "a non-empty 1-d tensor or sequence of numbers"
-    if isinstance(values, (str, bytes)) or isinstance(values, bool):
+    if isinstance(values, (str, bytes, bool)):
         raise invalid(name, values, expected)
     try:
         vector = values.detach() if isinstance(values, Tensor) else torch.as_tensor(values)
@@ -190,7 +189,16 @@ def _check_compile(compile_: bool | str) -> str | None:
     return compile_
 
 
-def _train(advance: StepFn, train_loss, params, lrs, momenta, batches, nesterov, chunk_size):  # noqa: ANN001, ANN202
+def _train(
+    advance: StepFn,
+    train_loss: TrainLoss,
+    params: Params,
+    lrs: Tensor,
+    momenta: Tensor,
+    batches: list[Batch],
+    nesterov: bool,
+    chunk_size: int | None,
+) -> tuple[Params, Tensor]:
     """The T-step loop: θ and v carry a leading K axis; returns θ_T and the (K, T) losses."""
     k = len(lrs)
     stacked = {n: p.expand(k, *p.shape).clone() for n, p in params.items()}

@@ -63,7 +63,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_population_equals_independent_torch_sgd_runs(regression, nesterov):
-    model, params, train_loss, val_loss, batches = regression
+    _, params, train_loss, val_loss, batches = regression
     pop = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches, nesterov, return_params=True)
     assert pop.diverged.tolist() == [k == DIVERGING for k in range(len(LRS))]
     for k, (lr, momentum) in enumerate(zip(LRS, MOMENTA)):
@@ -91,7 +91,7 @@ def test_each_member_equals_unroll(mlp, nesterov):
 
 
 def test_chunks_and_population_size_do_not_change_a_member(regression):
-    model, params, train_loss, val_loss, batches = regression
+    _, params, train_loss, val_loss, batches = regression
     whole = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches)
     chunked = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches, chunk_size=2)
     alone = train_population(train_loss, val_loss, params, LRS[:1], MOMENTA[:1], STEPS, batches)
@@ -105,7 +105,7 @@ def test_chunks_and_population_size_do_not_change_a_member(regression):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's imports
 def test_compiled_step_equals_eager(regression):
-    model, params, train_loss, val_loss, batches = regression
+    _, params, train_loss, val_loss, batches = regression
     eager = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches, nesterov=True)
     compiled = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches, nesterov=True,
                                 compile=True)
@@ -116,7 +116,7 @@ def test_compiled_step_equals_eager(regression):
 
 
 def test_best_index_skips_diverged_members(regression):
-    model, params, train_loss, val_loss, batches = regression
+    _, params, train_loss, val_loss, batches = regression
     pop = train_population(train_loss, val_loss, params, LRS, MOMENTA, STEPS, batches)
     finite = [k for k in range(len(LRS)) if k != DIVERGING]
     assert pop.best_index == min(finite, key=lambda k: float(pop.values[k]))
@@ -126,7 +126,10 @@ def test_best_index_skips_diverged_members(regression):
 
 def test_settings_follow_params_dtype_and_are_returned(mlp):
     params32 = {k: v.float() for k, v in mlp.params.items()}
-    loss32 = lambda p, b=None: sum((v**2).sum() for v in p.values())  # noqa: E731
+
+    def loss32(p, b=None):
+        return sum((v**2).sum() for v in p.values())
+
     pop = train_population(loss32, loss32, params32, (0.1, 0.2), torch.tensor([0.5, 0.0]), 3)
     assert pop.values.dtype == torch.float32 and pop.lrs.dtype == torch.float32
     assert pop.lrs.tolist() == pytest.approx([0.1, 0.2]) and pop.momenta.tolist() == [0.5, 0.0]
@@ -153,7 +156,7 @@ def test_settings_follow_params_dtype_and_are_returned(mlp):
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(mlp, kwargs, named):
-    args = dict(lrs=[0.1, 0.2], momenta=[0.5, 0.9], steps=3, batches=mlp.batches) | kwargs
+    args = {"lrs": [0.1, 0.2], "momenta": [0.5, 0.9], "steps": 3, "batches": mlp.batches} | kwargs
     with pytest.raises(ValueError, match="is invalid: expected") as info:
         train_population(mlp.train_loss, mlp.val_loss, mlp.params, **args)
     assert named in str(info.value)

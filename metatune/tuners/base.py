@@ -227,8 +227,8 @@ class Tuner(abc.ABC):
 def estimate_curvature(objective: Objective, params: dict, batches: Any) -> Curvature:
     """λ_min, λ_max of the training loss at ``params`` on the first batch, by Lanczos
     (:func:`metatune.stability.estimate`), or the objective's exact values when it has them.
-    Each Hessian-vector product costs ``BACKWARD_STEP_COST`` gradient evaluations."""
-    from metatune.hypergrad import BACKWARD_STEP_COST
+    Each Hessian-vector product (a jvp of the gradient) costs 1 + ``TANGENT_COST`` gradients."""
+    from metatune.hypergrad import TANGENT_COST
     from metatune.stability import estimate
 
     known = objective.optimum or {}
@@ -236,4 +236,4 @@ def estimate_curvature(objective: Objective, params: dict, batches: Any) -> Curv
         return Curvature(known["lambda_min"], known["lambda_max"], 0.0)
     batch = None if batches is None else batches[0]
     report = estimate(objective.train_loss, params, lr=1e-3, momentum=0.0, batch=batch)
-    return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * BACKWARD_STEP_COST)
+    return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * (1.0 + TANGENT_COST))
