@@ -35,7 +35,7 @@ print("|---|---|---|---|---|---|")
 for horizon in (10, 100, 1000):
     for method, options in (("metagrad", {"mode": "reverse"}), ("online", {"horizon": horizon})):
         objective = mt.objectives.get("mlp-digits", steps=horizon if method == "metagrad" else LONG)
-        budget = 30 * mt.hypergrad_cost("reverse", objective.steps)
+        budget = 30 * mt.costs.DEFAULT.hypergrad("reverse", objective.steps)
         result = mt.tune(objective, method, budget=budget, seed=0, **options)
         judged = float(long_run_loss([result.best_lr], [result.best_momentum])[0])
         print(f"| {horizon} | {method} | {result.best_lr:.4g} | {result.best_momentum:.3g} | {judged:.4f} | "

@@ -7,11 +7,10 @@ tuning methods (``tune``: metagrad, online, and Optuna's samplers), vmapped popu
 
 from __future__ import annotations
 
-from metatune import dynamics, objectives, stability
+from metatune import costs, dynamics, objectives, stability
 from metatune.compare import Comparison, compare
 from metatune.errors import InvalidArgumentError, MetatuneError
 from metatune.hypergrad import HypergradResult, hypergrad
-from metatune.hypergrad import cost as hypergrad_cost
 from metatune.population import PopulationResult, train_population
 from metatune.tuners import METHODS, Trial, TuneResult, tune
 from metatune.unroll import UnrollResult, unroll
@@ -27,9 +26,9 @@ __all__ = [
     "TuneResult",
     "UnrollResult",
     "compare",
+    "costs",
     "dynamics",
     "hypergrad",
-    "hypergrad_cost",
     "objectives",
     "stability",
     "train_population",

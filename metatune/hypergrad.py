@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from metatune import dynamics
+from metatune.costs import DEFAULT, CostModel
 from metatune._types import Batch, Batches, HyperArg, Params, TrainLoss, ValLoss
 from metatune.errors import invalid
 from metatune.unroll import (
@@ -41,31 +42,6 @@ from metatune.unroll import (
 )
 
 MODES = ("forward", "reverse", "truncated")
-
-TANGENT_COST = 2.0
-"""One tangent carried through one inner step, in gradient evaluations: jvp of the
-gradient costs ≈ 2 gradients in matmul/conv FLOPs (``metatune bench cost``: 1.6 on
-mlp-digits, 2.0 on cnn-digits and rnn-sequence; BENCHMARKS.md)."""
-
-BACKWARD_STEP_COST = 2.0
-"""Backpropagating through one inner step (a Hessian-vector product by double backward),
-in gradient evaluations: 1.2 (mlp-digits) to 2.0 (cnn-digits, rnn-sequence) in FLOPs."""
-
-
-def cost(mode: str, steps: int, hyperparameters: int = 2, window: int | None = None,
-         checkpoint: int | None = None) -> float:
-    """Gradient evaluations one meta-gradient costs (the ``gradient_evals`` it reports).
-
-    forward: T (1 + k·TANGENT_COST) + 1; reverse/truncated over a window W in segments of
-    C steps: T + (W − last segment) recomputed + W·BACKWARD_STEP_COST + 1. The + 1 is the
-    validation gradient.
-    """
-    if mode == "forward":
-        return steps * (1.0 + hyperparameters * TANGENT_COST) + 1.0
-    window = steps if window is None else window
-    last = (window - 1) % (checkpoint or window) + 1
-    return steps + (window - last) + window * BACKWARD_STEP_COST + 1.0
-
 
 HyperKey = tuple[str, str]
 """("lr" | "momentum", group prefix): one differentiated hyperparameter scalar."""
@@ -121,6 +97,7 @@ def hypergrad(
     compile: bool = False,  # noqa: A002 - the name users know from torch.compile
     *,
     velocity: Params | None = None,
+    costs: CostModel = DEFAULT,
 ) -> HypergradResult:
     """Differentiate ``val_loss(θ_T)`` with respect to η and β through T inner steps.
 
@@ -131,6 +108,7 @@ def hypergrad(
         truncate: K in 1..steps, the window of "truncated" mode.
         checkpoint: for "reverse"/"truncated", keep the state every K steps and recompute.
         velocity: initial velocity (default zeros), to differentiate a stretch of a longer run.
+        costs: the multiples used for ``gradient_evals`` (:func:`metatune.costs.measure`).
         compile: forward mode only: run each step through ``torch.compile`` (one-time
             compilation of tens of seconds, then several times faster on small models).
 
@@ -151,10 +129,10 @@ def hypergrad(
     if mode == "forward":
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None in forward mode (its memory is already flat in T)")
-        return _forward(problem, val_loss, compile)
+        return _forward(problem, val_loss, compile, costs)
     if compile:
         raise invalid("compile", compile, "False unless mode='forward'")
-    return _reverse(problem, val_loss, window, checkpoint or window, mode)
+    return _reverse(problem, val_loss, window, checkpoint or window, mode, costs)
 
 
 def _window(mode: str, truncate: int | None, steps: int) -> int:
@@ -254,7 +232,7 @@ def _compiled_tangent_step() -> Callable[..., tuple[Params, Params, Params, Para
     return torch.compile(_tangent_step, dynamic=False)
 
 
-def _forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool) -> HypergradResult:
+def _forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool, costs: CostModel) -> HypergradResult:
     """Forward mode: carry the k tangents through every step; memory flat in T."""
     keys = _hyper_keys(problem)
     hyper = _hyper_vector(problem, keys)
@@ -277,7 +255,7 @@ def _forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool) -> Hyperg
     val_grad, value = torch.func.grad_and_value(val_loss)(params)
     grads = sum(torch.einsum("k...,...->k", s_params[n], val_grad[n]) for n in params)
     growth = _growth_rate(math.sqrt(float(norm_probe)), math.sqrt(float(_squared_norm(s_params))), problem.steps - probe)
-    spent = cost("forward", problem.steps, len(keys))
+    spent = costs.hypergrad("forward", problem.steps, len(keys))
     return _result(problem, keys, value, grads, growth, spent, "forward", problem.steps, losses.tensor,
                    (params, velocity))
 
@@ -293,7 +271,7 @@ def _leaves(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _reverse(
-    problem: InnerProblem, val_loss: ValLoss, window: int, every: int, mode: str
+    problem: InnerProblem, val_loss: ValLoss, window: int, every: int, mode: str, costs: CostModel
 ) -> HypergradResult:
     """Reverse mode through the last ``window`` steps, in segments of ``every`` steps.
 
@@ -333,7 +311,7 @@ def _reverse(
         adjoint = dict(zip(start_params, grads[:n])), dict(zip(start_velocity, grads[n : 2 * n]))
         hyper_grads = hyper_grads + grads[-1]
     growth = _growth_rate(_norm(norms[problem.steps]), _norm(norms[probe]), problem.steps - probe)
-    spent = cost(mode, problem.steps, len(keys), window, every)
+    spent = costs.hypergrad(mode, problem.steps, len(keys), window, every)
     return _result(problem, keys, value, hyper_grads, growth, spent, mode, window, losses, final)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import metatune as mt
-from metatune.hypergrad import BACKWARD_STEP_COST, TANGENT_COST
+from metatune.costs import DEFAULT
 
 STEPS = 25
 
@@ -168,8 +168,8 @@ def test_cost_is_counted_in_gradient_evaluations(mlp):
     forward = mt.hypergrad(*args, mode="forward")
     reverse = mt.hypergrad(*args, mode="reverse")
     checkpointed = mt.hypergrad(*args, mode="reverse", checkpoint=5)
-    assert forward.gradient_evals == STEPS * (1 + 2 * TANGENT_COST) + 1
-    assert reverse.gradient_evals == STEPS * (1 + BACKWARD_STEP_COST) + 1
+    assert forward.gradient_evals == STEPS * (1 + 2 * DEFAULT.tangent) + 1
+    assert reverse.gradient_evals == STEPS * (1 + DEFAULT.backward_step) + 1
     assert checkpointed.gradient_evals == reverse.gradient_evals + (STEPS - 5)
 
 

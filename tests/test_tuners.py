@@ -135,3 +135,13 @@ def test_online_trial_is_the_adaptive_run_it_reports(quadratic):
     fixed = mt.unroll(quadratic.train_loss, quadratic.init_params(0), trial.metrics["start_lr"],
                       trial.metrics["start_momentum"], quadratic.steps)
     assert trial.value < float(quadratic.val_loss(fixed.params))  # adapting beat keeping the start
+
+
+def test_metagrad_charges_its_objectives_measured_multiples(quadratic):
+    from metatune.costs import measure
+
+    result = tune(quadratic, "metagrad", budget=3_000, seed=0, screen=0, mode="reverse")
+    costs = measure(quadratic.train_loss, quadratic.init_params(0))
+    steps = [t for t in result.trials if "growth_rate" in t.metrics]
+    assert steps and all(t.gradient_evals == costs.hypergrad("reverse", quadratic.steps) for t in steps)
+    assert costs.backward_step < 2.0  # a quadratic's backward step is a matvec, cheaper than the default

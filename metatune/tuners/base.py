@@ -10,11 +10,13 @@ writer receive results).
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from metatune.costs import DEFAULT, CostModel, measure
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
 from metatune.population import train_population
@@ -211,10 +213,16 @@ class Tuner(abc.ABC):
             trials.append(self.record(lr, momentum, value, cost, seconds, final_train_loss=train_loss))
         return trials
 
+    @functools.cached_property
+    def costs(self) -> CostModel:
+        """This objective's tangent and backward-step multiples, counted in FLOPs once."""
+        batch = None if self.batches is None else self.batches[0]
+        return measure(self.objective.train_loss, self.params, batch)
+
     def curvature(self) -> Curvature:
         """λ_min, λ_max at θ₀ on the first batch (the objective's exact values if it has them)."""
         if self._curvature is None:
-            self._curvature = estimate_curvature(self.objective, self.params, self.batches)
+            self._curvature = estimate_curvature(self.objective, self.params, self.batches, self.costs)
         return self._curvature
 
     def spectral_radius(self, lr: float, momentum: float) -> float:
@@ -224,11 +232,10 @@ class Tuner(abc.ABC):
         return float(spectral_radius(lr, momentum, eigenvalues))
 
 
-def estimate_curvature(objective: Objective, params: dict, batches: Any) -> Curvature:
+def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:
     """λ_min, λ_max of the training loss at ``params`` on the first batch, by Lanczos
     (:func:`metatune.stability.estimate`), or the objective's exact values when it has them.
-    Each Hessian-vector product (a jvp of the gradient) costs 1 + ``TANGENT_COST`` gradients."""
-    from metatune.hypergrad import TANGENT_COST
+    Each Hessian-vector product (a jvp of the gradient) costs ``costs.hvp`` gradients."""
     from metatune.stability import estimate
 
     known = objective.optimum or {}
@@ -236,4 +243,4 @@ def estimate_curvature(objective: Objective, params: dict, batches: Any) -> Curv
         return Curvature(known["lambda_min"], known["lambda_max"], 0.0)
     batch = None if batches is None else batches[0]
     report = estimate(objective.train_loss, params, lr=1e-3, momentum=0.0, batch=batch)
-    return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * (1.0 + TANGENT_COST))
+    return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * costs.hvp)

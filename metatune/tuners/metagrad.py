@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metatune.hypergrad import MODES, cost, hypergrad
+from metatune.hypergrad import MODES, hypergrad
 from metatune.errors import invalid
 from metatune.stability import critical_lr, optimal_hyperparameters
 from metatune.tuners.base import Tuner
@@ -131,7 +131,7 @@ class MetagradTuner(Tuner):
         points = [self.encode(*optimal_hyperparameters(min(low, curvature.lambda_max), curvature.lambda_max))]
         screen = self.screen
         if screen is None:
-            screen = 8 if self.remaining() > 2 * 8 * self.trial_cost() + cost(self.mode, self.steps) else 0
+            screen = 8 if self.remaining() > 2 * 8 * self.trial_cost() + self.costs.hypergrad(self.mode, self.steps) else 0
         if screen and self.n_starts > 1:
             screened = self.screen_population(screen)
             points += [self.encode(t.lr, t.momentum) for t in sorted(screened, key=lambda t: t.value)]
@@ -154,11 +154,11 @@ class MetagradTuner(Tuner):
         """Evaluate the meta-gradient at the start's proposal; accept and step, or back off."""
         proposal = start.u if start.grad is None else self.proposal(start)
         lr, momentum = self.decode(proposal)
-        spent = cost(self.mode, self.steps)
+        spent = self.costs.hypergrad(self.mode, self.steps)
         self.charge(spent)
         began = time.perf_counter()
         hg = hypergrad(self.objective.train_loss, self.objective.val_loss, self.params, lr, momentum,
-                       self.steps, self.batches, mode=self.mode)
+                       self.steps, self.batches, mode=self.mode, costs=self.costs)
         trial = self.record(lr, momentum, hg.value, spent, time.perf_counter() - began,
                             growth_rate=hg.growth_rate, dvalue_dlr=hg.lr, dvalue_dmomentum=hg.momentum)
         grad = np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, 1e-300)

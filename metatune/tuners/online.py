@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from metatune.errors import invalid
-from metatune.hypergrad import cost, hypergrad
+from metatune.hypergrad import hypergrad
 from metatune.tuners.metagrad import MetagradTuner, Start, adam_direction
 
 
@@ -38,7 +38,8 @@ class OnlineTuner(MetagradTuner):
     def run_cost(self) -> float:
         """One adaptive run: a reverse meta-gradient over each K-step stretch of the T steps."""
         full, rest = divmod(self.steps, self.horizon)
-        return full * cost("reverse", self.horizon) + (cost("reverse", rest) if rest else 0.0)
+        per_stretch = self.costs.hypergrad
+        return full * per_stretch("reverse", self.horizon) + (per_stretch("reverse", rest) if rest else 0.0)
 
     def search(self) -> None:
         self.charge(self.curvature().gradient_evals)
@@ -59,7 +60,7 @@ class OnlineTuner(MetagradTuner):
             batches = None if self.batches is None else self.batches[first : first + k]
             lr, momentum = self.decode(state.u)
             hg = hypergrad(self.objective.train_loss, self.objective.val_loss, params, lr, momentum, k,
-                           batches, mode="reverse", velocity=velocity)
+                           batches, mode="reverse", velocity=velocity, costs=self.costs)
             if hg.diverged:
                 break
             grad = np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, 1e-300)
