@@ -1,0 +1,59 @@
+"""``metatune bench cost``: the measured cost multiples of each objective's meta-gradients.
+
+For every registered objective: matmul/conv FLOPs of one gradient, of one tangent carried
+through the gradient (forward mode) and of a backward pass through it (reverse mode), as
+multiples of the gradient (:func:`metatune.costs.measure`), beside the wall-time ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import metatune as mt
+from metatune.bench.common import machine
+from metatune.costs import measure
+
+NAME, HELP = "cost", "FLOP and wall-time multiples of a tangent and of a backward step, per objective"
+
+
+def _seconds(fn, repeat: int = 5) -> float:  # noqa: ANN001
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def row(name: str) -> dict:
+    """FLOP multiples and wall-time multiples of one objective at θ₀ on its first batch."""
+    objective = mt.objectives.get(name)
+    params, batches = objective.init_params(0), objective.batches(0, 1)
+    batch = None if batches is None else batches[0]
+    costs = measure(objective.train_loss, params, batch)
+    grad_fn = torch.func.grad(objective.train_loss)
+    tangents = {n: torch.randn((2, *p.shape), dtype=p.dtype) for n, p in params.items()}
+    gradient = _seconds(lambda: grad_fn(params, batch))
+    forward = _seconds(lambda: torch.func.vmap(
+        lambda t: torch.func.jvp(lambda p: grad_fn(p, batch), (params,), (t,)))(tangents))
+    return {"objective": name, "tangent (FLOPs)": costs.tangent, "backward step (FLOPs)": costs.backward_step,
+            "tangent (wall)": (forward / gradient - 1.0) / 2.0, "gradient ms": 1e3 * gradient}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--objectives", default=None, help="comma-separated (default: all registered)")
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    names = args.objectives.split(",") if args.objectives else mt.objectives.names()
+    print(f"metatune bench cost: {args.threads} thread(s); {machine()}")
+    print("| objective | tangent (FLOPs) | backward step (FLOPs) | tangent (wall, eager) | gradient ms |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        r = row(name)
+        print(f"| {name} | {r['tangent (FLOPs)']:.2f} | {r['backward step (FLOPs)']:.2f} | "
+              f"{r['tangent (wall)']:.2f} | {r['gradient ms']:.3f} |")
+    return 0

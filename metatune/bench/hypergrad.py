@@ -1,0 +1,171 @@
+"""``metatune bench hypergrad``: meta-gradient cost against plain ``torch.optim.SGD`` training.
+
+Each figure is measured in a fresh child process (so peak memory is its own): wall time
+divided by the wall time of a plain ``torch.optim.SGD`` loop of the same T on the same
+model, data and batches, and the peak memory above the resident size at the start of the
+run (CPU: RSS sampled every 2 ms; CUDA: ``torch.cuda.max_memory_allocated``). The peers
+torchopt and higher compute the same reverse-mode meta-gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+
+from metatune.bench.common import PeakSampler, digits_mlp, ints, machine, measure_in_child, write_json
+
+NAME, HELP = "hypergrad", "meta-gradient time and memory against a plain torch.optim.SGD loop"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One measurement: ``method`` ("sgd", "forward", "reverse", "truncated", "torchopt", "higher")."""
+
+    method: str
+    steps: int
+    hidden: tuple[int, ...] = (512, 128)
+    batch_size: int = 256
+    truncate: int | None = None
+    compile: bool = False
+    device: str = "cpu"
+    threads: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+
+
+def _runner(task: Task) -> Callable[[], object]:
+    """A function that performs the task once (after any one-time setup)."""
+    model, params, train_loss, val_loss, batches = digits_mlp(task.hidden, task.batch_size, task.steps, task.device)
+    if task.method == "sgd":
+        return lambda: _sgd_loop(model, params, train_loss, batches, task)
+    if task.method in ("torchopt", "higher"):
+        peer = _torchopt_hypergrad if task.method == "torchopt" else _higher_hypergrad
+        return lambda: peer(model, params, train_loss, val_loss, batches, task)
+    from metatune import hypergrad
+
+    options = {"truncate": task.truncate} if task.method == "truncated" else {}
+    return lambda: hypergrad(
+        train_loss, val_loss, params, task.lr, task.momentum, task.steps, batches,
+        mode=task.method, compile=task.compile, **options,
+    )
+
+
+def _sgd_loop(model, params, train_loss, batches, task):  # noqa: ANN001, ANN202
+    """The reference: plain training with ``torch.optim.SGD``, no meta-gradient."""
+    model.load_state_dict(params, strict=False)
+    named = dict(model.named_parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=task.momentum)
+    for batch in batches:
+        optimizer.zero_grad()
+        train_loss(named, batch).backward()
+        optimizer.step()
+    return float(train_loss(named, batches[-1]).detach())
+
+
+def _torchopt_hypergrad(model, params, train_loss, val_loss, batches, task):  # noqa: ANN001, ANN202
+    """∂ℓ_val/∂η through torchopt's functional SGD (its momentum is a float: no ∂/∂β)."""
+    import torchopt
+
+    lr = torch.tensor(task.lr, device=task.device, requires_grad=True)
+    optimizer = torchopt.sgd(lr=lr, momentum=task.momentum)
+    names, values = list(params), tuple(v.clone().requires_grad_() for v in params.values())
+    state = optimizer.init(values)
+    for batch in batches:
+        grads = torch.autograd.grad(train_loss(dict(zip(names, values)), batch), values, create_graph=True)
+        updates, state = optimizer.update(grads, state, inplace=False)
+        values = torchopt.apply_updates(values, updates, inplace=False)
+    return torch.autograd.grad(val_loss(dict(zip(names, values))), lr)
+
+
+def _higher_hypergrad(model, params, train_loss, val_loss, batches, task):  # noqa: ANN001, ANN202
+    """∂ℓ_val/∂(η, β) through higher's differentiable SGD with ``override=``."""
+    import higher
+
+    lr = torch.tensor(task.lr, device=task.device, requires_grad=True)
+    momentum = torch.tensor(task.momentum, device=task.device, requires_grad=True)
+    names, values = list(params), [v.clone().requires_grad_() for v in params.values()]
+    optimizer = torch.optim.SGD(values, lr=task.lr, momentum=task.momentum)
+    diff = higher.optim.get_diff_optim(optimizer, values, override={"lr": [lr], "momentum": [momentum]})
+    for batch in batches:
+        values = diff.step(train_loss(dict(zip(names, values)), batch), params=values)
+    return torch.autograd.grad(val_loss(dict(zip(names, values))), (lr, momentum))
+
+
+def measure(task: Task) -> dict:
+    """Run ``task`` once to warm up (and compile), then once measured: seconds and peak MB."""
+    torch.set_num_threads(task.threads)
+    warm = _runner(replace(task, steps=min(task.steps, 3), truncate=min(task.truncate or 3, 3)))
+    warm()
+    run = _runner(task)
+    if task.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start_bytes = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() - start_bytes
+    else:
+        with PeakSampler() as sampler:
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+        peak = sampler.peak
+    return {**asdict(task), "seconds": seconds, "peak_mb": peak / 2**20}
+
+
+def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], *,
+         compile: bool = False, **common) -> list[Task]:  # noqa: A002, ANN003
+    """The tasks of ``metatune bench hypergrad``: SGD baselines, our modes, the peers."""
+    every_t = sorted(set(steps_forward) | set(steps_reverse) | set(peers))
+    tasks = [Task("sgd", t, **common) for t in every_t]
+    tasks += [Task("forward", t, **common) for t in steps_forward]
+    tasks += [Task("forward", t, compile=True, **common) for t in steps_forward if compile]
+    tasks += [Task("reverse", t, **common) for t in steps_reverse]
+    tasks += [Task("truncated", t, truncate=truncate, **common) for t in steps_forward if t >= truncate]
+    tasks += [Task(peer, t, **common) for t in peers for peer in ("torchopt", "higher")]
+    return tasks
+
+
+def table(rows: list[dict]) -> str:
+    """Rows as a Markdown table with time relative to the SGD loop of the same T."""
+    sgd = {row["steps"]: row["seconds"] for row in rows if row["method"] == "sgd"}
+    lines = ["| method | T | K | compile | seconds | × SGD loop | peak MB above start |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = row["seconds"] / sgd[row["steps"]] if row["steps"] in sgd else float("nan")
+        lines.append(
+            f"| {row['method']} | {row['steps']} | {row['truncate'] or ''} | {'yes' if row['compile'] else ''} "
+            f"| {row['seconds']:.2f} | {ratio:.2f} | {row['peak_mb']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--forward-steps", default="100,1000,10000", help="T for forward mode (comma-separated)")
+    parser.add_argument("--reverse-steps", default="100,1000", help="T for reverse mode")
+    parser.add_argument("--truncate", type=int, default=100, help="K for truncated mode")
+    parser.add_argument("--peer-steps", default="100,1000", help="T for torchopt and higher ('' to skip)")
+    parser.add_argument("--hidden", default="512,128", help="hidden widths of the digits MLP (64-…-10)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="also forward mode through torch.compile")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    common = dict(hidden=tuple(ints(args.hidden)), batch_size=args.batch_size, device=args.device,
+                  threads=args.threads)
+    tasks = plan(ints(args.forward_steps), ints(args.reverse_steps), args.truncate, ints(args.peer_steps),
+                 compile=args.compile, **common)
+    n_params = sum(p.numel() for p in digits_mlp(common["hidden"], 1, 1)[1].values())
+    print(f"metatune bench hypergrad: MLP 64-{'-'.join(map(str, common['hidden']))}-10 ({n_params} parameters), "
+          f"digits, batch {args.batch_size}, float32, {args.device}, {args.threads} thread(s); {machine()}", flush=True)
+    rows = [measure_in_child(measure, task) for task in tqdm(tasks, desc="bench", unit="run")]
+    print(table(rows))
+    write_json(rows, args.json)
+    return 0
