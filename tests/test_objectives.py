@@ -215,3 +215,14 @@ def test_rnn_sensitivities_explode_at_a_large_learning_rate() -> None:
     small, large = growth(objective.space.lr_low), growth(objective.space.lr_high)
     assert abs(small) < 0.5
     assert large > small + 1.0
+
+
+def test_digits_features_are_on_one_scale_in_both_splits():
+    """A pixel constant in training must not be divided by ~0 (its rare validation values explode)."""
+    from metatune import datasets
+
+    split = datasets.digits(seed=0, dtype=torch.float64)
+    assert float(split.x_train.abs().max()) < 5 and float(split.x_val.abs().max()) < 5
+    objective = objectives.get("logistic-digits", dtype="float64")
+    params = objective.init_params(0)
+    assert float(objective.val_loss(params)) < 3 * float(objective.train_loss(params, objective.batches(0, 1)[0]))
