@@ -68,7 +68,7 @@ def plane(cmp: Comparison, path: str) -> str:
     lrs = np.geomspace(space.lr_low, space.lr_high, 240)
     momenta = np.linspace(space.momentum_low, space.momentum_high, 200)
     lr_grid, momentum_grid = np.meshgrid(lrs, momenta)
-    eigenvalues = [max(cmp.curvature.lambda_min, 0.0), cmp.curvature.lambda_max]
+    eigenvalues = cmp.curvature.eigenvalues
     rho = spectral_radius(lr_grid, momentum_grid, eigenvalues)
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     contours = ax.contour(lr_grid, momentum_grid, rho, levels=list(RHO_LEVELS), colors="grey", linewidths=0.7)
@@ -94,7 +94,7 @@ def plane(cmp: Comparison, path: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate η")
     ax.set_ylabel("momentum β")
-    ax.set_title(f"{cmp.objective.name}: ρ from λ ∈ [{eigenvalues[0]:.3g}, {eigenvalues[1]:.3g}] at θ₀ "
+    ax.set_title(f"{cmp.objective.name}: ρ from λ ∈ {{{', '.join(f'{x:.3g}' for x in eigenvalues)}}} at θ₀ "
                  f"(shaded: ρ > 1)")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

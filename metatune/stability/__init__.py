@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from metatune.errors import NonFiniteCurvatureError
 from metatune.stability.report import RunStability, StabilityReport, along_run, estimate
-from metatune.stability.spectrum import DENSE_MAX_DIM, HessianOperator, extreme_eigenvalues, hessian_vector_product
+from metatune.stability.spectrum import (
+    DENSE_MAX_DIM,
+    HessianOperator,
+    extreme_eigenvalues,
+    hessian_vector_product,
+    largest_eigenvalue,
+)
 from metatune.stability.theory import (
     Regime,
     critical_lr,
@@ -41,6 +47,7 @@ __all__ = [
     "estimate",
     "extreme_eigenvalues",
     "hessian_vector_product",
+    "largest_eigenvalue",
     "optimal_hyperparameters",
     "regime",
     "spectral_radius",

@@ -74,13 +74,34 @@ class HessianOperator(LinearOperator):
         return result
 
 
+def largest_eigenvalue(operator: HessianOperator, *, tol: float = 1e-6, seed: int = 0) -> float:
+    """λ_max of ``operator``: Lanczos ``which="LA"`` from a seeded start (dense for small n)."""
+    n = operator.shape[0]
+    if n <= DENSE_MAX_DIM:
+        return extreme_eigenvalues(operator, tol=tol, seed=seed)[1]
+    start = np.random.default_rng(seed).standard_normal(n)
+    multiple = _identity_multiple(operator, start)
+    if multiple is not None:
+        return multiple
+    return float(eigsh(operator, k=1, which="LA", tol=tol, v0=start, return_eigenvectors=False)[0])
+
+
+def _identity_multiple(operator: HessianOperator, start: np.ndarray) -> float | None:
+    """c when H = cI (a random v₀ that H maps onto c·v₀), where Lanczos breaks down; else None."""
+    image = operator.matvec(start)
+    rayleigh = float(start @ image / (start @ start))
+    if np.linalg.norm(image - rayleigh * start) <= 100.0 * operator.eps * np.linalg.norm(image):
+        return rayleigh
+    return None
+
+
 def extreme_eigenvalues(
     operator: HessianOperator, *, tol: float = 1e-6, seed: int = 0
 ) -> tuple[float, float]:
     """(λ_min, λ_max), the algebraically smallest and largest eigenvalues of ``operator``.
 
     n ≤ :data:`DENSE_MAX_DIM`: exact, from the dense Hessian (n HVPs). Otherwise two
-    Lanczos runs from one seeded start v₀: ``which="LA"`` for λ_max, then ``"SA"`` on
+    Lanczos runs from one seeded start v₀: :func:`largest_eigenvalue`, then ``"SA"`` on
     H − λ_max I, so that ``tol`` (relative to the target) bounds λ_min's error by about
     tol·(λ_max − λ_min), the scale on which ρ depends, instead of demanding relative
     accuracy of a λ_min near zero. A random v₀ that H maps onto itself means H = cI,
@@ -91,14 +112,10 @@ def extreme_eigenvalues(
         dense = np.column_stack([operator.matvec(column) for column in np.eye(n)])
         spectrum = np.linalg.eigvalsh((dense + dense.T) / 2.0)
         return float(spectrum[0]), float(spectrum[-1])
+    top = largest_eigenvalue(operator, tol=tol, seed=seed)
     start = np.random.default_rng(seed).standard_normal(n)
-    image = operator.matvec(start)
-    rayleigh = float(start @ image / (start @ start))
-    if np.linalg.norm(image - rayleigh * start) <= 100.0 * operator.eps * np.linalg.norm(image):
-        return rayleigh, rayleigh
-    top = float(eigsh(operator, k=1, which="LA", tol=tol, v0=start, return_eigenvectors=False)[0])
+    if _identity_multiple(operator, start) is not None:
+        return top, top
     shifted = operator - top * LinearOperator((n, n), matvec=lambda x: x, dtype=np.float64)
     bottom = float(eigsh(shifted, k=1, which="SA", tol=tol, v0=start, return_eigenvectors=False)[0])
     return min(bottom + top, top), top
-
-

@@ -20,7 +20,7 @@ from metatune.costs import DEFAULT, CostModel, measure
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
 from metatune.population import train_population
-from metatune.stability import spectral_radius
+from metatune.stability import HessianOperator, hessian_vector_product, largest_eigenvalue, spectral_radius
 from metatune.unroll import is_finite, unroll
 
 DIVERGENCE_FACTOR = 1e3
@@ -96,11 +96,18 @@ class BudgetExhausted(Exception):
 
 @dataclass(frozen=True)
 class Curvature:
-    """λ_min, λ_max of the training-loss Hessian at θ₀, and what estimating them cost."""
+    """λ_max (and λ_min where the objective knows it, else NaN) of the training-loss Hessian
+    at θ₀, and what estimating them cost."""
 
     lambda_min: float
     lambda_max: float
     gradient_evals: float
+
+    @property
+    def eigenvalues(self) -> list[float]:
+        """The known ends of the spectrum, λ_min only when known and > 0."""
+        low = self.lambda_min
+        return [low, self.lambda_max] if math.isfinite(low) and low > 0 else [self.lambda_max]
 
 
 Callback = Callable[[Trial], None]
@@ -226,21 +233,20 @@ class Tuner(abc.ABC):
         return self._curvature
 
     def spectral_radius(self, lr: float, momentum: float) -> float:
-        """ρ of the transition over [λ_min, λ_max] at θ₀ (positive curvature only)."""
-        curvature = self.curvature()
-        eigenvalues = [max(curvature.lambda_min, 0.0), curvature.lambda_max]
-        return float(spectral_radius(lr, momentum, eigenvalues))
+        """ρ of the transition over the known curvature at θ₀ (λ_max, and λ_min where known):
+        ρ ≥ 1 means the mode of largest curvature diverges."""
+        return float(spectral_radius(lr, momentum, self.curvature().eigenvalues))
 
 
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:
-    """λ_min, λ_max of the training loss at ``params`` on the first batch, by Lanczos
-    (:func:`metatune.stability.estimate`), or the objective's exact values when it has them.
-    Each Hessian-vector product (a jvp of the gradient) costs ``costs.hvp`` gradients."""
-    from metatune.stability import estimate
-
+    """The objective's exact λ_min, λ_max when it has them; else λ_max of the training loss at
+    ``params`` on the first batch by Lanczos to 1e-3 (λ_min is left NaN: near zero or negative
+    for networks, slow to converge, and not needed by the guard). Each Hessian-vector product
+    (a jvp of the gradient) costs ``costs.hvp`` gradients."""
     known = objective.optimum or {}
     if "lambda_min" in known and "lambda_max" in known:
         return Curvature(known["lambda_min"], known["lambda_max"], 0.0)
     batch = None if batches is None else batches[0]
-    report = estimate(objective.train_loss, params, lr=1e-3, momentum=0.0, batch=batch)
-    return Curvature(report.lambda_min, report.lambda_max, report.hvp_evals * costs.hvp)
+    operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch), params)
+    top = largest_eigenvalue(operator, tol=1e-3)
+    return Curvature(math.nan, top, operator.evals * costs.hvp)

@@ -1,4 +1,4 @@
-"""``metagrad`` (ours): Adam on meta-gradients of log ℓ_val(θ_T) in u = (log η, log(1 − β)).
+"""``metagrad`` (ours): descend meta-gradients of log ℓ_val(θ_T) in u = (log η, log(1 − β)).
 
 Why these coordinates and this meta-objective: u maps the open box η > 0, β < 1 onto ℝ²
 and makes equal steps equal *relative* changes of η and of 1 − β, which is how the
@@ -7,14 +7,21 @@ dynamics respond (ρ depends on ηλ and on √β). log ℓ_val turns the produc
 the loss falls (on the quadratic, from 10³ to 10⁻¹³). Chain rule:
 ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ and ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ.
 
+Outer optimiser: BFGS by default (``outer="bfgs"``; Nocedal & Wright, Alg. 6.1), its first
+step ``meta_lr`` long along −∇, its inverse Hessian rescaled by sᵀy/yᵀy after the first
+accepted step; or Adam (``outer="adam"``, steps of ``meta_lr`` per coordinate). Each
+meta-gradient costs a whole training run, so few are taken: on the quadratic, BFGS reaches
+2× the finite-horizon limit in 5 where Adam stalls at 7× (BENCHMARKS.md).
+
 Stability guard: λ_max of the training loss at θ₀ (Lanczos, charged to the budget) caps
 η at (1 − margin) · 2(1 + β)/λ_max. The rate-optimal η* sits at κ/(κ + 1) of that cap
-(DESIGN.md §1), so the default margin is small. A step whose run diverges, whose
-sensitivities grow by more than ``max_amplification``, or whose loss is ``worse_factor``
-times the last accepted one is rejected: the tuner backs off to the last accepted point
-and halves its step. Starts: the rate-optimal (η*, β*) of the measured [λ_min, λ_max]
-(λ_min ≤ 0 is replaced by λ_max/100), plus the best of a screening population when the
-budget affords it. The starts take outer steps in turn until the budget is spent.
+(DESIGN.md §1), so the default margin is small. A step is accepted only if its loss is
+lower than the last accepted one and its run neither diverged nor amplified the
+sensitivities more than ``max_amplification``; otherwise the tuner stays at the last
+accepted point and halves its step. Starts: the rate-optimal (η*, β*) of [λ_low, λ_max],
+λ_low = max(λ_min, λ_max/κ_T), κ_T = (T/5)² the largest condition number T steps can
+resolve (λ_max/100 where λ_min is unknown), plus the best of a screening population when
+the budget affords it. The starts take outer steps in turn until the budget is spent.
 """
 
 from __future__ import annotations
@@ -31,17 +38,21 @@ from metatune.stability import critical_lr, optimal_hyperparameters
 from metatune.tuners.base import Tuner
 
 ASSUMED_CONDITION = 100.0
-"""κ assumed for the starting point when the Hessian at θ₀ has no positive λ_min."""
+"""κ assumed for the starting point when λ_min at θ₀ is unknown or not positive."""
+
+OUTER = ("bfgs", "adam")
 
 
 @dataclass
 class Start:
-    """One outer optimisation: last accepted u, its log-loss gradient, Adam moments, step."""
+    """One outer optimisation: the last accepted u, its log-loss and gradient, and the
+    optimiser's state (step multiplier, BFGS inverse Hessian, Adam moments)."""
 
     u: np.ndarray
-    step_size: float
     value: float = math.inf
     grad: np.ndarray | None = None
+    step: float = 1.0
+    inverse_hessian: np.ndarray | None = None
     first_moment: np.ndarray = field(default_factory=lambda: np.zeros(2))
     second_moment: np.ndarray = field(default_factory=lambda: np.zeros(2))
     iterations: int = 0
@@ -57,27 +68,43 @@ def adam_direction(start: Start, grad: np.ndarray, beta1: float = 0.9, beta2: fl
     return direction, m, v
 
 
+def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first: bool) -> np.ndarray:
+    """H ← (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ, ρ = 1/(yᵀs); skipped unless yᵀs > 0.
+
+    ``first``: H is first rescaled to (sᵀy/yᵀy) I (Nocedal & Wright, eq. 6.20)."""
+    curvature = float(s @ y)
+    if curvature <= 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+        return inverse_hessian
+    if first:
+        inverse_hessian = np.eye(2) * curvature / float(y @ y)
+    rho, identity = 1.0 / curvature, np.eye(2)
+    left = identity - rho * np.outer(s, y)
+    return left @ inverse_hessian @ left.T + rho * np.outer(s, s)
+
+
 class MetagradTuner(Tuner):
     """Gradient-based tuning of (η, β) through the unrolled run; see the module docstring.
 
     Args:
         mode: hypergradient mode ("forward", "reverse").
-        meta_lr: Adam step in u (0.1 ≈ a 10 % change of η or of 1 − β).
+        outer: "bfgs" or "adam".
+        meta_lr: first step length in u (0.03 ≈ a 3 % change of η or of 1 − β); Adam's step.
         margin: the guard keeps η ≤ (1 − margin) · critical lr at θ₀.
         screen: screening population size (None: 8 when the budget affords it twice over).
         starts: how many starts take outer steps.
         max_amplification: reject a step whose sensitivities grew more than this.
-        worse_factor: reject a step whose loss exceeds this multiple of the last accepted one.
     """
 
     name = "metagrad"
 
-    def __init__(self, objective, *, mode: str = "forward", meta_lr: float = 0.1, margin: float = 1e-4,  # noqa: ANN001
-                 screen: int | None = None, starts: int = 2, max_amplification: float = 1e8,
-                 worse_factor: float = 10.0, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, objective, *, mode: str = "forward", outer: str = "bfgs", meta_lr: float = 0.03,  # noqa: ANN001
+                 margin: float = 1e-4, screen: int | None = None, starts: int = 2,
+                 max_amplification: float = 1e8, **kwargs) -> None:  # noqa: ANN003
         super().__init__(objective, **kwargs)
         if mode not in MODES or mode == "truncated":
             raise invalid("mode", mode, "'forward' or 'reverse'")
+        if outer not in OUTER:
+            raise invalid("outer", outer, f"one of {OUTER}")
         if not meta_lr > 0:
             raise invalid("meta_lr", meta_lr, "a step size > 0")
         if not 0 <= margin < 1:
@@ -86,9 +113,8 @@ class MetagradTuner(Tuner):
             raise invalid("screen", screen, "None or an integer >= 0")
         if not isinstance(starts, int) or starts < 1:
             raise invalid("starts", starts, "an integer >= 1")
-        self.mode, self.meta_lr, self.margin = mode, meta_lr, margin
-        self.screen, self.n_starts = screen, starts
-        self.max_amplification, self.worse_factor = max_amplification, worse_factor
+        self.mode, self.outer, self.meta_lr, self.margin = mode, outer, meta_lr, margin
+        self.screen, self.n_starts, self.max_amplification = screen, starts, max_amplification
 
     # -- coordinates and guard ----------------------------------------------------------------
 
@@ -119,7 +145,7 @@ class MetagradTuner(Tuner):
 
     def search(self) -> None:
         self.charge(self.curvature().gradient_evals)
-        starts = [Start(self.project(u), self.meta_lr) for u in self.starting_points()]
+        starts = [Start(self.project(u)) for u in self.starting_points()]
         while True:
             for start in starts:
                 self.outer_step(start)
@@ -127,8 +153,10 @@ class MetagradTuner(Tuner):
     def starting_points(self) -> list[np.ndarray]:
         """The theory point, then the best screened points, ``starts`` in all."""
         curvature = self.curvature()
-        low = curvature.lambda_min if curvature.lambda_min > 0 else curvature.lambda_max / ASSUMED_CONDITION
-        points = [self.encode(*optimal_hyperparameters(min(low, curvature.lambda_max), curvature.lambda_max))]
+        top = curvature.lambda_max
+        known = curvature.eigenvalues[0] if len(curvature.eigenvalues) == 2 else top / ASSUMED_CONDITION
+        low = min(max(known, top / (self.steps / 5.0) ** 2), top)
+        points = [self.encode(*optimal_hyperparameters(low, top))]
         screen = self.screen
         if screen is None:
             screen = 8 if self.remaining() > 2 * 8 * self.trial_cost() + self.costs.hypergrad(self.mode, self.steps) else 0
@@ -151,9 +179,17 @@ class MetagradTuner(Tuner):
         return [t for t in self.evaluate_population(points) if not t.diverged]
 
     def outer_step(self, start: Start) -> None:
-        """Evaluate the meta-gradient at the start's proposal; accept and step, or back off."""
+        """Evaluate the meta-gradient at the start's next proposal; accept it or halve the step."""
         proposal = start.u if start.grad is None else self.proposal(start)
-        lr, momentum = self.decode(proposal)
+        value, grad, exploded = self.meta_gradient(proposal)
+        if start.grad is None or (not exploded and value < start.value):
+            self.accept(start, proposal, value, grad)
+        else:
+            start.step /= 2.0
+
+    def meta_gradient(self, u: np.ndarray) -> tuple[float, np.ndarray, bool]:
+        """Charge, compute and record one meta-gradient: (log ℓ_val, ∇_u log ℓ_val, exploded)."""
+        lr, momentum = self.decode(u)
         spent = self.costs.hypergrad(self.mode, self.steps)
         self.charge(spent)
         began = time.perf_counter()
@@ -162,14 +198,28 @@ class MetagradTuner(Tuner):
         trial = self.record(lr, momentum, hg.value, spent, time.perf_counter() - began,
                             growth_rate=hg.growth_rate, dvalue_dlr=hg.lr, dvalue_dmomentum=hg.momentum)
         grad = np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, 1e-300)
-        rejected = (trial.diverged or not np.isfinite(grad).all() or hg.amplification > self.max_amplification
-                    or trial.value > self.worse_factor * start.value)
-        if rejected and start.grad is not None:
-            start.step_size /= 2.0
-            return
-        direction, start.first_moment, start.second_moment = adam_direction(start, grad)
-        start.u, start.value, start.grad = proposal, trial.value, direction
+        exploded = trial.diverged or not np.isfinite(grad).all() or hg.amplification > self.max_amplification
+        return (math.inf if trial.diverged else math.log(max(hg.value, 1e-300))), grad, exploded
+
+    def accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
+        """Move the start to u and update the outer optimiser's state with the new gradient."""
+        if self.outer == "bfgs":
+            if start.grad is None:
+                start.inverse_hessian = np.eye(2) * self.meta_lr / max(float(np.linalg.norm(grad)), 1e-12)
+            else:
+                start.inverse_hessian = bfgs_update(start.inverse_hessian, u - start.u, grad - start.grad,
+                                                   first=start.iterations == 1)
+        else:
+            _, start.first_moment, start.second_moment = adam_direction(start, grad)
+        start.u, start.value, start.grad, start.step = u, value, grad, 1.0
         start.iterations += 1
 
     def proposal(self, start: Start) -> np.ndarray:
-        return self.project(start.u - start.step_size * start.grad)
+        """The next point: u − step · H ∇ (BFGS) or u − step · meta_lr · m̂/(√v̂ + ε) (Adam)."""
+        if self.outer == "bfgs":
+            direction = start.inverse_hessian @ start.grad
+        else:
+            t = start.iterations
+            direction = self.meta_lr * (start.first_moment / (1 - 0.9**t)) / (
+                np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8)
+        return self.project(start.u - start.step * direction)

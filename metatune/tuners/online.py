@@ -30,7 +30,7 @@ class OnlineTuner(MetagradTuner):
     name = "online"
 
     def __init__(self, objective, *, horizon: int = 10, meta_lr: float = 0.05, **kwargs) -> None:  # noqa: ANN001, ANN003
-        super().__init__(objective, meta_lr=meta_lr, mode="reverse", screen=0, starts=1, **kwargs)
+        super().__init__(objective, meta_lr=meta_lr, mode="reverse", outer="adam", screen=0, starts=1, **kwargs)
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
             raise invalid("horizon", horizon, "an integer >= 1 (steps between hyperparameter updates)")
         self.horizon = min(horizon, self.steps)
@@ -53,7 +53,7 @@ class OnlineTuner(MetagradTuner):
         self.charge(spent)
         began = time.perf_counter()
         start_lr, start_momentum = self.decode(u)
-        state = Start(u, self.meta_lr)
+        state = Start(u)
         params, velocity, hg = self.params, None, None
         for first in range(0, self.steps, self.horizon):
             k = min(self.horizon, self.steps - first)
