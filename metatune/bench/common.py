@@ -51,7 +51,7 @@ def write_json(rows: list[dict], path: str | None) -> None:
             json.dump(rows, out, indent=2)
 
 
-def _resident_bytes() -> int:
+def resident_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -60,13 +60,13 @@ class PeakSampler:
     """Peak resident memory above the start, sampled by a thread (CPU runs)."""
 
     def __init__(self, interval: float = 0.002) -> None:
-        self.interval, self.start, self.peak = interval, _resident_bytes(), 0
+        self.interval, self.start, self.peak = interval, resident_bytes(), 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _resident_bytes() - self.start)
+            self.peak = max(self.peak, resident_bytes() - self.start)
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakSampler:
@@ -76,7 +76,7 @@ class PeakSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _resident_bytes() - self.start)
+        self.peak = max(self.peak, resident_bytes() - self.start)
 
 
 def measure_in_child(fn: Callable[..., dict], task: object) -> dict:

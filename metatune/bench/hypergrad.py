@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from metatune.bench.common import PeakSampler, digits_mlp, ints, machine, measure_in_child, write_json
+from metatune.bench.common import PeakSampler, digits_mlp, resident_bytes, ints, machine, measure_in_child, write_json
 
 NAME, HELP = "hypergrad", "meta-gradient time and memory against a plain torch.optim.SGD loop"
 
@@ -95,36 +95,50 @@ def _higher_hypergrad(model, params, train_loss, val_loss, batches, task):  # no
     return torch.autograd.grad(val_loss(dict(zip(names, values))), (lr, momentum))
 
 
-def measure(task: Task) -> dict:
-    """Run ``task`` once to warm up (and compile), then once measured: seconds and peak MB."""
-    torch.set_num_threads(task.threads)
-    warm = _runner(replace(task, steps=min(task.steps, 3), truncate=min(task.truncate or 3, 3)))
-    warm()
-    run = _runner(task)
-    if task.device.startswith("cuda"):
+BASELINE_STEPS = 1000
+"""Steps of the SGD loop timed next to each task (scaled to the task's T)."""
+
+
+def _timed_run(run: Callable[[], object], device: str) -> tuple[float, float]:
+    """Seconds and peak bytes above the start of one call of ``run``."""
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start_bytes = torch.cuda.memory_allocated()
         start = time.perf_counter()
         run()
         torch.cuda.synchronize()
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated() - start_bytes
+    with PeakSampler() as sampler:
+        start = time.perf_counter()
+        run()
         seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() - start_bytes
-    else:
-        with PeakSampler() as sampler:
-            start = time.perf_counter()
-            run()
-            seconds = time.perf_counter() - start
-        peak = sampler.peak
-    return {**asdict(task), "seconds": seconds, "peak_mb": peak / 2**20}
+    return seconds, sampler.peak
+
+
+def measure(task: Task) -> dict:
+    """Warm up (and compile) on 3 steps, time the plain SGD loop on min(T, 1000) steps, then
+    time the task once: seconds, seconds relative to the SGD loop, peak MB above the start and
+    the process's peak resident MB (CPU). Timing the baseline in the same process, right
+    before the task, keeps the ratio honest when the machine's load drifts."""
+    torch.set_num_threads(task.threads)
+    _runner(replace(task, steps=min(task.steps, 3), truncate=min(task.truncate or 3, 3)))()
+    baseline = replace(task, method="sgd", steps=min(task.steps, BASELINE_STEPS), truncate=None, compile=False)
+    _runner(replace(baseline, steps=3))()
+    sgd_seconds, _ = _timed_run(_runner(baseline), task.device)
+    run = _runner(task)
+    start_resident = resident_bytes()
+    seconds, peak = _timed_run(run, task.device)
+    sgd_per_step = sgd_seconds / baseline.steps
+    return {**asdict(task), "seconds": seconds, "sgd_seconds_per_step": sgd_per_step,
+            "ratio": seconds / (sgd_per_step * task.steps), "peak_mb": peak / 2**20,
+            "peak_resident_mb": (start_resident + peak) / 2**20}
 
 
 def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], *,
          compile: bool = False, **common) -> list[Task]:  # noqa: A002, ANN003
-    """The tasks of ``metatune bench hypergrad``: SGD baselines, our modes, the peers."""
-    every_t = sorted(set(steps_forward) | set(steps_reverse) | set(peers))
-    tasks = [Task("sgd", t, **common) for t in every_t]
-    tasks += [Task("forward", t, **common) for t in steps_forward]
+    """The tasks of ``metatune bench hypergrad``: our modes and the peers (each times its own SGD baseline)."""
+    tasks = [Task("forward", t, **common) for t in steps_forward]
     tasks += [Task("forward", t, compile=True, **common) for t in steps_forward if compile]
     tasks += [Task("reverse", t, **common) for t in steps_reverse]
     tasks += [Task("truncated", t, truncate=truncate, **common) for t in steps_forward if t >= truncate]
@@ -133,14 +147,15 @@ def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peer
 
 
 def table(rows: list[dict]) -> str:
-    """Rows as a Markdown table with time relative to the SGD loop of the same T."""
-    sgd = {row["steps"]: row["seconds"] for row in rows if row["method"] == "sgd"}
-    lines = ["| method | T | K | compile | seconds | × SGD loop | peak MB above start |", "|---|---|---|---|---|---|---|"]
+    """Rows as a Markdown table; × SGD = seconds / (T × the SGD loop's seconds per step, timed
+    in the same process just before)."""
+    lines = ["| method | T | K | compile | seconds | SGD ms/step | × SGD loop | peak MB above start | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        ratio = row["seconds"] / sgd[row["steps"]] if row["steps"] in sgd else float("nan")
         lines.append(
             f"| {row['method']} | {row['steps']} | {row['truncate'] or ''} | {'yes' if row['compile'] else ''} "
-            f"| {row['seconds']:.2f} | {ratio:.2f} | {row['peak_mb']:.1f} |"
+            f"| {row['seconds']:.2f} | {1e3 * row['sgd_seconds_per_step']:.2f} | {row['ratio']:.2f} "
+            f"| {row['peak_mb']:.1f} | {row['peak_resident_mb']:.0f} |"
         )
     return "\n".join(lines)
 
