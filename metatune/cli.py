@@ -10,38 +10,32 @@ import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Meta-gradient and stability report for an MLP on scikit-learn's digits."""
-    from metatune import datasets, hypergrad, stability
+    """Meta-gradient, stability report and a short metagrad tuning on mlp-digits."""
+    from metatune import hypergrad, objectives, stability, tune
 
     torch.set_num_threads(args.threads)
-    data = datasets.digits(seed=0, dtype=torch.float64)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)).double()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    batches = datasets.minibatch_indices(len(data.x_train), 128, args.steps, seed=0)
-
-    def train_loss(p, idx):  # noqa: ANN001, ANN202
-        logits = torch.func.functional_call(model, p, (data.x_train[idx],))
-        return torch.nn.functional.cross_entropy(logits, data.y_train[idx])
-
-    def val_loss(p):  # noqa: ANN001, ANN202
-        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (data.x_val,)), data.y_val)
-
-    print(f"metatune demo: MLP 64-32-10 on digits, T={args.steps} steps, lr={args.lr}, momentum={args.momentum}")
+    objective = objectives.get("mlp-digits", steps=args.steps)
+    params, batches = objective.init_params(0), objective.batches(0, args.steps)
+    losses = (objective.train_loss, objective.val_loss, params)
+    print(f"metatune demo: {objective.description}; T={args.steps}, lr={args.lr}, momentum={args.momentum}")
     for mode in ("forward", "reverse"):
         start = time.perf_counter()
-        hg = hypergrad(train_loss, val_loss, params, args.lr, args.momentum, args.steps, batches, mode=mode)
-        print(
-            f"  {mode:8s} val loss {hg.value:.6f}  dval/dlr {hg.lr:+.6e}  dval/dmomentum {hg.momentum:+.6e}"
-            f"  growth/step {hg.growth_rate:+.4f}  cost {hg.gradient_evals:.0f} grad evals"
-            f"  ({time.perf_counter() - start:.2f} s)"
-        )
-    report = stability.estimate(train_loss, params, args.lr, args.momentum, batch=batches[0])
+        hg = hypergrad(*losses, args.lr, args.momentum, args.steps, batches, mode=mode)
+        print(f"  {mode:8s} val loss {hg.value:.6f}  dval/dlr {hg.lr:+.6e}  dval/dmomentum {hg.momentum:+.6e}"
+              f"  growth/step {hg.growth_rate:+.4f}  cost {hg.gradient_evals:.0f} grad evals"
+              f"  ({time.perf_counter() - start:.2f} s)")
+    report = stability.estimate(objective.train_loss, params, args.lr, args.momentum, batch=batches[0])
     print("stability at the start:")
     for key in ("lambda_max", "lambda_min", "spectral_radius", "critical_lr", "stable", "saddle"):
         print(f"  {key:16s} {getattr(report, key)}")
-    run = stability.along_run(train_loss, params, args.lr, args.momentum, args.steps, batches, every=max(args.steps // 4, 1))
-    print(f"along the run: largest spectral radius {run.max_spectral_radius:.4f} at steps {run.steps_checked}; stable={run.stable}")
+    run = stability.along_run(objective.train_loss, params, args.lr, args.momentum, args.steps, batches,
+                              every=max(args.steps // 4, 1))
+    print(f"along the run: largest spectral radius {run.max_spectral_radius:.4f} at steps {run.steps_checked}; "
+          f"stable={run.stable}")
+    result = tune(objective, "metagrad", budget=args.budget, seed=0, mode="reverse")
+    print(f"metagrad, {result.gradient_evals:.0f} gradient evaluations, {len(result.trials)} trials: "
+          f"best lr {result.best_lr:.4g}, momentum {result.best_momentum:.4g}, val loss {result.best_value:.4f} "
+          f"(from {result.trials[0].value:.4f} at its first trial)")
     return 0
 
 
@@ -110,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=200)
     demo.add_argument("--lr", type=float, default=0.1)
     demo.add_argument("--momentum", type=float, default=0.9)
+    demo.add_argument("--budget", type=float, default=5_000, help="gradient evaluations for the tuning")
     demo.add_argument("--threads", type=int, default=1)
     demo.set_defaults(handler=_demo)
     cmp = commands.add_parser("compare", help="equal-budget comparison of tuning methods")

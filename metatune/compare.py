@@ -158,6 +158,9 @@ def compare(
     """
     if isinstance(objective, str):
         objective = get(objective)
+    if isinstance(seeds, int) or isinstance(methods, str):
+        raise invalid("seeds" if isinstance(seeds, int) else "methods", seeds if isinstance(seeds, int) else methods,
+                      "a list, e.g. seeds=range(5), methods=['metagrad', 'tpe']")
     methods, seeds = list(methods), list(seeds)
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:

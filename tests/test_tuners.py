@@ -92,6 +92,8 @@ def test_unknown_method_and_bad_budget_are_refused(quadratic):
         tune(quadratic, "tpe", budget=-5)
     with pytest.raises(ValueError, match="objective='nope'"):
         tune("nope", "tpe", budget=100)
+    with pytest.raises(ValueError, match="budget=10 is invalid: expected at least one training run: 31"):
+        tune(quadratic, "random", budget=10)
 
 
 def test_metagrad_respects_the_stability_guard(results, quadratic):
@@ -155,3 +157,18 @@ def test_metagrad_charges_its_objectives_measured_multiples(quadratic):
     steps = [t for t in result.trials if "growth_rate" in t.metrics]
     assert steps and all(t.gradient_evals == costs.hypergrad("reverse", quadratic.steps) for t in steps)
     assert costs.backward_step < 2.0  # a quadratic's backward step is a matvec, cheaper than the default
+
+
+def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic, monkeypatch):
+    import numpy as np
+
+    from metatune.tuners.metagrad import Start
+
+    tuner = MetagradTuner(quadratic, budget=BUDGET)
+    start = Start(tuner.project(tuner.theory_point()))
+    before = start.u.copy()
+    monkeypatch.setattr(tuner, "meta_gradient", lambda u: (math.inf, np.full(2, np.nan), True))
+    tuner.outer_step(start)
+    assert start.grad is None and start.inverse_hessian is None
+    assert MetagradTuner.decode(start.u)[0] == pytest.approx(MetagradTuner.decode(before)[0] / 2)
+    assert start.u[1] == before[1]

@@ -137,6 +137,9 @@ class Tuner(abc.ABC):
         self.steps = objective.steps if steps is None else steps
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise invalid("steps", self.steps, "an integer >= 1")
+        if self.budget < self.trial_cost():
+            raise invalid("budget", budget, f"at least one training run: {self.trial_cost():g} gradient evaluations "
+                                            f"for T={self.steps}")
         self.callback = callback
         self.params = objective.init_params(self.seed)
         self.batches = objective.batches(self.seed, self.steps)

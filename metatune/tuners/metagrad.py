@@ -152,11 +152,7 @@ class MetagradTuner(Tuner):
 
     def starting_points(self) -> list[np.ndarray]:
         """The theory point, then the best screened points, ``starts`` in all."""
-        curvature = self.curvature()
-        top = curvature.lambda_max
-        known = curvature.eigenvalues[0] if len(curvature.eigenvalues) == 2 else top / ASSUMED_CONDITION
-        low = min(max(known, top / (self.steps / 5.0) ** 2), top)
-        points = [self.encode(*optimal_hyperparameters(low, top))]
+        points = [self.theory_point()]
         screen = self.screen
         if screen is None:
             screen = 8 if self.remaining() > 2 * 8 * self.trial_cost() + self.costs.hypergrad(self.mode, self.steps) else 0
@@ -164,6 +160,17 @@ class MetagradTuner(Tuner):
             screened = self.screen_population(screen)
             points += [self.encode(t.lr, t.momentum) for t in sorted(screened, key=lambda t: t.value)]
         return points[: self.n_starts]
+
+    def theory_point(self) -> np.ndarray:
+        """u of the rate-optimal (η*, β*) for [λ_low, λ_max] (module docstring); the middle of
+        the space when the Hessian at θ₀ has no positive curvature."""
+        curvature = self.curvature()
+        top = curvature.lambda_max
+        if not top > 0:
+            return self.encode(math.sqrt(self.space.lr_low * self.space.lr_high), 0.5)
+        known = curvature.eigenvalues[0] if len(curvature.eigenvalues) == 2 else top / ASSUMED_CONDITION
+        low = min(max(known, top / (self.steps / 5.0) ** 2), top)
+        return self.encode(*optimal_hyperparameters(low, top))
 
     def screen_population(self, size: int) -> list:
         """Evaluate ``size`` Sobol points of the guarded space as one vmapped population."""
@@ -182,7 +189,9 @@ class MetagradTuner(Tuner):
         """Evaluate the meta-gradient at the start's next proposal; accept it or halve the step."""
         proposal = start.u if start.grad is None else self.proposal(start)
         value, grad, exploded = self.meta_gradient(proposal)
-        if start.grad is None or (not exploded and value < start.value):
+        if start.grad is None and exploded:  # a start that blows up: retry it at half the learning rate
+            start.u = self.project(start.u - np.array([math.log(2.0), 0.0]))
+        elif start.grad is None or (not exploded and value < start.value):
             self.accept(start, proposal, value, grad)
         else:
             start.step /= 2.0

@@ -43,7 +43,7 @@ class OnlineTuner(MetagradTuner):
 
     def search(self) -> None:
         self.charge(self.curvature().gradient_evals)
-        u = self.project(self.starting_points()[0])
+        u = self.project(self.theory_point())
         while True:
             u = self.adaptive_run(u)
 
