@@ -30,8 +30,9 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  {key:16s} {getattr(report, key)}")
     run = stability.along_run(objective.train_loss, params, args.lr, args.momentum, args.steps, batches,
                               every=max(args.steps // 4, 1))
-    print(f"along the run: largest spectral radius {run.max_spectral_radius:.4f} at steps {run.steps_checked}; "
-          f"stable={run.stable}")
+    print(f"along the run (steps {run.steps_checked}): largest spectral radius {run.max_spectral_radius:.4f}, "
+          f"stable={run.stable} (curvature-driven), saddle seen={run.saddle_seen} (ρ > 1 from negative curvature "
+          f"is saddle escape, not divergence)")
     result = tune(objective, "metagrad", budget=args.budget, seed=0, mode="reverse")
     print(f"metagrad, {result.gradient_evals:.0f} gradient evaluations, {len(result.trials)} trials: "
           f"best lr {result.best_lr:.4g}, momentum {result.best_momentum:.4g}, val loss {result.best_value:.4f} "
