@@ -172,3 +172,10 @@ def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic
     assert start.grad is None and start.inverse_hessian is None
     assert MetagradTuner.decode(start.u)[0] == pytest.approx(MetagradTuner.decode(before)[0] / 2)
     assert start.u[1] == before[1]
+
+
+def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
+    guarded, free = MetagradTuner(quadratic, budget=BUDGET), MetagradTuner(quadratic, budget=BUDGET, guard=False)
+    far = MetagradTuner.encode(0.5, 0.5)
+    assert MetagradTuner.decode(guarded.project(far))[0] < critical_lr(100.0, 0.5)
+    assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(min(0.5, quadratic.space.lr_high))

@@ -67,7 +67,7 @@ def quadratic_rows(seeds: list[int], fraction: float) -> list[dict]:
     return rows
 
 
-def digits_rows(name: str, seeds: list[int], fractions: list[float], mode: str) -> list[dict]:
+def digits_rows(name: str, seeds: list[int], fractions: list[float], mode: str, guard: bool = True) -> list[dict]:
     objective = mt.objectives.get(name)
     tpe_budget = 100 * (objective.steps + 1)
     rows = []
@@ -77,8 +77,9 @@ def digits_rows(name: str, seeds: list[int], fractions: list[float], mode: str) 
                      "best": tpe.best_value, "lr": tpe.best_lr, "momentum": tpe.best_momentum,
                      "seconds": tpe.wall_time, "reached tpe": True})
         for fraction in fractions:
-            result = mt.tune(objective, "metagrad", budget=fraction * tpe_budget, seed=seed, mode=mode)
-            rows.append({"objective": name, "seed": seed, "method": f"metagrad ({mode}, {fraction:.0%} of tpe)",
+            result = mt.tune(objective, "metagrad", budget=fraction * tpe_budget, seed=seed, mode=mode, guard=guard)
+            label = f"metagrad ({mode}{'' if guard else ', no guard'}, {fraction:.0%} of tpe)"
+            rows.append({"objective": name, "seed": seed, "method": label,
                          "budget": result.gradient_evals, "best": result.best_value, "lr": result.best_lr,
                          "momentum": result.best_momentum, "seconds": result.wall_time,
                          "reached tpe": result.best_value <= tpe.best_value})
@@ -107,6 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fractions", default="0.1,0.25,0.5", help="metagrad budgets as fractions of TPE's")
     parser.add_argument("--mode", default="reverse", choices=["forward", "reverse"], help="metagrad on digits")
+    parser.add_argument("--no-guard", action="store_true", help="metagrad on digits without the θ₀ stability guard")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -115,7 +117,10 @@ def main(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     fractions = [float(x) for x in args.fractions.split(",")]
     for name in [n.strip() for n in args.objectives.split(",") if n.strip()]:
-        rows = quadratic_rows(seeds, fractions[0]) if name == "quadratic" else digits_rows(name, seeds, fractions, args.mode)
+        if name == "quadratic":
+            rows = quadratic_rows(seeds, fractions[0])
+        else:
+            rows = digits_rows(name, seeds, fractions, args.mode, guard=not args.no_guard)
         print(table(rows), flush=True)
     return 0
 

@@ -90,6 +90,9 @@ class MetagradTuner(Tuner):
         outer: "bfgs" or "adam".
         meta_lr: first step length in u (0.03 ≈ a 3 % change of η or of 1 − β); Adam's step.
         margin: the guard keeps η ≤ (1 − margin) · critical lr at θ₀.
+        guard: False lifts that cap (the back-off still rejects runs that explode). Networks
+            often train stably above the critical lr of θ₀, whose curvature the first steps
+            reduce: on mlp-digits the guard excludes the region where TPE finds its best.
         screen: screening population size (None: 8 when the budget affords it twice over).
         starts: how many starts take outer steps.
         max_amplification: reject a step whose sensitivities grew more than this.
@@ -98,7 +101,7 @@ class MetagradTuner(Tuner):
     name = "metagrad"
 
     def __init__(self, objective, *, mode: str = "forward", outer: str = "bfgs", meta_lr: float = 0.03,  # noqa: ANN001
-                 margin: float = 1e-4, screen: int | None = None, starts: int = 2,
+                 margin: float = 1e-4, guard: bool = True, screen: int | None = None, starts: int = 2,
                  max_amplification: float = 1e8, **kwargs) -> None:  # noqa: ANN003
         super().__init__(objective, **kwargs)
         if mode not in MODES or mode == "truncated":
@@ -115,6 +118,7 @@ class MetagradTuner(Tuner):
             raise invalid("starts", starts, "an integer >= 1")
         self.mode, self.outer, self.meta_lr, self.margin = mode, outer, meta_lr, margin
         self.screen, self.n_starts, self.max_amplification = screen, starts, max_amplification
+        self.guard = bool(guard)
 
     # -- coordinates and guard ----------------------------------------------------------------
 
@@ -129,6 +133,8 @@ class MetagradTuner(Tuner):
 
     def lr_cap(self, momentum: float) -> float:
         """The largest η the guard and the space allow at β."""
+        if not self.guard:
+            return self.space.lr_high
         guard = (1.0 - self.margin) * critical_lr(self.curvature().lambda_max, momentum)
         return min(self.space.lr_high, guard)
 
