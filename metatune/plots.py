@@ -85,9 +85,11 @@ def plane(cmp: Comparison, path: str) -> str:
     ax.scatter([t.lr for t in diverged], [t.momentum for t in diverged], marker="x", c="red", s=16,
                label=f"diverged ({len(diverged)})")
     for result in cmp.results.get("metagrad", [])[:1]:
-        path_trials = [t for t in result.trials if "growth_rate" in t.metrics]
-        ax.plot([t.lr for t in path_trials], [t.momentum for t in path_trials], "-o", color="orange",
-                ms=3, lw=1.5, label=f"metagrad path (seed {result.seed})")
+        steps = [t for t in result.trials if "growth_rate" in t.metrics]
+        for start in sorted({t.metrics.get("start", 0) for t in steps}):
+            walk = [t for t in steps if t.metrics.get("start", 0) == start]
+            ax.plot([t.lr for t in walk], [t.momentum for t in walk], "-o", color="orange", ms=3, lw=1.5, zorder=6,
+                    label=f"metagrad paths (seed {result.seed})" if start == 0 else None)
     if cmp.objective.optimum and "lr" in cmp.objective.optimum:
         ax.plot(cmp.objective.optimum["lr"], cmp.objective.optimum["momentum"], "*", color="magenta", ms=12,
                 label="rate-optimal (η*, β*)")

@@ -167,7 +167,7 @@ def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic
     tuner = MetagradTuner(quadratic, budget=BUDGET)
     start = Start(tuner.project(tuner.theory_point()))
     before = start.u.copy()
-    monkeypatch.setattr(tuner, "meta_gradient", lambda u: (math.inf, np.full(2, np.nan), True))
+    monkeypatch.setattr(tuner, "meta_gradient", lambda u, start=0: (math.inf, np.full(2, np.nan), True))
     tuner.outer_step(start)
     assert start.grad is None and start.inverse_hessian is None
     assert MetagradTuner.decode(start.u)[0] == pytest.approx(MetagradTuner.decode(before)[0] / 2)
@@ -179,3 +179,10 @@ def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
     far = MetagradTuner.encode(0.5, 0.5)
     assert MetagradTuner.decode(guarded.project(far))[0] < critical_lr(100.0, 0.5)
     assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(min(0.5, quadratic.space.lr_high))
+
+
+def test_metagrad_trials_say_which_start_they_belong_to(results):
+    steps = [t for t in results["metagrad"][0].trials if "growth_rate" in t.metrics]
+    starts = [t.metrics["start"] for t in steps]
+    assert set(starts) <= {0, 1} and starts[0] == 0
+    assert starts[: 2 * (len(starts) // 2)] == [0, 1] * (len(starts) // 2) or set(starts) == {0}

@@ -49,6 +49,7 @@ class Start:
     optimiser's state (step multiplier, BFGS inverse Hessian, Adam moments)."""
 
     u: np.ndarray
+    index: int = 0
     value: float = math.inf
     grad: np.ndarray | None = None
     step: float = 1.0
@@ -151,7 +152,7 @@ class MetagradTuner(Tuner):
 
     def search(self) -> None:
         self.charge(self.curvature().gradient_evals)
-        starts = [Start(self.project(u)) for u in self.starting_points()]
+        starts = [Start(self.project(u), index=i) for i, u in enumerate(self.starting_points())]
         while True:
             for start in starts:
                 self.outer_step(start)
@@ -194,7 +195,7 @@ class MetagradTuner(Tuner):
     def outer_step(self, start: Start) -> None:
         """Evaluate the meta-gradient at the start's next proposal; accept it or halve the step."""
         proposal = start.u if start.grad is None else self.proposal(start)
-        value, grad, exploded = self.meta_gradient(proposal)
+        value, grad, exploded = self.meta_gradient(proposal, start.index)
         if start.grad is None and exploded:  # a start that blows up: retry it at half the learning rate
             start.u = self.project(start.u - np.array([math.log(2.0), 0.0]))
         elif start.grad is None or (not exploded and value < start.value):
@@ -202,7 +203,7 @@ class MetagradTuner(Tuner):
         else:
             start.step /= 2.0
 
-    def meta_gradient(self, u: np.ndarray) -> tuple[float, np.ndarray, bool]:
+    def meta_gradient(self, u: np.ndarray, start: int = 0) -> tuple[float, np.ndarray, bool]:
         """Charge, compute and record one meta-gradient: (log ℓ_val, ∇_u log ℓ_val, exploded)."""
         lr, momentum = self.decode(u)
         spent = self.costs.hypergrad(self.mode, self.steps)
@@ -211,7 +212,7 @@ class MetagradTuner(Tuner):
         hg = hypergrad(self.objective.train_loss, self.objective.val_loss, self.params, lr, momentum,
                        self.steps, self.batches, mode=self.mode, costs=self.costs)
         trial = self.record(lr, momentum, hg.value, spent, time.perf_counter() - began,
-                            growth_rate=hg.growth_rate, dvalue_dlr=hg.lr, dvalue_dmomentum=hg.momentum)
+                            growth_rate=hg.growth_rate, dvalue_dlr=hg.lr, dvalue_dmomentum=hg.momentum, start=start)
         grad = np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, 1e-300)
         exploded = trial.diverged or not np.isfinite(grad).all() or hg.amplification > self.max_amplification
         return (math.inf if trial.diverged else math.log(max(hg.value, 1e-300))), grad, exploded
