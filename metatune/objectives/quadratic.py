@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from metatune.errors import invalid
 from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
 from metatune.stability import optimal_hyperparameters
 
@@ -23,9 +24,9 @@ def quadratic(
 ) -> Objective:
     """Build the rotated quadratic of dimension ``dim`` and condition number ``kappa``."""
     if not (isinstance(dim, int) and dim >= 2):
-        raise ValueError(f"dim={dim!r} is invalid: expected an integer >= 2")
+        raise invalid("dim", dim, "an integer >= 2")
     if not kappa >= 1:
-        raise ValueError(f"kappa={kappa!r} is invalid: expected a condition number >= 1")
+        raise invalid("kappa", kappa, "a condition number >= 1")
     torch_dtype = default_dtype(dtype)
     generator = torch.Generator().manual_seed(rotation_seed)
     rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))

@@ -79,11 +79,15 @@ def largest_eigenvalue(operator: HessianOperator, *, tol: float = 1e-6, seed: in
     n = operator.shape[0]
     if n <= DENSE_MAX_DIM:
         return extreme_eigenvalues(operator, tol=tol, seed=seed)[1]
-    start = np.random.default_rng(seed).standard_normal(n)
+    return _top(operator, tol, np.random.default_rng(seed).standard_normal(n))[0]
+
+
+def _top(operator: HessianOperator, tol: float, start: np.ndarray) -> tuple[float, bool]:
+    """(λ_max, whether H = cI) from one identity check and one ``which="LA"`` Lanczos run."""
     multiple = _identity_multiple(operator, start)
     if multiple is not None:
-        return multiple
-    return float(eigsh(operator, k=1, which="LA", tol=tol, v0=start, return_eigenvectors=False)[0])
+        return multiple, True
+    return float(eigsh(operator, k=1, which="LA", tol=tol, v0=start, return_eigenvectors=False)[0]), False
 
 
 def _identity_multiple(operator: HessianOperator, start: np.ndarray) -> float | None:
@@ -112,9 +116,9 @@ def extreme_eigenvalues(
         dense = np.column_stack([operator.matvec(column) for column in np.eye(n)])
         spectrum = np.linalg.eigvalsh((dense + dense.T) / 2.0)
         return float(spectrum[0]), float(spectrum[-1])
-    top = largest_eigenvalue(operator, tol=tol, seed=seed)
     start = np.random.default_rng(seed).standard_normal(n)
-    if _identity_multiple(operator, start) is not None:
+    top, identity = _top(operator, tol, start)
+    if identity:
         return top, top
     shifted = operator - top * LinearOperator((n, n), matvec=lambda x: x, dtype=np.float64)
     bottom = float(eigsh(shifted, k=1, which="SA", tol=tol, v0=start, return_eigenvectors=False)[0])
