@@ -159,19 +159,15 @@ def test_metagrad_charges_its_objectives_measured_multiples(quadratic):
     assert costs.backward_step < 2.0  # a quadratic's backward step is a matvec, cheaper than the default
 
 
-def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic, monkeypatch):
-    import numpy as np
+def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic):
+    from metatune.tuners.chains import MetagradChains
 
-    from metatune.tuners.metagrad import Start
-
-    tuner = MetagradTuner(quadratic, budget=BUDGET)
-    start = Start(tuner.project(tuner.theory_point()))
-    before = start.u.copy()
-    monkeypatch.setattr(tuner, "meta_gradient", lambda u, start=0: (math.inf, np.full(2, np.nan), True))
-    tuner.outer_step(start)
-    assert start.grad is None and start.inverse_hessian is None
-    assert MetagradTuner.decode(start.u)[0] == pytest.approx(MetagradTuner.decode(before)[0] / 2)
-    assert start.u[1] == before[1]
+    chains = MetagradChains(quadratic.space, [(0.01, 0.5)])
+    first = chains.ask()
+    chains.tell(first, value=math.inf, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan, diverged=True)
+    retry = chains.ask()
+    assert chains.starts[0].grad is None and chains.starts[0].inverse_hessian is None
+    assert (retry.lr, retry.momentum) == pytest.approx((0.005, 0.5), rel=1e-12)
 
 
 def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):

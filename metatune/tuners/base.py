@@ -1,38 +1,49 @@
 """What every tuning method shares: trials, results, the gradient-evaluation budget, and
-the evaluation of one fixed (η, β) by training.
+the ask/tell loop.
 
-A method subclasses :class:`Tuner` and implements :meth:`Tuner.search`; it evaluates
-points through :meth:`Tuner.record`, which charges the budget, keeps the best, and hands
-each :class:`Trial` to the one ``callback`` (how Ray trials and the service's database
-writer receive results).
+A method subclasses :class:`Tuner` and implements :meth:`Tuner.ask` (the next
+:class:`~metatune.tuners.evaluation.Proposal` that fits in a remaining budget) and
+:meth:`Tuner.tell` (what its evaluation gave). In-process, :meth:`Tuner.search` evaluates
+each proposal here; on Ray (:mod:`metatune.distributed`) a searcher asks and tells the same
+tuner while Ray trials evaluate. Either way every result passes through
+:meth:`Tuner.record`, which counts the budget and hands each :class:`Trial` to the one
+``callback`` (how progress bars and the service's database writer receive results).
 """
 
 from __future__ import annotations
 
 import abc
-import functools
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from metatune.costs import DEFAULT, CostModel, measure
+from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
-from metatune.population import train_population
 from metatune.stability import HessianOperator, hessian_vector_product, largest_eigenvalue, spectral_radius
-from metatune.unroll import is_finite, unroll
+from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
 
 DIVERGENCE_FACTOR = 1e3
 """A run whose validation loss ends above this multiple of its start is called diverged."""
+
+
+STATUSES = ("completed", "diverged", "failed")
+
+
+def is_diverged(value: float, initial_value: float) -> bool:
+    """A run diverged when ℓ_val(θ_T) is not finite or above DIVERGENCE_FACTOR · ℓ_val(θ₀)."""
+    return not math.isfinite(value) or value > DIVERGENCE_FACTOR * initial_value
 
 
 @dataclass(frozen=True)
 class Trial:
     """One evaluated (η, β): its validation loss after T steps and what it cost.
 
-    ``value`` is ℓ_val(θ_T) (inf when the run diverged); ``spectral_radius`` is ρ of the
-    momentum transition over the objective's curvature at θ₀ ([λ_min, λ_max]).
+    ``value`` is ℓ_val(θ_T) (inf when the run diverged or failed); ``spectral_radius`` is ρ of
+    the momentum transition over the curvature at θ₀; ``status`` is "completed", "diverged"
+    (a result: the run blew up) or "failed" (the evaluation itself crashed; ``error`` says why).
     """
 
     number: int
@@ -46,6 +57,8 @@ class Trial:
     spectral_radius: float
     stable: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "completed"
+    error: str | None = None
 
 
 @dataclass
@@ -61,7 +74,7 @@ class TuneResult:
 
     @property
     def best(self) -> Trial | None:
-        finite = [t for t in self.trials if not t.diverged]
+        finite = [t for t in self.trials if t.status == "completed"]
         return min(finite, key=lambda t: t.value) if finite else None
 
     @property
@@ -84,7 +97,7 @@ class TuneResult:
         """(cumulative gradient evaluations, best value so far) after each trial."""
         best, curve = math.inf, []
         for trial in self.trials:
-            if not trial.diverged:
+            if trial.status == "completed":
                 best = min(best, trial.value)
             curve.append((trial.cumulative_evals, best))
         return curve
@@ -114,7 +127,7 @@ Callback = Callable[[Trial], None]
 
 
 class Tuner(abc.ABC):
-    """Base of every method. Subclasses set ``name`` and implement :meth:`search`.
+    """Base of every method: a ledger of trials and budget around an ask/tell strategy.
 
     Args:
         objective: the problem; its ``steps`` is the horizon T unless ``steps`` is given.
@@ -125,6 +138,8 @@ class Tuner(abc.ABC):
     """
 
     name: ClassVar[str]
+    distributable: ClassVar[bool] = True
+    """Whether :mod:`metatune.distributed` can run it (its proposals are independent runs)."""
 
     def __init__(
         self, objective: Objective, *, budget: float, seed: int = 0, space: SearchSpace | None = None,
@@ -132,6 +147,8 @@ class Tuner(abc.ABC):
     ) -> None:
         if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
             raise invalid("budget", budget, "a positive number of gradient evaluations")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise invalid("seed", seed, "an integer")
         self.objective, self.budget, self.seed = objective, float(budget), int(seed)
         self.space = space or objective.space
         self.steps = objective.steps if steps is None else steps
@@ -141,16 +158,41 @@ class Tuner(abc.ABC):
             raise invalid("budget", budget, f"at least one training run: {self.trial_cost():g} gradient evaluations "
                                             f"for T={self.steps}")
         self.callback = callback
-        self.params = objective.init_params(self.seed)
-        self.batches = objective.batches(self.seed, self.steps)
-        self.initial_value = float(objective.val_loss(self.params))
+        self.context = Context.build(objective, self.seed, self.steps)
+        self.params, self.batches, self.costs = self.context.params, self.context.batches, self.context.costs
+        self.initial_value = self.context.initial_value
         self.trials: list[Trial] = []
         self.spent = 0.0
         self._curvature: Curvature | None = None
 
+    # -- the strategy: what each method implements ------------------------------------------
+
+    def prepare(self) -> float:
+        """Work done once before the first proposal (e.g. a curvature estimate); returns its
+        cost in gradient evaluations, charged to the budget."""
+        return 0.0
+
     @abc.abstractmethod
+    def ask(self, remaining: float) -> Proposal | None:
+        """The next proposal costing at most ``remaining`` gradient evaluations; None when
+        nothing more fits or (on Ray) while the method waits for results it needs."""
+
+    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
+        """Learn from the evaluation of ``proposal`` (one outcome per point)."""
+
+    def finished(self) -> bool:
+        """True when :meth:`ask` will never propose again, whatever results come back."""
+        return False
+
+    # -- the in-process loop --------------------------------------------------------------------
+
     def search(self) -> None:
-        """Evaluate points with :meth:`record` until the budget is spent (BudgetExhausted ends it)."""
+        """Ask, evaluate here, record and tell until nothing more fits in the budget."""
+        self.spent += self.prepare()
+        while (proposal := self.ask(self.remaining())) is not None:
+            outcomes = evaluate(self.context, proposal)
+            self.record_outcomes(proposal, outcomes)
+            self.tell(proposal, outcomes)
 
     def run(self) -> TuneResult:
         """Run the search to the end of the budget and return every trial."""
@@ -159,8 +201,10 @@ class Tuner(abc.ABC):
             self.search()
         except BudgetExhausted:
             pass
-        return TuneResult(self.name, self.objective.name, self.seed, self.budget, self.trials,
-                          time.perf_counter() - start)
+        return self.result(time.perf_counter() - start)
+
+    def result(self, wall_time: float) -> TuneResult:
+        return TuneResult(self.name, self.objective.name, self.seed, self.budget, self.trials, wall_time)
 
     # -- budget and records -------------------------------------------------------------------
 
@@ -177,16 +221,29 @@ class Tuner(abc.ABC):
         self.ensure_affordable(evals)
         self.spent += evals
 
+    def record_outcomes(self, proposal: Proposal, outcomes: list[Outcome]) -> list[Trial]:
+        """Record each point's outcome at an equal share of the proposal's cost."""
+        share = proposal.cost / len(proposal.points)
+        return [self.record_outcome(outcome, share, start=proposal.start) for outcome in outcomes]
+
+    def record_outcome(self, outcome: Outcome, evals: float, start: int | None = None) -> Trial:
+        """Charge ``evals`` and record one outcome (failed when it carries an error)."""
+        self.spent += evals
+        metrics = dict(outcome.metrics) if start is None else {**outcome.metrics, "start": start}
+        return self.record(outcome.lr, outcome.momentum, outcome.value, evals, outcome.seconds,
+                           error=outcome.error, **metrics)
+
     def record(self, lr: float, momentum: float, value: float, evals: float, seconds: float,
-               **metrics: float) -> Trial:
+               error: str | None = None, **metrics: float) -> Trial:
         """Keep one evaluated point (its cost already charged) and report it to the callback."""
-        diverged = not math.isfinite(value) or value > DIVERGENCE_FACTOR * self.initial_value
+        diverged = error is None and is_diverged(value, self.initial_value)
+        status = "failed" if error is not None else "diverged" if diverged else "completed"
         rho = self.spectral_radius(lr, momentum)
         trial = Trial(
             number=len(self.trials), lr=float(lr), momentum=float(momentum),
-            value=math.inf if diverged else float(value), diverged=diverged, gradient_evals=evals,
+            value=float(value) if status == "completed" else math.inf, diverged=diverged, gradient_evals=evals,
             cumulative_evals=self.spent, wall_time=seconds, spectral_radius=rho, stable=rho < 1.0,
-            metrics={k: float(v) for k, v in metrics.items()},
+            metrics={k: float(v) for k, v in metrics.items()}, status=status, error=error,
         )
         self.trials.append(trial)
         if self.callback is not None:
@@ -199,35 +256,9 @@ class Tuner(abc.ABC):
         """A fixed-(η, β) trial: T gradients and one validation evaluation."""
         return self.steps + 1.0
 
-    def evaluate(self, lr: float, momentum: float) -> Trial:
-        """Train T steps at fixed (η, β) from θ₀ and record the validation loss."""
-        self.charge(self.trial_cost())
-        start = time.perf_counter()
-        run = unroll(self.objective.train_loss, self.params, lr, momentum, self.steps, self.batches)
-        value = float(self.objective.val_loss(run.params)) if is_finite(*run.params.values()) else math.inf
-        return self.record(lr, momentum, value, self.trial_cost(), time.perf_counter() - start,
-                           final_train_loss=float(run.losses[-1]))
-
-    def evaluate_population(self, points: list[tuple[float, float]]) -> list[Trial]:
-        """Train every point at once with :func:`metatune.population.train_population`."""
-        cost = self.trial_cost()
-        self.ensure_affordable(cost * len(points))
-        start = time.perf_counter()
-        result = train_population(self.objective.train_loss, self.objective.val_loss, self.params,
-                                  [p[0] for p in points], [p[1] for p in points], self.steps, self.batches)
-        seconds = (time.perf_counter() - start) / len(points)
-        values, train_losses = result.values.tolist(), result.final_train_loss.tolist()
-        trials = []
-        for (lr, momentum), value, train_loss in zip(points, values, train_losses):
-            self.charge(cost)
-            trials.append(self.record(lr, momentum, value, cost, seconds, final_train_loss=train_loss))
-        return trials
-
-    @functools.cached_property
-    def costs(self) -> CostModel:
-        """This objective's tangent and backward-step multiples, counted in FLOPs once."""
-        batch = None if self.batches is None else self.batches[0]
-        return measure(self.objective.train_loss, self.params, batch)
+    def points(self, points: list[tuple[float, float]]) -> Proposal:
+        """A proposal to train ``points`` at fixed (η, β), T + 1 gradient evaluations each."""
+        return Proposal(tuple((float(lr), float(m)) for lr, m in points), self.trial_cost() * len(points))
 
     def curvature(self) -> Curvature:
         """λ_min, λ_max at θ₀ on the first batch (the objective's exact values if it has them)."""

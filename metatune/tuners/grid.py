@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from metatune.tuners.base import BudgetExhausted, Tuner
+from metatune.tuners.base import Tuner
+from metatune.tuners.evaluation import Proposal
 
 
 class GridTuner(Tuner):
@@ -31,15 +32,16 @@ class GridTuner(Tuner):
         order = np.random.default_rng(self.seed).permutation(len(points))
         return [points[i] for i in order]
 
-    def search(self) -> None:
-        points = self.grid()
-        for first in range(0, len(points), self.batch_size):
-            batch = points[first : first + self.batch_size]
-            affordable = int(self.remaining() // self.trial_cost())
-            if affordable < 1:
-                raise BudgetExhausted
-            batch = batch[:affordable]
-            if len(batch) == 1:
-                self.evaluate(*batch[0])
-            else:
-                self.evaluate_population(batch)
+    def prepare(self) -> float:
+        self.pending = self.grid()
+        return 0.0
+
+    def ask(self, remaining: float) -> Proposal | None:
+        n = min(self.batch_size, len(self.pending), int((remaining + 1e-9) // self.trial_cost()))
+        if n < 1:
+            return None
+        batch, self.pending = self.pending[:n], self.pending[n:]
+        return self.points(batch)
+
+    def finished(self) -> bool:
+        return not self.pending

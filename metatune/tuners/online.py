@@ -21,13 +21,15 @@ import numpy as np
 
 from metatune.errors import invalid
 from metatune.hypergrad import hypergrad
-from metatune.tuners.metagrad import MetagradTuner, Start, adam_direction
+from metatune.tuners.chains import Start, adam_direction
+from metatune.tuners.metagrad import MetagradTuner
 
 
 class OnlineTuner(MetagradTuner):
     """Adapt (η, β) every ``horizon`` steps inside each run; see the module docstring."""
 
     name = "online"
+    distributable = False  # each run starts where the last one ended: one sequential chain
 
     def __init__(self, objective, *, horizon: int = 10, meta_lr: float = 0.05, **kwargs) -> None:  # noqa: ANN001, ANN003
         super().__init__(objective, meta_lr=meta_lr, mode="reverse", outer="adam", screen=0, starts=1, **kwargs)
@@ -42,6 +44,7 @@ class OnlineTuner(MetagradTuner):
         return full * per_stretch("reverse", self.horizon) + (per_stretch("reverse", rest) if rest else 0.0)
 
     def search(self) -> None:
+        """Adaptive runs, each from the (η, β) the last one ended at, until the budget is spent."""
         self.charge(self.curvature().gradient_evals)
         u = self.project(self.theory_point())
         while True:

@@ -2,11 +2,12 @@
 
 Each trial trains T steps at a fixed (η, β) and scores ℓ_val(θ_T). Optuna is told
 log ℓ_val (a monotone transform: rank-based samplers are unaffected, and the Gaussian
-process sees a loss that spans orders of magnitude on a usable scale); a diverged trial
-is told log(DIVERGENCE_FACTOR · ℓ_val(θ₀)), worse than any trial that did not diverge, so
-the study never crashes and the sampler learns to avoid the region. Samplers that do not
-learn from results sequentially (random, grid) ask for a batch at a time and train it as
-one vmapped population.
+process sees a loss that spans orders of magnitude on a usable scale); a diverged or
+failed trial is told log(DIVERGENCE_FACTOR · ℓ_val(θ₀)), worse than any trial that did not
+diverge, so the study never crashes and the sampler learns to avoid the region. Samplers
+that do not learn from results sequentially (random) ask for a batch at a time, trained
+as one vmapped population. On Ray, the sequential samplers run inside Ray Tune's
+``OptunaSearch`` with the same sampler and distributions (:mod:`metatune.distributed`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,24 @@ from typing import ClassVar
 
 import optuna
 
-from metatune.tuners.base import DIVERGENCE_FACTOR, BudgetExhausted, Trial, Tuner
+from metatune.tuners.base import DIVERGENCE_FACTOR, Tuner, is_diverged
+from metatune.tuners.evaluation import Outcome, Proposal
+
+
+def told_value(value: float, initial_value: float) -> float:
+    """What Optuna is told for ℓ_val: log ℓ_val, or log(DIVERGENCE_FACTOR · ℓ_val(θ₀)) when the
+    run diverged or failed (NaN)."""
+    if math.isnan(value) or is_diverged(value, initial_value):
+        return math.log(DIVERGENCE_FACTOR * max(initial_value, 1e-300))
+    return math.log(max(value, 1e-300))
+
+
+def quiet_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """A minimising in-memory study, without Optuna's per-trial log lines and experimental warnings."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.create_study(direction="minimize", sampler=sampler)
 
 
 class OptunaTuner(Tuner):
@@ -35,42 +53,24 @@ class OptunaTuner(Tuner):
             "momentum": optuna.distributions.FloatDistribution(space.momentum_low, space.momentum_high),
         }
 
-    def search(self) -> None:
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study = optuna.create_study(direction="minimize", sampler=self.make_sampler())
-                self._ask_and_tell(study)
-        finally:
-            optuna.logging.set_verbosity(verbosity)
+    def prepare(self) -> float:
+        self.study = quiet_study(self.make_sampler())
+        self.asked: dict[tuple[float, float], list[optuna.trial.Trial]] = {}
+        return 0.0
 
-    def max_trials(self) -> int | None:
-        """A cap on the number of trials (the grid's size), or None."""
-        return None
+    def ask(self, remaining: float) -> Proposal | None:
+        n = min(self.batch_size, int((remaining + 1e-9) // self.trial_cost()))
+        if n < 1:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            asked = [self.study.ask(self.distributions()) for _ in range(n)]
+        points = [(t.params["lr"], t.params["momentum"]) for t in asked]
+        for point, trial in zip(points, asked):
+            self.asked.setdefault(point, []).append(trial)
+        return self.points(points)
 
-    def _ask_and_tell(self, study: optuna.Study) -> None:
-        distributions = self.distributions()
-        while True:
-            n = min(self.batch_size, int(self.remaining() // self.trial_cost()))
-            cap = self.max_trials()
-            if cap is not None:
-                n = min(n, cap - len(self.trials))
-            if n < 1:
-                raise BudgetExhausted
-            asked = [study.ask(distributions) for _ in range(n)]
-            points = [(t.params["lr"], t.params["momentum"]) for t in asked]
-            for optuna_trial, trial in zip(asked, self.evaluate_batch(points)):
-                study.tell(optuna_trial, self.told_value(trial))
-
-    def evaluate_batch(self, points: list[tuple[float, float]]) -> list[Trial]:
-        """Evaluate fixed (η, β) points: one at a time, or as one vmapped population."""
-        if len(points) == 1:
-            return [self.evaluate(*points[0])]
-        return self.evaluate_population(points)
-
-    def told_value(self, trial: Trial) -> float:
-        if trial.diverged:
-            return math.log(DIVERGENCE_FACTOR * max(self.initial_value, 1e-300))
-        return math.log(max(trial.value, 1e-300))
+    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            trial = self.asked[(outcome.lr, outcome.momentum)].pop(0)
+            self.study.tell(trial, told_value(outcome.value, self.initial_value))

@@ -1,0 +1,198 @@
+"""metagrad's outer optimisation: chains of (η, β) that descend meta-gradients, as ask/tell.
+
+No torch and no objective here: a chain proposes a point, is told the validation loss and
+its meta-gradient there, and accepts the point or backs off. The in-process
+:class:`~metatune.tuners.metagrad.MetagradTuner` and the Ray Tune searcher
+(:class:`metatune.distributed.MetagradSearch`) drive the same chains.
+
+Coordinates u = (log η, log(1 − β)) map the open box η > 0, β < 1 onto ℝ² and make equal
+steps equal *relative* changes of η and of 1 − β; the chains descend log ℓ_val, whose
+u-gradient is ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ, ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ.
+
+Outer step: BFGS (Nocedal & Wright, Alg. 6.1) with its first step ``meta_lr`` long along
+−∇ and the inverse Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam.
+A proposal is accepted only if its loss is lower than the last accepted one and its run
+neither diverged nor amplified the sensitivities more than ``max_amplification``;
+otherwise the chain stays and halves its step. A start whose first point explodes is
+retried at half its learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from metatune.errors import invalid
+from metatune.objectives import SearchSpace
+
+OUTER = ("bfgs", "adam")
+
+
+def decode(u: np.ndarray) -> tuple[float, float]:
+    """(η, β) = (exp u₀, 1 − exp u₁)."""
+    return float(math.exp(u[0])), float(1.0 - math.exp(u[1]))
+
+
+def encode(lr: float, momentum: float) -> np.ndarray:
+    """u = (log η, log(1 − β))."""
+    return np.array([math.log(lr), math.log(1.0 - momentum)])
+
+
+def log_loss_gradient(lr: float, momentum: float, value: float, dvalue_dlr: float,
+                      dvalue_dmomentum: float) -> np.ndarray:
+    """∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β) / ℓ."""
+    return np.array([dvalue_dlr * lr, -dvalue_dmomentum * (1.0 - momentum)]) / max(value, 1e-300)
+
+
+@dataclass
+class Start:
+    """One chain: the last accepted u, its log-loss and gradient, and the optimiser's state."""
+
+    u: np.ndarray
+    index: int = 0
+    value: float = math.inf
+    grad: np.ndarray | None = None
+    step: float = 1.0
+    inverse_hessian: np.ndarray | None = None
+    first_moment: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    second_moment: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    iterations: int = 0
+    attempts: int = 0
+    busy: bool = False
+
+
+def adam_direction(start: Start, grad: np.ndarray, beta1: float = 0.9, beta2: float = 0.999,
+                   eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adam's bias-corrected step direction m̂/(√v̂ + ε) and the new moments (Kingma & Ba, 2015)."""
+    t = start.iterations + 1
+    m = beta1 * start.first_moment + (1 - beta1) * grad
+    v = beta2 * start.second_moment + (1 - beta2) * grad * grad
+    direction = (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+    return direction, m, v
+
+
+def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first: bool) -> np.ndarray:
+    """H ← (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ, ρ = 1/(yᵀs); skipped unless yᵀs > 0.
+
+    ``first``: H is first rescaled to (sᵀy/yᵀy) I (Nocedal & Wright, eq. 6.20)."""
+    curvature = float(s @ y)
+    if curvature <= 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+        return inverse_hessian
+    if first:
+        inverse_hessian = np.eye(2) * curvature / float(y @ y)
+    rho, identity = 1.0 / curvature, np.eye(2)
+    left = identity - rho * np.outer(s, y)
+    return left @ inverse_hessian @ left.T + rho * np.outer(s, s)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A chain's proposal: evaluate the meta-gradient of start ``start`` at (lr, momentum)."""
+
+    start: int
+    lr: float
+    momentum: float
+    u: tuple[float, float]
+
+
+class MetagradChains:
+    """Concurrent chains over a search space; see the module docstring.
+
+    Args:
+        space: the box (η, β) stays in.
+        starts: the first (η, β) of each chain.
+        outer: "bfgs" or "adam"; meta_lr: first step length in u (Adam's step).
+        lr_cap: ``lr_cap(β)`` the largest η allowed at β (a stability guard), or None.
+        max_amplification: reject a step whose sensitivities grew more than this.
+
+    Example:
+        >>> chains = MetagradChains(SearchSpace(), [(0.01, 0.5)])
+        >>> step = chains.ask()
+        >>> round(step.lr, 6), round(step.momentum, 6)
+        (0.01, 0.5)
+        >>> chains.tell(step, value=1.0, dvalue_dlr=-10.0, dvalue_dmomentum=0.0)
+        >>> chains.ask().lr > 0.01
+        True
+    """
+
+    def __init__(self, space: SearchSpace, starts: list[tuple[float, float]], *, outer: str = "bfgs",
+                 meta_lr: float = 0.03, lr_cap: Callable[[float], float] | None = None,
+                 max_amplification: float = 1e8) -> None:
+        if outer not in OUTER:
+            raise invalid("outer", outer, f"one of {OUTER}")
+        if not (isinstance(meta_lr, (int, float)) and meta_lr > 0):
+            raise invalid("meta_lr", meta_lr, "a step size > 0")
+        if not (isinstance(max_amplification, (int, float)) and max_amplification > 1):
+            raise invalid("max_amplification", max_amplification, "a number > 1")
+        if not starts:
+            raise invalid("starts", starts, "at least one (lr, momentum) start")
+        self.space, self.outer, self.meta_lr = space, outer, float(meta_lr)
+        self.max_amplification, self._lr_cap = float(max_amplification), lr_cap
+        self.starts = [Start(self.project(encode(lr, m)), index=i) for i, (lr, m) in enumerate(starts)]
+
+    def lr_cap(self, momentum: float) -> float:
+        """The largest η the guard and the space allow at β."""
+        high = self.space.lr_high
+        return high if self._lr_cap is None else min(high, self._lr_cap(momentum))
+
+    def project(self, u: np.ndarray) -> np.ndarray:
+        """Clip u into the space and under the guard."""
+        space = self.space
+        u1 = float(np.clip(u[1], math.log(1.0 - space.momentum_high), math.log(1.0 - space.momentum_low)))
+        cap = self.lr_cap(1.0 - math.exp(u1))
+        u0 = float(np.clip(u[0], math.log(min(space.lr_low, cap)), math.log(cap)))
+        return np.array([u0, u1])
+
+    def ask(self) -> Step | None:
+        """The next proposal of the idle chain with the fewest attempts (round robin when
+        sequential); None while every chain waits for its result."""
+        idle = [s for s in self.starts if not s.busy]
+        if not idle:
+            return None
+        start = min(idle, key=lambda s: (s.attempts, s.index))
+        u = start.u if start.grad is None else self._proposal(start)
+        start.busy, start.attempts = True, start.attempts + 1
+        lr, momentum = decode(u)
+        return Step(start.index, lr, momentum, (float(u[0]), float(u[1])))
+
+    def tell(self, step: Step, value: float, dvalue_dlr: float, dvalue_dmomentum: float,
+             amplification: float = 1.0, diverged: bool = False) -> None:
+        """Accept ``step`` or back off, given ℓ_val and ∂ℓ/∂η, ∂ℓ/∂β at it (value inf or NaN, or
+        ``diverged``: the run failed)."""
+        start, u = self.starts[step.start], np.array(step.u)
+        start.busy = False
+        failed = diverged or not math.isfinite(value)
+        grad = log_loss_gradient(step.lr, step.momentum, value, dvalue_dlr, dvalue_dmomentum)
+        exploded = failed or not np.isfinite(grad).all() or not amplification <= self.max_amplification
+        log_value = math.inf if failed else math.log(max(value, 1e-300))
+        if start.grad is None and exploded:
+            start.u = self.project(start.u - np.array([math.log(2.0), 0.0]))
+        elif start.grad is None or (not exploded and log_value < start.value):
+            self._accept(start, u, log_value, grad)
+        else:
+            start.step /= 2.0
+
+    def _accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
+        if self.outer == "bfgs":
+            if start.grad is None:
+                start.inverse_hessian = np.eye(2) * self.meta_lr / max(float(np.linalg.norm(grad)), 1e-12)
+            else:
+                start.inverse_hessian = bfgs_update(start.inverse_hessian, u - start.u, grad - start.grad,
+                                                   first=start.iterations == 1)
+        else:
+            _, start.first_moment, start.second_moment = adam_direction(start, grad)
+        start.u, start.value, start.grad, start.step = u, value, grad, 1.0
+        start.iterations += 1
+
+    def _proposal(self, start: Start) -> np.ndarray:
+        """u − step · H ∇ (BFGS) or u − step · meta_lr · m̂/(√v̂ + ε) (Adam), projected."""
+        if self.outer == "bfgs":
+            direction = start.inverse_hessian @ start.grad
+        else:
+            t = start.iterations
+            direction = self.meta_lr * (start.first_moment / (1 - 0.9**t)) / (
+                np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8)
+        return self.project(start.u - start.step * direction)
