@@ -76,3 +76,16 @@ def mlp() -> Problem:
 @pytest.fixture
 def quadratic() -> Problem:
     return _quadratic_problem()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One embedded local Ray for the whole test session: 4 logical CPUs and one declared GPU
+    (no CUDA here: trials scheduled at gpu=0.25 must still run on the CPU)."""
+    pytest.importorskip("ray")
+    from metatune.distributed import ensure_ray, shutdown
+
+    root = tmp_path_factory.mktemp("ray")
+    ensure_ray(root=root, num_cpus=4, num_gpus=1)
+    yield root
+    shutdown()

@@ -20,8 +20,11 @@ METHODS: dict[str, type[Tuner]] = {
 }
 
 
+BACKENDS = ("local", "ray")
+
+
 def tune(objective: Objective | str, method: str = "metagrad", budget: float = 20_000, seed: int = 0,
-         *, callback: Callback | None = None, **options: Any) -> TuneResult:
+         *, callback: Callback | None = None, backend: str = "local", **options: Any) -> TuneResult:
     """Search (η, β) for ``objective`` with ``method`` within ``budget`` gradient evaluations.
 
     Args:
@@ -31,6 +34,9 @@ def tune(objective: Objective | str, method: str = "metagrad", budget: float = 2
             products count as their multiples of a gradient).
         seed: seeds θ₀, the minibatches and the method.
         callback: receives each :class:`Trial` as it is recorded.
+        backend: "local" (every trial in this process) or "ray" (trials on Ray Tune through
+            :func:`metatune.distributed.run`, which also takes ``resources``, ``concurrency``,
+            ``cancel``, ``ray_address``, ``storage`` and ``max_retries``).
         options: passed to the method (e.g. ``steps``, ``space``, metagrad's ``mode``).
 
     Example:
@@ -42,7 +48,13 @@ def tune(objective: Objective | str, method: str = "metagrad", budget: float = 2
         objective = get(objective)
     if method not in METHODS:
         raise invalid("method", method, f"one of {sorted(METHODS)}")
+    if backend not in BACKENDS:
+        raise invalid("backend", backend, f"one of {BACKENDS}")
+    if backend == "ray":
+        from metatune.distributed import run
+
+        return run(objective, method, budget, seed, callback=callback, **options)
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options).run()
 
 
-__all__ = ["METHODS", "Trial", "TuneResult", "Tuner", "tune"]
+__all__ = ["BACKENDS", "METHODS", "Trial", "TuneResult", "Tuner", "tune"]

@@ -71,6 +71,7 @@ class TuneResult:
     budget: float
     trials: list[Trial]
     wall_time: float = 0.0
+    cancelled: bool = False
 
     @property
     def best(self) -> Trial | None:

@@ -1,0 +1,145 @@
+"""``run``: one tuning job as a Ray Tune experiment, returning the same TuneResult as in-process.
+
+The job's tuner is built in the driver (θ₀, the cost model, the curvature for ρ, the
+method's state); Ray trials evaluate proposals; results come back through one
+:class:`~metatune.distributed.recorder.TrialRecorder` into that tuner, which charges the
+budget and calls ``callback`` with each Trial. Sequential Optuna samplers (tpe, cmaes,
+gp) run inside Ray Tune's ``OptunaSearch`` with the tuner's sampler and distributions,
+``num_samples`` = the fixed-(η, β) runs the budget affords; metagrad, random and grid run
+through :class:`~metatune.distributed.search.TunerSearch` (random and grid as vmapped
+populations of up to 64 settings per Ray trial).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from metatune.errors import invalid
+from metatune.objectives import Objective, get
+from metatune.tuners import METHODS, Trial, TuneResult
+from metatune.tuners.base import Tuner
+from metatune.tuners.optuna_base import OptunaTuner
+from metatune.distributed.cluster import default_root, ensure_ray
+from metatune.distributed.recorder import Cancel, CancelStopper, TrialRecorder
+from metatune.distributed.search import TunerSearch
+from metatune.distributed.trainable import METRIC, Job, evaluate_trial, is_registered
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one Ray trial holds: CPUs and (possibly fractional) GPUs, e.g. gpu=0.25 lets four
+    trials share a GPU."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.cpu, numbers.Real) and 0 < self.cpu <= 1024):
+            raise invalid("resources.cpu", self.cpu, "CPUs per trial, a number in (0, 1024]")
+        if not (isinstance(self.gpu, numbers.Real) and 0 <= self.gpu <= 64):
+            raise invalid("resources.gpu", self.gpu, "GPUs per trial, a number in [0, 64] (0.25: four trials per GPU)")
+
+    @classmethod
+    def parse(cls, value: Resources | dict[str, float] | None) -> Resources:
+        if value is None or isinstance(value, Resources):
+            return value or cls()
+        if not isinstance(value, dict) or set(value) - {"cpu", "gpu"}:
+            raise invalid("resources", value, "a dict with keys among 'cpu', 'gpu'")
+        return cls(**value)
+
+
+def build_tuner(objective: Objective, method: str, budget: float, seed: int,
+                callback: Callable[[Trial], None] | None, options: dict[str, Any]) -> Tuner:
+    """The driver-side tuner of a Ray job (its ledger and, unless Optuna runs it, its strategy)."""
+    if method not in METHODS:
+        raise invalid("method", method, f"one of {sorted(METHODS)}")
+    if not METHODS[method].distributable:
+        choices = sorted(m for m, t in METHODS.items() if t.distributable)
+        raise invalid("method", method, f"one of {choices} on Ray ({method!r} runs in-process only)")
+    return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options)
+
+
+def search_for(tuner: Tuner) -> tuple[Any, int]:
+    """The Ray searcher and ``num_samples`` for ``tuner``'s method."""
+    if isinstance(tuner, OptunaTuner) and tuner.batch_size == 1:
+        from ray.tune.search.optuna import OptunaSearch
+
+        samples = int((tuner.remaining() + 1e-9) // tuner.trial_cost())
+        return OptunaSearch(space=tuner.distributions(), sampler=tuner.make_sampler(), metric=METRIC, mode="min"), samples
+    return TunerSearch(tuner), -1
+
+
+def run(objective: Objective | str, method: str = "metagrad", budget: float = 20_000, seed: int = 0, *,
+        resources: Resources | dict[str, float] | None = None, concurrency: int = 1,
+        callback: Callable[[Trial], None] | None = None, cancel: Cancel | None = None,
+        ray_address: str | None = None, storage: str | Path | None = None, max_retries: int = 2,
+        **options: Any) -> TuneResult:
+    """Run one tuning job on Ray Tune; return when it is done or cancelled.
+
+    Args:
+        objective, method, budget, seed, options: as for :func:`metatune.tune`.
+        resources: per trial, ``{"cpu": 1, "gpu": 0}`` by default.
+        concurrency: trials running at once.
+        callback: receives each :class:`~metatune.tuners.base.Trial` in the driver.
+        cancel: a callable or ``threading.Event``; when true, the run stops within a second
+            and the result is marked ``cancelled``.
+        ray_address: a running cluster (default ``RAY_ADDRESS``, else an embedded local Ray).
+        storage: folder for Ray's results (default ``<ray root>/results``).
+        max_retries: how often a crashed trial is retried before it is recorded failed.
+
+    Example:
+        >>> res = run("quadratic", "random", budget=1_000, seed=0)  # doctest: +SKIP
+    """
+    objective = get(objective) if isinstance(objective, str) else objective
+    resources = Resources.parse(resources)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise invalid("concurrency", concurrency, "an integer >= 1 (trials running at once)")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise invalid("max_retries", max_retries, "an integer >= 0")
+    registered = is_registered(objective)
+    if resources.gpu > 0 and not registered:
+        raise invalid("resources.gpu", resources.gpu, "0 for an objective that is not registered (GPU trials "
+                                                      "rebuild the objective on their device by name)")
+    tuner = build_tuner(objective, method, budget, seed, callback, options)
+    began = time.perf_counter()
+    tuner.spent += tuner.prepare()
+    job = Job(uuid.uuid4().hex, objective, registered, tuner.seed, tuner.steps, tuple(tuner.curvature().eigenvalues))
+    ensure_ray(ray_address)
+    stopper = CancelStopper(cancel)
+    fit(job, tuner, resources, concurrency, stopper, storage, max_retries)
+    result = tuner.result(time.perf_counter() - began)
+    result.cancelled = stopper.cancelled
+    return result
+
+
+def fit(job: Job, tuner: Tuner, resources: Resources, concurrency: int, stopper: CancelStopper,
+        storage: str | Path | None, max_retries: int) -> None:
+    """Build the Ray Tune ``Tuner`` for ``job`` and run it to the end."""
+    from ray import tune
+
+    searcher, samples = search_for(tuner)
+    if samples == 0:
+        return
+    trainable = tune.with_resources(tune.with_parameters(evaluate_trial, job=job),
+                                    {"cpu": resources.cpu, "gpu": resources.gpu})
+    storage = Path(storage) if storage else default_root() / "results"
+    name = f"{tuner.objective.name}-{tuner.name}-seed{tuner.seed}-{job.key[:8]}"
+    tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=samples, max_concurrent_trials=concurrency,
+                                    reuse_actors=True, trial_dirname_creator=_dirname, trial_name_creator=_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage.absolute()), stop=stopper,
+                                  callbacks=[TrialRecorder(tuner)], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=max_retries)),
+    ).fit()
+
+
+def _dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+

@@ -1,0 +1,105 @@
+"""What runs inside a Ray trial: evaluate one proposal and report one result per point.
+
+A trial's config is a :class:`~metatune.tuners.evaluation.Proposal` (``to_config``) or
+Optuna's bare ``{"lr", "momentum"}``. The trial rebuilds the job's objective on the
+device Ray gave it (``ray.get_gpu_ids()``: Ray sets ``CUDA_VISIBLE_DEVICES``, so that GPU is
+``cuda:0`` here; CPU trials run torch on one thread), keeps θ₀ and the minibatches for the
+next trial of the same job in a reused actor, evaluates through the same
+:func:`~metatune.tuners.evaluation.evaluate` as the in-process tuners, and reports each
+point's validation loss, η, β, ρ, stability, cost, wall time and (metagrad) its
+meta-gradient and growth rate. Trials never write anywhere but Ray's own results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metatune import objectives
+from metatune.objectives import Objective
+from metatune.stability import spectral_radius
+from metatune.tuners.base import is_diverged
+from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
+from metatune.tuners.optuna_base import told_value
+
+METRIC = "objective"
+"""The metric searchers minimise: log ℓ_val, or a penalty for a diverged run (Optuna's told value)."""
+
+_CONTEXTS: dict[tuple[str, str], Context] = {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every trial of one tuning job shares (sent once through Ray's object store)."""
+
+    key: str
+    objective: Objective
+    registered: bool
+    seed: int
+    steps: int
+    eigenvalues: tuple[float, ...]
+
+
+def is_registered(objective: Objective) -> bool:
+    """Whether ``objective`` can be rebuilt from the registry by its name and parameters."""
+    return objective.name in objectives.names() and set(objective.params) <= set(objectives.parameters(objective.name))
+
+
+def assigned_device() -> str:
+    """``cuda:0`` (the GPU Ray assigned) when this trial holds a GPU and CUDA works, else ``cpu``."""
+    import ray
+
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return "cuda:0"
+    torch.set_num_threads(1)
+    return "cpu"
+
+
+def context_for(job: Job, device: str) -> Context:
+    """θ₀, minibatches and cost model of ``job`` on ``device``, built once per worker process."""
+    key = (job.key, device)
+    if key not in _CONTEXTS:
+        objective = job.objective
+        if job.registered and device != "cpu":
+            objective = objectives.get(objective.name, **{**objective.params, "device": device})
+        _CONTEXTS.clear()  # one job's data at a time per reused actor
+        _CONTEXTS[key] = Context.build(objective, job.seed, job.steps)
+    return _CONTEXTS[key]
+
+
+def result_metrics(outcome: Outcome, index: int, evals: float, context: Context, job: Job,
+                   start: int | None) -> dict[str, Any]:
+    """One point's report: the names Ray's ResultGrid and TensorBoard show."""
+    rho = float(spectral_radius(outcome.lr, outcome.momentum, list(job.eigenvalues)))
+    return {
+        "point": index, "lr": outcome.lr, "momentum": outcome.momentum, "value": outcome.value,
+        METRIC: told_value(outcome.value, context.initial_value),
+        "diverged": is_diverged(outcome.value, context.initial_value), "spectral_radius": rho,
+        "stable": rho < 1.0, "gradient_evals": evals, "wall_time": outcome.seconds,
+        "start": -1 if start is None else start, **outcome.metrics,
+    }
+
+
+def evaluate_trial(config: dict[str, Any], job: Job) -> None:
+    """The Ray Tune function trainable (bind ``job`` with ``tune.with_parameters``)."""
+    from ray import tune
+
+    context = context_for(job, assigned_device())
+    proposal = Proposal.from_config(config, default_cost=context.trial_cost())
+    share = proposal.cost / len(proposal.points)
+    for index, outcome in enumerate(evaluate(context, proposal)):
+        tune.report(result_metrics(outcome, index, share, context, job, proposal.start))
+
+
+OUTCOME_METRICS = ("final_train_loss", "dvalue_dlr", "dvalue_dmomentum", "growth_rate", "amplification")
+"""The method-specific metrics an :class:`Outcome` carries back from a report."""
+
+
+def outcome_from_result(result: dict[str, Any]) -> Outcome:
+    """The :class:`Outcome` a trial reported (inverse of :func:`result_metrics`)."""
+    metrics = {k: float(result[k]) for k in OUTCOME_METRICS if k in result}
+    return Outcome(float(result["lr"]), float(result["momentum"]), float(result.get("value", math.nan)),
+                   float(result.get("wall_time", 0.0)), metrics)

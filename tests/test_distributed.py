@@ -1,0 +1,262 @@
+"""Tuning jobs on a real local Ray: the same results as in-process, faults, cancel, resources."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+from ray import tune as ray_tune  # noqa: E402
+
+import metatune as mt  # noqa: E402
+from metatune import distributed, objectives  # noqa: E402
+from metatune.tuners import METHODS  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the objectives below travel to Ray workers
+
+BUDGET = 1_500
+RAY_METHODS = sorted(m for m, t in METHODS.items() if t.distributable)
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    return objectives.get("quadratic", dim=10, kappa=100.0, steps=30)
+
+
+@pytest.fixture(scope="module")
+def ray_results(ray_cluster, quadratic):
+    """Every distributable method once on Ray, with the trials its callback saw."""
+    out = {}
+    for method in RAY_METHODS:
+        seen = []
+        result = distributed.run(quadratic, method, BUDGET, seed=0, callback=seen.append,
+                                 storage=ray_cluster / "results")
+        out[method] = (result, seen)
+    return out
+
+
+@pytest.mark.parametrize("method", RAY_METHODS)
+def test_each_method_runs_on_ray_within_its_budget(ray_results, method, quadratic):
+    result, seen = ray_results[method]
+    assert seen == result.trials and [t.number for t in seen] == list(range(len(seen)))
+    assert len({(t.lr, t.momentum, t.number) for t in seen}) == len(seen)
+    assert 0 < result.gradient_evals <= BUDGET
+    assert sum(t.gradient_evals for t in seen) <= result.gradient_evals + 1e-9
+    trial = result.best  # the reported value is what a plain run at that (η, β) gives
+    run = mt.unroll(quadratic.train_loss, quadratic.init_params(0), trial.lr, trial.momentum, quadratic.steps)
+    assert trial.value == pytest.approx(float(quadratic.val_loss(run.params)), rel=1e-9)
+    assert {t.status for t in seen} <= {"completed", "diverged"} and not any(t.error for t in seen)
+
+
+@pytest.mark.parametrize("method", ["tpe", "metagrad", "random"])
+def test_ray_at_concurrency_one_picks_the_same_points_as_in_process(ray_results, method, quadratic):
+    on_ray, _ = ray_results[method]
+    local = mt.tune(quadratic, method, BUDGET, seed=0)
+    assert [(t.lr, t.momentum) for t in on_ray.trials] == [(t.lr, t.momentum) for t in local.trials]
+    assert [t.value for t in on_ray.trials] == pytest.approx([t.value for t in local.trials], rel=1e-12)
+    assert on_ray.gradient_evals == local.gradient_evals
+
+
+def test_tune_backend_ray_and_its_errors(ray_cluster, quadratic):
+    result = mt.tune(quadratic, "random", budget=31 * 3, seed=1, backend="ray", storage=ray_cluster / "r")
+    assert len(result.trials) == 3 and result.method == "random"
+    with pytest.raises(ValueError, match="backend='spark'"):
+        mt.tune(quadratic, "random", budget=100, backend="spark")
+    with pytest.raises(ValueError, match="method='online' is invalid: .*runs in-process only"):
+        distributed.run(quadratic, "online", budget=100)
+    with pytest.raises(ValueError, match="concurrency=0"):
+        distributed.run(quadratic, "tpe", budget=100, concurrency=0)
+    with pytest.raises(ValueError, match=r"resources.gpu=-1"):
+        distributed.run(quadratic, "tpe", budget=100, resources={"gpu": -1})
+
+
+def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, quadratic):
+    """Two starts at concurrency 2: both chains take steps; every trial carries its
+    meta-gradient, and Ray's own results hold the same metrics."""
+    result = distributed.run(quadratic, "metagrad", 1_500, seed=0, concurrency=2, screen=0, starts=1,
+                             storage=ray_cluster / "m")
+    assert all({"dvalue_dlr", "dvalue_dmomentum", "growth_rate"} <= set(t.metrics) for t in result.trials)
+    grid = ray_tune.ExperimentAnalysis(str(_latest(ray_cluster / "m"))).dataframe()
+    assert {"value", "lr", "momentum", "spectral_radius", "stable", "gradient_evals", "wall_time",
+            "dvalue_dlr", "growth_rate"} <= set(grid.columns)
+    assert sorted(grid["value"]) == pytest.approx(sorted(t.value for t in result.trials))
+
+
+def _latest(folder: Path) -> Path:
+    return max(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+# -- a user's own model under MetagradSearch -----------------------------------------------------
+
+
+def _user_trainable(config):
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 5, generator=generator, dtype=torch.float64), torch.randn(5, 1, generator=generator,
+                                                                                      dtype=torch.float64)
+    y = x @ w
+    model = torch.nn.Linear(5, 1).double()
+    torch.nn.init.zeros_(model.weight), torch.nn.init.zeros_(model.bias)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def loss(p, batch=None):
+        return ((torch.func.functional_call(model, p, (x,)) - y) ** 2).mean()
+
+    hg = mt.hypergrad(loss, loss, params, config["lr"], config["momentum"], 20, mode="forward")
+    ray_tune.report(distributed.hypergrad_report(hg))
+
+
+def test_metagrad_search_inside_a_users_own_tuner(ray_cluster):
+    search = distributed.MetagradSearch(starts=[(0.01, 0.5), (0.003, 0.2)], meta_lr=0.5)
+    grid = ray_tune.Tuner(
+        _user_trainable,
+        tune_config=ray_tune.TuneConfig(search_alg=search, num_samples=12, max_concurrent_trials=2, reuse_actors=True),
+        run_config=ray_tune.RunConfig(storage_path=str(ray_cluster / "user"), verbose=0),
+    ).fit()
+    frame = grid.get_dataframe()
+    assert len(frame) == 12 and set(frame["config/start"]) == {0, 1}
+    for start, first in ((0, 0.01), (1, 0.003)):
+        chain = frame[frame["config/start"] == start].sort_values("config/attempt")
+        assert chain["config/lr"].iloc[0] == pytest.approx(first)
+        assert chain["dvalue_dlr"].iloc[0] < 0  # the start's lr is too small: the chain must raise it
+        assert chain["config/lr"].iloc[-1] > first and chain["value"].min() < 0.8 * chain["value"].iloc[0]
+    assert grid.get_best_result(metric="value", mode="min").metrics["value"] == frame["value"].min()
+
+
+# -- resources ---------------------------------------------------------------------------------------
+
+
+def _timed_trial(config):
+    began = time.time()
+    device = distributed.trainable.assigned_device()
+    time.sleep(0.6)
+    ray_tune.report({"began": began, "ended": time.time(), "device": device, "gpus": len(ray.get_gpu_ids()),
+                     "threads": torch.get_num_threads()})
+
+
+def test_fractional_gpus_share_one_gpu_four_at_a_time_and_stay_on_cpu(ray_cluster):
+    trainable = ray_tune.with_resources(_timed_trial, {"cpu": 0.25, "gpu": 0.25})
+    grid = ray_tune.Tuner(trainable, param_space={"i": ray_tune.grid_search(list(range(8)))},
+                          run_config=ray_tune.RunConfig(storage_path=str(ray_cluster / "gpu"), verbose=0)).fit()
+    frame = grid.get_dataframe()
+    events = sorted([(b, 1) for b in frame["began"]] + [(e, -1) for e in frame["ended"]])
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most == 4  # the declared GPU fits four 0.25 trials and no more
+    assert set(frame["gpus"]) == {1} and set(frame["device"]) == {"cpu"} and set(frame["threads"]) == {1}
+
+
+def test_a_gpu_job_runs_its_trials_on_the_cpu_without_cuda(ray_cluster, quadratic):
+    result = distributed.run(quadratic, "tpe", 31 * 4, seed=0, resources={"cpu": 0.5, "gpu": 0.25}, concurrency=4,
+                             storage=ray_cluster / "g")
+    assert len(result.trials) == 4 and all(t.status == "completed" for t in result.trials)
+
+
+# -- faults and cancel -------------------------------------------------------------------------------
+
+
+def _sabotaged(base: objectives.Objective, log: Path, failures: int, how: str,
+               delay: float = 0.0) -> objectives.Objective:
+    """``base`` whose training, in Ray workers only (the driver builds the job with it),
+    logs each call and, for the first ``failures`` attempts, raises or kills its process;
+    ``delay`` seconds of sleep per training step make trials slow."""
+    import dataclasses
+
+    driver = os.getpid()
+
+    def train_loss(params, batch=None):
+        if os.getpid() != driver:
+            time.sleep(delay)
+            attempts = log.read_text().count("\n") if log.exists() else 0
+            if attempts < failures:
+                with open(log, "a") as out:
+                    out.write(f"attempt {os.getpid()}\n")
+                if how == "kill":
+                    os._exit(1)
+                raise RuntimeError(f"sabotaged attempt {attempts + 1}")
+        return base.train_loss(params, batch)
+
+    return dataclasses.replace(base, name=f"sabotaged-{how}", train_loss=train_loss, params={})
+
+
+def test_a_crashing_trial_is_retried_then_recorded_failed_and_the_job_goes_on(ray_cluster, tmp_path, quadratic):
+    log = tmp_path / "attempts.log"
+    result = distributed.run(_sabotaged(quadratic, log, failures=3, how="raise"), "tpe", 31 * 4, seed=0,
+                             max_retries=2, storage=tmp_path / "res")
+    assert log.read_text().count("attempt") == 3  # the first trial: one try and two retries
+    assert [t.status for t in result.trials] == ["failed", "completed", "completed", "completed"]
+    failed = result.trials[0]
+    assert "sabotaged attempt 3" in failed.error and failed.value == math.inf
+    assert result.gradient_evals == 31 * 4 and result.best is not None
+
+
+def test_a_killed_worker_is_retried_and_its_trial_recorded_once(ray_cluster, tmp_path, quadratic):
+    log = tmp_path / "attempts.log"
+    result = distributed.run(_sabotaged(quadratic, log, failures=1, how="kill"), "random", 31 * 3, seed=0,
+                             max_retries=1, storage=tmp_path / "res")
+    local = mt.tune(quadratic, "random", 31 * 3, seed=0)
+    assert log.read_text().count("attempt") == 1
+    assert [(t.lr, t.momentum, t.status) for t in result.trials] == [(t.lr, t.momentum, "completed") for t in local.trials]
+
+
+def test_cancel_stops_a_running_job_within_five_seconds(ray_cluster, tmp_path, quadratic):
+    slow = _sabotaged(quadratic, tmp_path / "never.log", failures=0, how="raise", delay=0.05)  # ≈1.5 s per trial
+    cancel, began = threading.Event(), []
+
+    def first_trial(trial):
+        if not began:
+            began.append(time.perf_counter())
+            threading.Timer(0.5, cancel.set).start()
+
+    result = distributed.run(slow, "tpe", 31 * 100, seed=0, callback=first_trial, cancel=cancel, concurrency=2,
+                             storage=tmp_path / "res")
+    stopped = time.perf_counter() - began[0] - 0.5
+    assert result.cancelled and 1 <= len(result.trials) < 100
+    assert stopped < 5.0
+
+
+def test_attach_to_a_separately_started_ray_by_address(tmp_path):
+    """A second local Ray (``ray start --head``) takes a job from another process by address."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp = Path(tempfile.mkdtemp(prefix="mt-head-"))
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        script = (
+            "import metatune as mt, torch; torch.set_num_threads(1)\n"
+            f"r = mt.tune('quadratic', 'random', budget=101 * 2, seed=0, steps=100, backend='ray', ray_address='127.0.0.1:{port}', "
+            f"storage={str(tmp_path)!r})\n"
+            "import ray; print('TRIALS', len(r.trials), 'NODES', len(ray.nodes()), ray.get_runtime_context().gcs_address)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+        assert out.stdout.startswith("TRIALS 2 NODES 1 ") and out.stdout.strip().endswith(f":{port}"), out.stderr[-2000:]
+    finally:  # stop this head only: `ray stop` would stop every Ray on the machine, the tests' own too
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
