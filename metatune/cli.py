@@ -66,13 +66,18 @@ def _compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = list(range(args.seeds))
     options = {"metagrad": {"mode": args.metagrad_mode}} if args.metagrad_mode else {}
+    backend_options = {}
+    if args.backend == "ray":
+        backend_options = {"concurrency": args.concurrency, "ray_address": args.ray_address,
+                           "resources": {"cpu": args.cpu, "gpu": args.gpu}}
     with tqdm(total=args.budget * len(methods) * len(seeds), unit="grad", unit_scale=True, desc="compare") as bar:
 
         def on_trial(method: str, seed: int, trial) -> None:  # noqa: ANN001
             bar.set_postfix_str(f"{method} seed {seed} best {trial.value:.3g}")
             bar.update(trial.gradient_evals)
 
-        cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options)
+        cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options,
+                      backend=args.backend, backend_options=backend_options)
     print(cmp.table())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"compare-{objective.name}")
@@ -118,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--metagrad-mode", default=None, choices=["forward", "reverse"])
     cmp.add_argument("--out", default="metatune-out", help="folder for the JSON and the plots")
     cmp.add_argument("--threads", type=int, default=1)
+    cmp.add_argument("--backend", default="local", choices=["local", "ray"],
+                     help="run trials in this process or on Ray Tune (a local Ray unless --ray-address)")
+    cmp.add_argument("--ray-address", default=None, help="a running Ray cluster (default: RAY_ADDRESS, else local)")
+    cmp.add_argument("--concurrency", type=int, default=2, help="Ray trials running at once per job")
+    cmp.add_argument("--cpu", type=float, default=1.0, help="CPUs per Ray trial")
+    cmp.add_argument("--gpu", type=float, default=0.0, help="GPUs per Ray trial (0.25: four trials share a GPU)")
     cmp.set_defaults(handler=_compare)
     objs = commands.add_parser("objectives", help="list the registered objectives")
     objs.set_defaults(handler=_objectives)
@@ -130,8 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error (bad argument, unknown objective) is one line on stderr, exit 2."""
+    from metatune.errors import InvalidArgumentError
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except InvalidArgumentError as error:
+        print(f"metatune {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,3 +23,9 @@ def test_objectives_lists_every_registered_name(capsys):
     main(["objectives"])
     out = capsys.readouterr().out
     assert all(name in out for name in objectives.names())
+
+
+def test_a_user_error_is_one_line_on_stderr_and_exit_code_two(capsys):
+    assert main(["compare", "--objective", "nope", "--methods", "tpe", "--budget", "100", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "objective='nope' is invalid" in err and "Traceback" not in err

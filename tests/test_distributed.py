@@ -260,3 +260,20 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_compare_backend_ray_from_the_command_line(ray_cluster, tmp_path, capsys):
+    import json
+
+    from metatune.cli import main
+
+    code = main(["compare", "--objective", "quadratic", "--param", "dim=10", "--param", "kappa=100", "--param",
+                 "steps=30", "--methods", "tpe,random", "--budget", "186", "--seeds", "2", "--backend", "ray",
+                 "--concurrency", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "| tpe |" in out and "| random |" in out
+    saved = json.loads((tmp_path / "compare-quadratic.json").read_text())
+    local = mt.tune(objectives.get("quadratic", dim=10, kappa=100.0, steps=30), "tpe", 186, seed=1)
+    ray_tpe = saved["runs"]["tpe"][1]
+    assert [(t["lr"], t["momentum"]) for t in ray_tpe["trials"]] == [(t.lr, t.momentum) for t in local.trials]
+    assert ray_tpe["best_value"] == pytest.approx(local.best_value, rel=1e-12)

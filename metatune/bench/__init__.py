@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from metatune.bench import cost, hypergrad, population, tuning
+from metatune.bench import cost, hypergrad, population, ray, tuning
 
-BENCHMARKS = (hypergrad, population, tuning, cost)
+BENCHMARKS = (hypergrad, population, tuning, cost, ray)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -79,7 +79,7 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
         resources: Resources | dict[str, float] | None = None, concurrency: int = 1,
         callback: Callable[[Trial], None] | None = None, cancel: Cancel | None = None,
         ray_address: str | None = None, storage: str | Path | None = None, max_retries: int = 2,
-        **options: Any) -> TuneResult:
+        reuse_actors: bool = True, **options: Any) -> TuneResult:
     """Run one tuning job on Ray Tune; return when it is done or cancelled.
 
     Args:
@@ -92,6 +92,8 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
         ray_address: a running cluster (default ``RAY_ADDRESS``, else an embedded local Ray).
         storage: folder for Ray's results (default ``<ray root>/results``).
         max_retries: how often a crashed trial is retried before it is recorded failed.
+        reuse_actors: run a job's trials in the same worker processes (≈40 ms a trial instead
+            of ≈2 s; the objective's data is built once per worker).
 
     Example:
         >>> res = run("quadratic", "random", budget=1_000, seed=0)  # doctest: +SKIP
@@ -112,14 +114,14 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
     job = Job(uuid.uuid4().hex, objective, registered, tuner.seed, tuner.steps, tuple(tuner.curvature().eigenvalues))
     ensure_ray(ray_address)
     stopper = CancelStopper(cancel)
-    fit(job, tuner, resources, concurrency, stopper, storage, max_retries)
+    fit(job, tuner, resources, concurrency, stopper, storage, max_retries, reuse_actors)
     result = tuner.result(time.perf_counter() - began)
     result.cancelled = stopper.cancelled
     return result
 
 
 def fit(job: Job, tuner: Tuner, resources: Resources, concurrency: int, stopper: CancelStopper,
-        storage: str | Path | None, max_retries: int) -> None:
+        storage: str | Path | None, max_retries: int, reuse_actors: bool = True) -> None:
     """Build the Ray Tune ``Tuner`` for ``job`` and run it to the end."""
     from ray import tune
 
@@ -133,7 +135,7 @@ def fit(job: Job, tuner: Tuner, resources: Resources, concurrency: int, stopper:
     tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=samples, max_concurrent_trials=concurrency,
-                                    reuse_actors=True, trial_dirname_creator=_dirname, trial_name_creator=_dirname),
+                                    reuse_actors=reuse_actors, trial_dirname_creator=_dirname, trial_name_creator=_dirname),
         run_config=tune.RunConfig(name=name, storage_path=str(storage.absolute()), stop=stopper,
                                   callbacks=[TrialRecorder(tuner)], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_retries)),

@@ -1,0 +1,48 @@
+"""The service's settings, read once at start-up from ``METATUNE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_database_url() -> str:
+    """A SQLite file in the working directory."""
+    return f"sqlite:///{Path.cwd() / 'metatune.db'}"
+
+
+class Settings(BaseSettings):
+    """Everything the API and the workers are configured by (env prefix ``METATUNE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="METATUNE_", extra="ignore")
+
+    database_url: str = Field(default_factory=default_database_url)
+    api_tokens: str = ""
+    """Comma-separated ``owner:token`` or bare ``token`` (its own owner)."""
+    max_gradient_evals: float = 2_000_000
+    default_gradient_evals: float = 20_000
+    max_inner_steps: int = 10_000
+    max_trials: int = 10_000
+    max_cpu_per_trial: float = float(os.cpu_count() or 1)
+    max_gpu_per_trial: float = 8.0
+    max_concurrency: int = 64
+    max_seeds: int = 20
+    max_body_bytes: int = 64 * 1024
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
+    poll_seconds: float = 0.5
+    ray_address: str | None = None
+    output_dir: Path = Field(default_factory=lambda: Path.cwd() / "metatune-out" / "service")
+
+    def tokens(self) -> dict[str, str]:
+        """token → owner from ``api_tokens``."""
+        pairs = {}
+        for item in (part.strip() for part in self.api_tokens.split(",")):
+            if item:
+                owner, _, token = item.rpartition(":")
+                pairs[token] = owner or token
+        return pairs

@@ -1,0 +1,274 @@
+"""The data layer: jobs, trials, metrics, tokens. Knows nothing of HTTP; keyword arguments only.
+
+Every write goes through :meth:`service.core.db.Database.write` (one transaction, one lock on
+SQLite). A worker claims a job atomically: one ``UPDATE … WHERE id = (SELECT … FOR UPDATE
+SKIP LOCKED) … RETURNING`` on PostgreSQL, and the same UPDATE under SQLite's single writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from metatune.tuners.base import Trial as LibraryTrial
+from service.core.db import Database
+from service.models import FINAL_STATUSES, ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+
+
+def create_token(db: Database, *, owner: str) -> str:
+    """A new random token for ``owner``; only its hash is stored. Returns the token (shown once)."""
+    token = secrets.token_urlsafe(32)
+    with db.write() as session:
+        session.add(ApiToken(owner=owner, token_hash=hash_token(token)))
+    return token
+
+
+def owner_of_token(db: Database, *, token: str) -> str | None:
+    """The owner of a stored, unrevoked token (its last use is recorded), or None."""
+    digest = hash_token(token)
+    with db.read() as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked.is_(False)))
+    if row is None or not secrets.compare_digest(row.token_hash, digest):
+        return None
+    if row.last_used_at is None or utcnow() - _aware(row.last_used_at) > timedelta(minutes=1):
+        with db.write() as session:
+            session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
+    return row.owner
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+
+def create_jobs(db: Database, *, owner: str, specs: Sequence[dict[str, Any]],
+                comparison: dict[str, Any] | None = None) -> tuple[list[Job], Comparison | None]:
+    """Queue ``specs`` (validated) in one transaction, optionally as one comparison."""
+    with db.write() as session:
+        group = None
+        if comparison is not None:
+            group = Comparison(owner=owner, name=comparison["name"], objective=comparison["objective"],
+                               spec=comparison["spec"])
+            session.add(group)
+            session.flush()
+        jobs = [Job(owner=owner, spec=spec, method=spec["method"], objective=spec["objective"], seed=spec["seed"],
+                    comparison_id=group.id if group else None) for spec in specs]
+        session.add_all(jobs)
+    return jobs, group
+
+
+def get_job(db: Database, *, job_id: str, owner: str | None = None) -> Job | None:
+    """The job, if it exists and (when ``owner`` is given) belongs to ``owner``."""
+    with db.read() as session:
+        job = session.get(Job, job_id)
+    return job if job is not None and (owner is None or job.owner == owner) else None
+
+
+def list_jobs(db: Database, *, owner: str, status: str | None = None, method: str | None = None,
+              objective: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+    """A page of the owner's jobs, newest first, and how many match in all."""
+    query = select(Job).where(Job.owner == owner)
+    for column, value in ((Job.status, status), (Job.method, method), (Job.objective, objective)):
+        if value is not None:
+            query = query.where(column == value)
+    with db.read() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return list(rows), int(total or 0)
+
+
+def trial_counts(db: Database, *, job_ids: Sequence[str]) -> dict[str, int]:
+    if not job_ids:
+        return {}
+    with db.read() as session:
+        rows = session.execute(select(Trial.job_id, func.count()).where(Trial.job_id.in_(job_ids))
+                               .group_by(Trial.job_id)).all()
+    return {job_id: count for job_id, count in rows}
+
+
+def best_trial(db: Database, *, job: Job) -> Trial | None:
+    if job.best_trial is None:
+        return None
+    return get_trial(db, job_id=job.id, number=job.best_trial)
+
+
+def request_cancel(db: Database, *, job_id: str) -> Job | None:
+    """A queued job is cancelled at once; a running one is flagged for its worker."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status in FINAL_STATUSES:
+            return job
+        if job.status == "queued":
+            job.status, job.finished_at = "cancelled", utcnow()
+        job.cancel_requested = True
+    return job
+
+
+def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: int) -> Job | None:
+    """Claim the oldest queued job, or a running one whose lease expired (its worker died)."""
+    now = utcnow()
+    claimable = or_(Job.status == "queued", (Job.status == "running") & (Job.lease_expires < now))
+    pick = select(Job.id).where(claimable).order_by(Job.created_at).limit(1)
+    if not db.is_sqlite:
+        pick = pick.with_for_update(skip_locked=True)
+    statement = (
+        update(Job).where(Job.id == pick.scalar_subquery(), claimable)
+        .values(status="running", lease_holder=worker, lease_expires=now + timedelta(seconds=lease_seconds),
+                heartbeat_at=now, attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))
+        .returning(Job.id)
+    )
+    with db.write() as session:
+        job_id = session.scalar(statement)
+        if job_id is None:
+            return None
+        job = session.get(Job, job_id)
+        if job.attempts > max_attempts:
+            job.status, job.finished_at = "failed", now
+            job.error = (job.error or "") + f" (gave up after {max_attempts} attempts)"
+            return None
+    return job
+
+
+def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float) -> bool | None:
+    """Renew the lease; returns whether a cancel was requested (None: the lease was lost)."""
+    now = utcnow()
+    with db.write() as session:
+        done = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == "running")
+                               .values(heartbeat_at=now, lease_expires=now + timedelta(seconds=lease_seconds))
+                               .returning(Job.cancel_requested)).first()
+    return None if done is None else bool(done[0])
+
+
+def finish_job(db: Database, *, job_id: str, worker: str, status: str, error: str | None = None) -> None:
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.lease_holder != worker:
+            return
+        job.status, job.finished_at, job.error, job.lease_expires = status, utcnow(), error, None
+
+
+def release_job(db: Database, *, job_id: str, worker: str, error: str) -> None:
+    """Give a job back to the queue after a failed attempt (claimed again up to max_attempts)."""
+    with db.write() as session:
+        session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker)
+                        .values(status="queued", lease_holder=None, lease_expires=None, error=error))
+
+
+# -- trials -----------------------------------------------------------------------------------------
+
+
+def trial_row(job_id: str, trial: LibraryTrial, lambda_max: float | None) -> dict[str, Any]:
+    """The ``trials`` row of a library Trial (inf and NaN stored as NULL)."""
+    return {
+        "job_id": job_id, "number": trial.number, "lr": trial.lr, "momentum": trial.momentum,
+        "status": trial.status, "value": _finite(trial.value), "spectral_radius": _finite(trial.spectral_radius),
+        "stable": trial.stable, "lambda_max": lambda_max, "gradient_evals": trial.gradient_evals,
+        "cumulative_evals": trial.cumulative_evals, "wall_seconds": trial.wall_time, "error": trial.error,
+        "start": int(trial.metrics["start"]) if "start" in trial.metrics else None,
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def write_trials(db: Database, *, job_id: str, worker: str, trials: Sequence[LibraryTrial],
+                 lambda_max: float | None) -> bool:
+    """Insert trials with their metrics and metagrad steps in one transaction, and update the
+    job's best and spend; nothing is written unless ``worker`` still holds the job."""
+    with db.write() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.lease_holder != worker or job.status != "running":
+            return False
+        for trial in trials:
+            row = Trial(**trial_row(job_id, trial, lambda_max))
+            session.add(row)
+            session.flush()
+            session.add_all(TrialMetric(trial_id=row.id, step=0, name=k, value=_finite(v)) for k, v in trial.metrics.items())
+            if "dvalue_dlr" in trial.metrics:
+                _add_metagrad_step(session, job_id, trial)
+            if trial.status == "completed" and (job.best_value is None or trial.value < job.best_value):
+                job.best_value, job.best_trial = trial.value, trial.number
+            job.gradient_evals = max(job.gradient_evals, trial.cumulative_evals)
+    return True
+
+
+def _add_metagrad_step(session: Session, job_id: str, trial: LibraryTrial) -> None:
+    """A metagrad step is accepted when it improved on its chain's best so far (the chains'
+    rule, less the amplification check, which the trial's growth rate shows)."""
+    start = int(trial.metrics.get("start", 0))
+    previous = session.execute(select(func.count(), func.min(MetagradStep.value))
+                               .where(MetagradStep.job_id == job_id, MetagradStep.start == start)).one()
+    accepted = trial.status == "completed" and (previous[1] is None or trial.value < previous[1])
+    session.add(MetagradStep(job_id=job_id, trial_number=trial.number, start=start, step=int(previous[0]),
+                             lr=trial.lr, momentum=trial.momentum, value=_finite(trial.value),
+                             dvalue_dlr=trial.metrics.get("dvalue_dlr"),
+                             dvalue_dmomentum=trial.metrics.get("dvalue_dmomentum"),
+                             growth_rate=trial.metrics.get("growth_rate"), accepted=accepted))
+
+
+def list_trials(db: Database, *, job_id: str, after: int = -1, limit: int = 1000) -> list[Trial]:
+    with db.read() as session:
+        return list(session.scalars(select(Trial).where(Trial.job_id == job_id, Trial.number > after)
+                                    .order_by(Trial.number).limit(limit)).all())
+
+
+def get_trial(db: Database, *, job_id: str, number: int) -> Trial | None:
+    with db.read() as session:
+        return session.scalar(select(Trial).where(Trial.job_id == job_id, Trial.number == number))
+
+
+def trial_metrics(db: Database, *, trial_ids: Sequence[int]) -> dict[int, dict[str, float | None]]:
+    if not trial_ids:
+        return {}
+    out: dict[int, dict[str, float | None]] = {i: {} for i in trial_ids}
+    with db.read() as session:
+        for row in session.scalars(select(TrialMetric).where(TrialMetric.trial_id.in_(trial_ids))):
+            out[row.trial_id][row.name] = row.value
+    return out
+
+
+def library_trials(db: Database, *, job_id: str) -> list[LibraryTrial]:
+    """The job's recorded trials as library Trials (how a resumed job rebuilds its tuner)."""
+    rows = list_trials(db, job_id=job_id, limit=10**9)
+    metrics = trial_metrics(db, trial_ids=[r.id for r in rows])
+    return [LibraryTrial(number=r.number, lr=r.lr, momentum=r.momentum,
+                         value=r.value if r.value is not None else math.inf, diverged=r.status == "diverged",
+                         gradient_evals=r.gradient_evals, cumulative_evals=r.cumulative_evals,
+                         wall_time=r.wall_seconds, spectral_radius=r.spectral_radius or math.nan,
+                         stable=bool(r.stable), metrics={k: v for k, v in metrics[r.id].items() if v is not None},
+                         status=r.status, error=r.error) for r in rows]
+
+
+# -- comparisons ------------------------------------------------------------------------------------
+
+
+def get_comparison(db: Database, *, comparison_id: str, owner: str) -> tuple[Comparison, list[Job]] | None:
+    with db.read() as session:
+        group = session.get(Comparison, comparison_id)
+        if group is None or group.owner != owner:
+            return None
+        jobs = list(session.scalars(select(Job).where(Job.comparison_id == comparison_id)
+                                    .order_by(Job.method, Job.seed)).all())
+    return group, jobs
+
+
+def save_comparison_table(db: Database, *, comparison_id: str, table: dict[str, Any]) -> None:
+    with db.write() as session:
+        session.execute(update(Comparison).where(Comparison.id == comparison_id).values(table=table))

@@ -1,0 +1,101 @@
+"""A job spec against what this server knows and allows: the registry of objectives and
+their parameter types, each method's options, and the server's limits. Produces the spec
+as stored (every default filled in), or a :class:`SpecError` naming what to change."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import ValidationError
+
+from metatune import objectives
+from service.core.config import Settings
+from service.schemas import JobCreate, MetagradOptions, NoOptions
+
+FORBIDDEN_PARAMS = ("device",)
+"""Objective parameters a client may not set: the worker places trials on devices."""
+
+
+class SpecError(ValueError):
+    """A spec the server refuses; ``str()`` says which field and what to change."""
+
+
+def check_objective(name: str, params: dict[str, Any]) -> objectives.Objective:
+    """The registered objective ``name`` built with ``params`` whose types match its defaults."""
+    if name not in objectives.names():
+        raise SpecError(f"objective={name!r} is not registered here; choose one of {objectives.names()}")
+    allowed = objectives.parameters(name)
+    for key, value in params.items():
+        if key not in allowed or key in FORBIDDEN_PARAMS:
+            usable = sorted(k for k in allowed if k not in FORBIDDEN_PARAMS)
+            raise SpecError(f"objective_params.{key} is not a parameter of {name!r}; use one of {usable}")
+        default = allowed[key]
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+        else:
+            ok = isinstance(value, type(default)) or default is None
+        if not ok:
+            raise SpecError(f"objective_params.{key}={value!r} has the wrong type: {name!r} expects "
+                            f"{type(default).__name__} (default {default!r})")
+    try:
+        return objectives.get(name, **params)
+    except ValueError as error:
+        raise SpecError(f"objective_params: {error}") from None
+
+
+def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The method's options with defaults, from its typed allow-list."""
+    model = MetagradOptions if method == "metagrad" else NoOptions
+    try:
+        return model.model_validate(options).model_dump()
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SpecError(f"options.{where}: {first['msg']} (allowed for {method!r}: "
+                        f"{sorted(model.model_fields) or 'none'})") from None
+
+
+def normalise(job: JobCreate, settings: Settings) -> dict[str, Any]:
+    """The stored spec of ``job``, or SpecError."""
+    objective = check_objective(job.objective, job.objective_params)
+    steps = job.budget.inner_steps or objective.steps
+    if steps > settings.max_inner_steps:
+        raise SpecError(f"budget.inner_steps={steps} exceeds this server's limit {settings.max_inner_steps}")
+    params = {**job.objective_params, "steps": steps}
+    trial_cost = steps + 1
+    evals = job.budget.gradient_evals
+    if evals is None:
+        evals = job.budget.trials * trial_cost if job.budget.trials else settings.default_gradient_evals
+    if evals > settings.max_gradient_evals:
+        raise SpecError(f"budget.gradient_evals={evals:g} exceeds this server's limit {settings.max_gradient_evals:g}")
+    if evals < trial_cost:
+        raise SpecError(f"budget.gradient_evals={evals:g} is below one training run ({trial_cost} for T={steps})")
+    if evals / trial_cost > settings.max_trials:
+        raise SpecError(f"budget affords {evals / trial_cost:.0f} trials, above this server's limit {settings.max_trials}")
+    resources = job.resources
+    if resources.cpu > settings.max_cpu_per_trial or resources.gpu > settings.max_gpu_per_trial:
+        raise SpecError(f"resources={resources.model_dump()} exceed this server's limits per trial "
+                        f"(cpu <= {settings.max_cpu_per_trial:g}, gpu <= {settings.max_gpu_per_trial:g})")
+    if job.concurrency > settings.max_concurrency:
+        raise SpecError(f"concurrency={job.concurrency} exceeds this server's limit {settings.max_concurrency}")
+    space = objective.space
+    lr = job.space.lr.model_dump() if job.space.lr else {"low": space.lr_low, "high": space.lr_high, "log": space.lr_log}
+    momentum = (job.space.momentum.model_dump() if job.space.momentum
+                else {"low": space.momentum_low, "high": space.momentum_high})
+    return {
+        "objective": job.objective, "objective_params": params, "method": job.method,
+        "options": check_options(job.method, job.options), "space": {"lr": lr, "momentum": momentum},
+        "budget": {"gradient_evals": float(evals), "inner_steps": steps}, "resources": resources.model_dump(),
+        "seed": job.seed, "concurrency": job.concurrency,
+    }
+
+
+def space_of(spec: dict[str, Any]) -> objectives.SearchSpace:
+    lr, momentum = spec["space"]["lr"], spec["space"]["momentum"]
+    return objectives.SearchSpace(lr_low=lr["low"], lr_high=lr["high"], lr_log=lr["log"],
+                                  momentum_low=momentum["low"], momentum_high=momentum["high"])
