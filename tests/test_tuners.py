@@ -182,3 +182,18 @@ def test_metagrad_trials_say_which_start_they_belong_to(results):
     starts = [t.metrics["start"] for t in steps]
     assert set(starts) <= {0, 1} and starts[0] == 0
     assert starts[: 2 * (len(starts) // 2)] == [0, 1] * (len(starts) // 2) or set(starts) == {0}
+
+
+@pytest.mark.parametrize("method", ["tpe", "metagrad", "random", "grid", "cmaes"])
+def test_a_resumed_search_goes_on_as_the_uninterrupted_one_did(quadratic, method):
+    """Replaying the first trials of a run (as a resumed service job does) rebuilds the
+    method's state: the rest of the run is the same, and no recorded trial is run again."""
+    whole = tune(quadratic, method, budget=BUDGET, seed=0)
+    cut = len(whole.trials) // 2
+    seen = []
+    resumed = METHODS[method](quadratic, budget=BUDGET, seed=0, callback=seen.append).run(history=whole.trials[:cut])
+    assert [(t.lr, t.momentum) for t in resumed.trials] == [(t.lr, t.momentum) for t in whole.trials]
+    # a population cut short is trained again without its recorded part: the batch differs, values agree to rounding
+    assert [t.value for t in resumed.trials] == pytest.approx([t.value for t in whole.trials], rel=1e-9)
+    assert [t.number for t in seen] == list(range(cut, len(whole.trials)))  # only the new trials were run
+    assert resumed.gradient_evals == whole.gradient_evals

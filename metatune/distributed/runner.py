@@ -18,13 +18,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from metatune.errors import invalid
 from metatune.objectives import Objective, get
 from metatune.tuners import METHODS, Trial, TuneResult
 from metatune.tuners.base import Tuner
-from metatune.tuners.optuna_base import OptunaTuner
+from metatune.tuners.optuna_base import OptunaTuner, told_value
 from metatune.distributed.cluster import default_root, ensure_ray
 from metatune.distributed.recorder import Cancel, CancelStopper, TrialRecorder
 from metatune.distributed.search import TunerSearch
@@ -65,21 +65,27 @@ def build_tuner(objective: Objective, method: str, budget: float, seed: int,
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options)
 
 
-def search_for(tuner: Tuner) -> tuple[Any, int]:
-    """The Ray searcher and ``num_samples`` for ``tuner``'s method."""
+def search_for(tuner: Tuner, history: Sequence[Trial] = ()) -> tuple[Any, int]:
+    """The Ray searcher and ``num_samples`` for ``tuner``'s method, its state rebuilt from the
+    job's ``history`` when it resumes (Optuna's samplers are told the recorded trials)."""
     if isinstance(tuner, OptunaTuner) and tuner.batch_size == 1:
         from ray.tune.search.optuna import OptunaSearch
 
+        tuner.keep(list(history))
+        told = [t for t in history if t.status != "failed"]
+        points = [{"lr": t.lr, "momentum": t.momentum} for t in told]
+        rewards = [told_value(t.value, tuner.initial_value) for t in told]
         samples = int((tuner.remaining() + 1e-9) // tuner.trial_cost())
-        return OptunaSearch(space=tuner.distributions(), sampler=tuner.make_sampler(), metric=METRIC, mode="min"), samples
-    return TunerSearch(tuner), -1
+        return OptunaSearch(space=tuner.distributions(), sampler=tuner.make_sampler(), metric=METRIC, mode="min",
+                            points_to_evaluate=points or None, evaluated_rewards=rewards or None), samples
+    return TunerSearch(tuner, tuner.replay(list(history))), -1
 
 
 def run(objective: Objective | str, method: str = "metagrad", budget: float = 20_000, seed: int = 0, *,
         resources: Resources | dict[str, float] | None = None, concurrency: int = 1,
         callback: Callable[[Trial], None] | None = None, cancel: Cancel | None = None,
         ray_address: str | None = None, storage: str | Path | None = None, max_retries: int = 2,
-        reuse_actors: bool = True, **options: Any) -> TuneResult:
+        reuse_actors: bool = True, history: Sequence[Trial] = (), **options: Any) -> TuneResult:
     """Run one tuning job on Ray Tune; return when it is done or cancelled.
 
     Args:
@@ -92,6 +98,8 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
         ray_address: a running cluster (default ``RAY_ADDRESS``, else an embedded local Ray).
         storage: folder for Ray's results (default ``<ray root>/results``).
         max_retries: how often a crashed trial is retried before it is recorded failed.
+        history: trials this job recorded before it was interrupted: kept (not run again),
+            charged to the budget, and told to the method so it goes on from there.
         reuse_actors: run a job's trials in the same worker processes (≈40 ms a trial instead
             of ≈2 s; the objective's data is built once per worker).
 
@@ -114,18 +122,18 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
     job = Job(uuid.uuid4().hex, objective, registered, tuner.seed, tuner.steps, tuple(tuner.curvature().eigenvalues))
     ensure_ray(ray_address)
     stopper = CancelStopper(cancel)
-    fit(job, tuner, resources, concurrency, stopper, storage, max_retries, reuse_actors)
+    searcher, samples = search_for(tuner, history)
+    fit(job, tuner, searcher, samples, resources, concurrency, stopper, storage, max_retries, reuse_actors)
     result = tuner.result(time.perf_counter() - began)
     result.cancelled = stopper.cancelled
     return result
 
 
-def fit(job: Job, tuner: Tuner, resources: Resources, concurrency: int, stopper: CancelStopper,
-        storage: str | Path | None, max_retries: int, reuse_actors: bool = True) -> None:
+def fit(job: Job, tuner: Tuner, searcher: Any, samples: int, resources: Resources, concurrency: int,
+        stopper: CancelStopper, storage: str | Path | None, max_retries: int, reuse_actors: bool = True) -> None:
     """Build the Ray Tune ``Tuner`` for ``job`` and run it to the end."""
     from ray import tune
 
-    searcher, samples = search_for(tuner)
     if samples == 0:
         return
     trainable = tune.with_resources(tune.with_parameters(evaluate_trial, job=job),

@@ -45,22 +45,23 @@ class DriverOnly:
 class TunerSearch(DriverOnly, Searcher):
     """Ray Tune searcher driving ``tuner.ask``/``tuner.tell`` within ``tuner``'s remaining budget.
 
+    ``pending``: a proposal to run first (one a resumed job had asked but not recorded).
     Returns ``Searcher.FINISHED`` when nothing more fits and no trial is in flight; None
     while the method waits for results (e.g. every metagrad chain has a step running).
     """
 
-    _live_fields = ("tuner",)
+    _live_fields = ("tuner", "pending")
 
-    def __init__(self, tuner: Tuner) -> None:
+    def __init__(self, tuner: Tuner, pending: Proposal | None = None) -> None:
         super().__init__(metric=METRIC, mode="min")
-        self.tuner = tuner
+        self.tuner, self.pending = tuner, pending
         self.limit = tuner.remaining()
         self.committed = 0.0
         self.proposals: dict[str, Proposal] = {}
         self.outcomes: dict[str, dict[int, Outcome]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        proposal = self.tuner.ask(self.limit - self.committed)
+        proposal, self.pending = self.pending or self.tuner.ask(self.limit - self.committed), None
         if proposal is None:
             return Searcher.FINISHED if not self.proposals or self.tuner.finished() else None
         self.committed += proposal.cost
@@ -79,7 +80,7 @@ class TunerSearch(DriverOnly, Searcher):
         proposal, got = self.proposals.pop(trial_id), self.outcomes.pop(trial_id)
         outcomes = [got.get(i) or Outcome(lr, m, math.nan, 0.0, error="trial failed")
                     for i, (lr, m) in enumerate(proposal.points)]
-        self.tuner.tell(proposal, outcomes)
+        self.tuner.complete(proposal, outcomes)
 
 
 class MetagradSearch(DriverOnly, Searcher):

@@ -59,6 +59,7 @@ class Trial:
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "completed"
     error: str | None = None
+    lambda_max: float = math.nan
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Tuner(abc.ABC):
         self.trials: list[Trial] = []
         self.spent = 0.0
         self._curvature: Curvature | None = None
+        self._partial: dict[int, tuple[Proposal, list[Outcome]]] = {}
 
     # -- the strategy: what each method implements ------------------------------------------
 
@@ -181,31 +183,76 @@ class Tuner(abc.ABC):
     def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
         """Learn from the evaluation of ``proposal`` (one outcome per point)."""
 
+    def complete(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
+        """Tell the method what ``proposal`` gave (with the recorded part of a population a
+        resumed job had cut short)."""
+        original, recorded = self._partial.pop(id(proposal), (proposal, []))
+        self.tell(original, recorded + outcomes)
+
     def finished(self) -> bool:
         """True when :meth:`ask` will never propose again, whatever results come back."""
         return False
 
     # -- the in-process loop --------------------------------------------------------------------
 
-    def search(self) -> None:
-        """Ask, evaluate here, record and tell until nothing more fits in the budget."""
+    def search(self, history: list[Trial] | None = None) -> None:
+        """Ask, evaluate here, record and tell until nothing more fits in the budget (after
+        replaying ``history``, the trials of an interrupted run of this job)."""
         self.spent += self.prepare()
-        while (proposal := self.ask(self.remaining())) is not None:
+        pending = self.replay(history) if history else None
+        while (proposal := pending or self.ask(self.remaining())) is not None:
+            pending = None
             outcomes = evaluate(self.context, proposal)
             self.record_outcomes(proposal, outcomes)
-            self.tell(proposal, outcomes)
+            self.complete(proposal, outcomes)
 
-    def run(self) -> TuneResult:
-        """Run the search to the end of the budget and return every trial."""
+    def run(self, history: list[Trial] | None = None) -> TuneResult:
+        """Run the search to the end of the budget and return every trial (resuming after
+        ``history`` when given)."""
         start = time.perf_counter()
         try:
-            self.search()
+            self.search(history)
         except BudgetExhausted:
             pass
         return self.result(time.perf_counter() - start)
 
     def result(self, wall_time: float) -> TuneResult:
         return TuneResult(self.name, self.objective.name, self.seed, self.budget, self.trials, wall_time)
+
+    # -- resuming ------------------------------------------------------------------------------
+
+    def keep(self, trials: list[Trial]) -> None:
+        """Take trials recorded by an earlier, interrupted run of this job as they are: kept
+        with their numbers, charged to the budget, not reported again."""
+        for trial in trials:
+            self.trials.append(trial)
+            self.spent += trial.gradient_evals
+
+    def replay(self, history: list[Trial]) -> Proposal | None:
+        """Rebuild the method's state from ``history`` (this job's recorded trials): ask as the
+        interrupted run did and tell each recorded outcome without evaluating it again. Returns
+        the first proposal that was asked but not recorded (to evaluate next), or None."""
+        queue, pending = list(history), None
+        while queue:
+            proposal = self.ask(self.remaining())
+            if proposal is None:
+                break
+            batch = queue[: len(proposal.points)]
+            recorded = [(t.lr, t.momentum) for t in batch]
+            if recorded != list(proposal.points[: len(batch)]):
+                pending = proposal
+                break
+            if len(batch) < len(proposal.points):  # a population cut short: run the rest of it
+                queue, rest = [], proposal.points[len(batch):]
+                self.keep(batch)
+                pending = Proposal(rest, proposal.cost * len(rest) / len(proposal.points))
+                self._partial[id(pending)] = (proposal, [_outcome_of(t) for t in batch])
+                break
+            queue = queue[len(batch):]
+            self.keep(batch)
+            self.tell(proposal, [_outcome_of(t) for t in batch])
+        self.keep(queue)
+        return pending if pending is not None and pending.cost <= self.remaining() + 1e-9 else None
 
     # -- budget and records -------------------------------------------------------------------
 
@@ -245,6 +292,7 @@ class Tuner(abc.ABC):
             value=float(value) if status == "completed" else math.inf, diverged=diverged, gradient_evals=evals,
             cumulative_evals=self.spent, wall_time=seconds, spectral_radius=rho, stable=rho < 1.0,
             metrics={k: float(v) for k, v in metrics.items()}, status=status, error=error,
+            lambda_max=self.curvature().lambda_max,
         )
         self.trials.append(trial)
         if self.callback is not None:
@@ -271,6 +319,12 @@ class Tuner(abc.ABC):
         """ρ of the transition over the known curvature at θ₀ (λ_max, and λ_min where known):
         ρ ≥ 1 means the mode of largest curvature diverges."""
         return float(spectral_radius(lr, momentum, self.curvature().eigenvalues))
+
+
+def _outcome_of(trial: Trial) -> Outcome:
+    """The outcome a recorded trial stands for (a failed one as NaN with its error)."""
+    value = math.nan if trial.status == "failed" else trial.value
+    return Outcome(trial.lr, trial.momentum, value, trial.wall_time, dict(trial.metrics), trial.error)
 
 
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:

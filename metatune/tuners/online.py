@@ -43,8 +43,10 @@ class OnlineTuner(MetagradTuner):
         per_stretch = self.costs.hypergrad
         return full * per_stretch("reverse", self.horizon) + (per_stretch("reverse", rest) if rest else 0.0)
 
-    def search(self) -> None:
-        """Adaptive runs, each from the (η, β) the last one ended at, until the budget is spent."""
+    def search(self, history: list | None = None) -> None:
+        """Adaptive runs, each from the (η, β) the last one ended at, until the budget is spent
+        (``history`` is kept as it is: the run does not rebuild its chain from it)."""
+        self.keep(history or [])
         self.charge(self.curvature().gradient_evals)
         u = self.project(self.theory_point())
         while True:
