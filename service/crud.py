@@ -163,7 +163,7 @@ def finish_job(db: Database, *, job_id: str, worker: str, status: str, error: st
         job.status, job.finished_at, job.error, job.lease_expires = status, utcnow(), error, None
 
 
-def release_job(db: Database, *, job_id: str, worker: str, error: str) -> None:
+def release_job(db: Database, *, job_id: str, worker: str, error: str | None) -> None:
     """Give a job back to the queue after a failed attempt (claimed again up to max_attempts)."""
     with db.write() as session:
         session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker)
@@ -272,3 +272,8 @@ def get_comparison(db: Database, *, comparison_id: str, owner: str) -> tuple[Com
 def save_comparison_table(db: Database, *, comparison_id: str, table: dict[str, Any]) -> None:
     with db.write() as session:
         session.execute(update(Comparison).where(Comparison.id == comparison_id).values(table=table))
+
+
+def cancel_requested(db: Database, *, job_id: str) -> bool:
+    with db.read() as session:
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

@@ -65,7 +65,7 @@ def ensure_ray(address: str | None = None, *, root: str | Path | None = None, nu
     else:
         global _started
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _temp_dir=temp_dir(Path(root) if root else default_root()),, **quiet)
+                 _temp_dir=temp_dir(Path(root) if root else default_root()), **quiet)
         _started = True
         atexit.register(shutdown)
     return True

@@ -1,0 +1,139 @@
+"""``/v1/jobs``: submit, list, read, cancel, and follow a job's events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service import crud
+from service.api.deps import DatabaseDep, OwnerDep, SettingsDep
+from service.core.db import Database
+from service.models import FINAL_STATUSES, Job, Trial
+from service.schemas import JobCreate, JobList, JobPublic, JobStatus, Method, TrialList, TrialPublic, TrialSummary
+from service.validation import SpecError, normalise
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def job_public(db: Database, job: Job, trials: int | None = None) -> JobPublic:
+    best = crud.best_trial(db, job=job)
+    if trials is None:
+        trials = crud.trial_counts(db, job_ids=[job.id]).get(job.id, 0)
+    return JobPublic(
+        id=job.id, status=job.status, owner=job.owner, objective=job.objective, method=job.method, seed=job.seed,
+        spec=job.spec, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        error=job.error, trials=trials, gradient_evals=job.gradient_evals, budget=job.spec["budget"]["gradient_evals"],
+        attempts=job.attempts, comparison_id=job.comparison_id,
+        best_trial=None if best is None else TrialSummary(number=best.number, lr=best.lr, momentum=best.momentum,
+                                                          value=best.value, status=best.status),
+    )
+
+
+def trial_public(trial: Trial, metrics: dict | None = None) -> TrialPublic:
+    fields = {k: getattr(trial, k) for k in TrialPublic.model_fields if k != "metrics"}
+    return TrialPublic(**fields, metrics=metrics or {})
+
+
+def owned_job(db: Database, job_id: str, owner: str) -> Job:
+    job = crud.get_job(db, job_id=job_id, owner=owner)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> JobPublic:
+    """Queue a tuning job. Only ``objective`` and ``method`` are required."""
+    try:
+        spec = normalise(body, settings)
+    except SpecError as error:
+        raise HTTPException(422, str(error)) from None
+    (job,), _ = crud.create_jobs(db, owner=owner, specs=[spec])
+    return job_public(db, job, trials=0)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None, method: Method | None = None,
+              objective: str | None = None, limit: int = Query(50, ge=1, le=500),
+              offset: int = Query(0, ge=0), cursor: str | None = None) -> JobList:
+    """The caller's jobs, newest first; page with ``limit`` and ``offset`` (or ``cursor``,
+    the ``next_cursor`` of the previous page)."""
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise HTTPException(400, f"cursor={cursor!r} is not one this server issued; pass next_cursor as given")
+        offset = int(cursor)
+    jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
+                                 limit=limit, offset=offset)
+    counts = crud.trial_counts(db, job_ids=[j.id for j in jobs])
+    nxt = offset + len(jobs)
+    return JobList(items=[job_public(db, j, counts.get(j.id, 0)) for j in jobs], total=total,
+                   next_cursor=str(nxt) if nxt < total else None)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
+    return job_public(db, owned_job(db, job_id, owner))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel(job_id: str, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
+    """A queued job is cancelled at once; a running one within seconds (its worker stops Ray)."""
+    owned_job(db, job_id, owner)
+    return job_public(db, crud.request_cancel(db, job_id=job_id))
+
+
+@router.get("/{job_id}/trials", response_model=TrialList)
+def list_trials(job_id: str, db: DatabaseDep, owner: OwnerDep, after: int = Query(-1, ge=-1),
+                limit: int = Query(1000, ge=1, le=10_000)) -> TrialList:
+    """Trials in order; ``after`` = the last number already seen."""
+    owned_job(db, job_id, owner)
+    trials = crud.list_trials(db, job_id=job_id, after=after, limit=limit)
+    metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
+    return TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=len(trials))
+
+
+@router.get("/{job_id}/trials/{number}", response_model=TrialPublic)
+def read_trial(job_id: str, number: int, db: DatabaseDep, owner: OwnerDep) -> TrialPublic:
+    owned_job(db, job_id, owner)
+    trial = crud.get_trial(db, job_id=job_id, number=number)
+    if trial is None:
+        raise HTTPException(404, f"job {job_id!r} has no trial {number}")
+    return trial_public(trial, crud.trial_metrics(db, trial_ids=[trial.id])[trial.id])
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+def events(job_id: str, db: DatabaseDep, owner: OwnerDep, interval: float = Query(0.5, ge=0.05, le=10)) -> StreamingResponse:
+    """Server-sent events: ``status`` on every status change, ``trial`` for each new trial,
+    until the job ends (then one last ``status``)."""
+    owned_job(db, job_id, owner)
+    return StreamingResponse(_event_stream(db, job_id, interval), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(db: Database, job_id: str, interval: float) -> AsyncIterator[str]:
+    status, last = None, -1
+    while True:
+        job = await run_in_threadpool(crud.get_job, db, job_id=job_id)
+        trials = await run_in_threadpool(crud.list_trials, db, job_id=job_id, after=last)
+        for trial in trials:
+            last = trial.number
+            yield _sse("trial", trial_public(trial).model_dump(mode="json"))
+        if job.status != status:
+            status = job.status
+            yield _sse("status", {"status": status, "gradient_evals": job.gradient_evals,
+                                  "budget": job.spec["budget"]["gradient_evals"], "error": job.error})
+        if status in FINAL_STATUSES:
+            return
+        await asyncio.sleep(interval)
+
+
+def _sse(event: str, data: dict) -> str:
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+    return f"event: {event}\ndata: {json.dumps(clean)}\n\n"

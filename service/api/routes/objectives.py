@@ -1,0 +1,18 @@
+"""``GET /v1/objectives``: the objectives jobs may name."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from metatune import objectives
+from service.api.deps import OwnerDep
+from service.schemas import ObjectivePublic
+
+router = APIRouter(prefix="/v1/objectives", tags=["objectives"])
+
+
+@router.get("", response_model=list[ObjectivePublic])
+def list_objectives(owner: OwnerDep) -> list[ObjectivePublic]:
+    return [ObjectivePublic(**{**row, "parameters": {k: v for k, v in row["parameters"].items()
+                                                     if isinstance(v, (int, float, str, bool))}})
+            for row in objectives.describe()]

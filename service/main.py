@@ -1,0 +1,66 @@
+"""The FastAPI app: routers combined, settings and database opened at start-up (the schema
+migrated when the database is new, refused when it is outdated), an embedded worker when
+asked, request bodies capped, library errors mapped to HTTP codes in one place."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from metatune.errors import InvalidArgumentError
+from service.api.routes import comparisons, jobs, objectives
+from service.core.config import Settings
+from service.core.db import Database
+from service.core.migrations import prepare
+from service.validation import SpecError
+
+
+def create_app(settings: Settings | None = None, *, embedded_worker: bool = False) -> FastAPI:
+    """The service. ``embedded_worker``: also run jobs in this process (``metatune serve``)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        prepare(db.engine, db.url)
+        app.state.db, app.state.settings = db, settings
+        worker = None
+        if embedded_worker:
+            from service.worker import start_embedded
+
+            worker = start_embedded(db, settings)
+        try:
+            yield
+        finally:
+            if worker is not None:
+                thread, stop = worker
+                stop.set()
+                thread.join(timeout=30)
+            db.dispose()
+
+    app = FastAPI(title="metatune", version="1", lifespan=lifespan,
+                  description="Tune momentum SGD's learning rate and momentum by meta-gradients, against "
+                              "Optuna's samplers at equal budget. Jobs run on Ray Tune.")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(SpecError)
+    @app.exception_handler(InvalidArgumentError)
+    async def invalid_argument(request: Request, error: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for module in (jobs, comparisons, objectives):
+        app.include_router(module.router)
+    return app

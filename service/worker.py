@@ -1,0 +1,146 @@
+"""The job worker: claim a queued job, hold its lease by heartbeats, run it through
+``metatune.distributed``, and write its trials as they arrive through one writer.
+
+A worker that dies loses its lease; another worker claims the job again and resumes it
+(its recorded trials are kept and replayed into the method, not run again). A job that
+fails on every attempt up to ``max_attempts`` is marked failed with its error. A cancel
+request reaches the run through the heartbeat (Ray stops within a second of it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+from metatune import objectives
+from metatune.tuners.base import Trial as LibraryTrial
+from service import crud
+from service.core.config import Settings
+from service.core.db import Database
+from service.models import Job
+from service.validation import space_of
+
+log = logging.getLogger("metatune.worker")
+
+
+class LeaseLost(RuntimeError):
+    """Another worker holds this job now (this one was presumed dead)."""
+
+
+class JobWriter:
+    """The one path a job's trials take into the database: buffered, written in batches of
+    ``batch`` or every ``interval`` seconds, each batch one transaction."""
+
+    def __init__(self, db: Database, job_id: str, worker: str, batch: int = 32, interval: float = 0.25) -> None:
+        self.db, self.job_id, self.worker = db, job_id, worker
+        self.batch, self.interval = batch, interval
+        self.buffer: list[LibraryTrial] = []
+        self.flushed_at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, trial: LibraryTrial) -> None:
+        with self.lock:
+            self.buffer.append(trial)
+            due = len(self.buffer) >= self.batch or time.monotonic() - self.flushed_at >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            trials, self.buffer = self.buffer, []
+            self.flushed_at = time.monotonic()
+        if not trials:
+            return
+        lambda_max = trials[0].lambda_max
+        lambda_max = lambda_max if lambda_max == lambda_max else None
+        if not crud.write_trials(self.db, job_id=self.job_id, worker=self.worker, trials=trials, lambda_max=lambda_max):
+            raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker}")
+
+
+class Worker:
+    """Claims and runs jobs until ``stop`` is set."""
+
+    def __init__(self, db: Database, settings: Settings, name: str | None = None) -> None:
+        self.db, self.settings = db, settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            job = crud.claim_job(self.db, worker=self.name, lease_seconds=self.settings.lease_seconds,
+                                 max_attempts=self.settings.max_attempts)
+            if job is None:
+                stop.wait(self.settings.poll_seconds)
+                continue
+            self.execute(job, stop)
+
+    def execute(self, job: Job, stop: threading.Event | None = None) -> None:
+        """Run one claimed job to its end (succeeded, cancelled, failed or released)."""
+        cancel, done = threading.Event(), threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job.id, cancel, done, stop), daemon=True)
+        beat.start()
+        writer = JobWriter(self.db, job.id, self.name)
+        try:
+            result = self._run(job, writer, cancel)
+            writer.flush()
+            if result.cancelled and stop is not None and stop.is_set():  # the worker stops, not the job
+                crud.release_job(self.db, job_id=job.id, worker=self.name, error=None)
+            else:
+                crud.finish_job(self.db, job_id=job.id, worker=self.name,
+                                status="cancelled" if result.cancelled else "succeeded")
+        except LeaseLost:
+            log.warning("lost the lease of job %s", job.id)
+        except Exception as error:  # noqa: BLE001 - recorded on the job, which is retried or failed
+            message = f"{type(error).__name__}: {error}"
+            log.error("job %s attempt %d failed: %s\n%s", job.id, job.attempts, message, traceback.format_exc())
+            try:
+                writer.flush()
+            except Exception:  # noqa: BLE001 - the attempt failed already; its error is what matters
+                pass
+            if job.attempts >= self.settings.max_attempts or isinstance(error, ValueError):
+                crud.finish_job(self.db, job_id=job.id, worker=self.name, status="failed", error=message)
+            else:
+                crud.release_job(self.db, job_id=job.id, worker=self.name, error=message)
+        finally:
+            done.set()
+            beat.join()
+
+    def _run(self, job: Job, writer: JobWriter, cancel: threading.Event) -> Any:
+        from metatune import distributed
+
+        spec = job.spec
+        objective = objectives.get(spec["objective"], **spec["objective_params"])
+        history = crud.library_trials(self.db, job_id=job.id) if job.attempts > 1 else []
+        return distributed.run(
+            objective, spec["method"], spec["budget"]["gradient_evals"], spec["seed"],
+            resources=spec["resources"], concurrency=spec["concurrency"], callback=writer, cancel=cancel,
+            ray_address=self.settings.ray_address, storage=self.settings.output_dir / "ray", history=history,
+            space=space_of(spec), **spec["options"],
+        )
+
+    def _heartbeat(self, job_id: str, cancel: threading.Event, done: threading.Event,
+                   stop: threading.Event | None) -> None:
+        """Poll for a cancel request every ``poll_seconds``; renew the lease every
+        ``heartbeat_seconds``; stop the run when the lease is lost or the worker stops."""
+        renewed = time.monotonic()
+        while not done.wait(self.settings.poll_seconds):
+            if (stop is not None and stop.is_set()) or crud.cancel_requested(self.db, job_id=job_id):
+                cancel.set()
+            if time.monotonic() - renewed >= self.settings.heartbeat_seconds:
+                renewed = time.monotonic()
+                if crud.heartbeat(self.db, job_id=job_id, worker=self.name,
+                                  lease_seconds=self.settings.lease_seconds) is None:
+                    cancel.set()
+
+
+def start_embedded(db: Database, settings: Settings) -> tuple[threading.Thread, threading.Event]:
+    """A worker thread inside the API process (``metatune serve``'s default)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=Worker(db, settings).run, args=(stop,), name="metatune-worker", daemon=True)
+    thread.start()
+    return thread, stop
