@@ -15,21 +15,21 @@ $(DEMO_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/pip install --quiet --upgrade pip
 	$(DEMO_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(DEMO_VENV)/bin/pip install --quiet -e .
+	$(DEMO_VENV)/bin/pip install --quiet -e ".[ray,service]"
 	touch $@
 
 $(TEST_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install --quiet --upgrade pip
 	$(TEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(TEST_VENV)/bin/pip install --quiet -e ".[test]"
+	$(TEST_VENV)/bin/pip install --quiet -e ".[test,ray,service]"
 	touch $@
 
 demo: $(DEMO_VENV)/.installed
-	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/metatune demo
+	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/python examples/service_demo.py
 
 test: $(TEST_VENV)/.installed
-	OMP_NUM_THREADS=1 $(TEST_VENV)/bin/python -m pytest
+	OMP_NUM_THREADS=1 RAY_AUTH_MODE=disabled $(TEST_VENV)/bin/python -m pytest
 
 bench: $(DEMO_VENV)/.installed
 	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/metatune bench hypergrad

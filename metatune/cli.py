@@ -61,9 +61,13 @@ def _compare(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    params = dict(item.split("=", 1) for item in args.param)
-    objective = objectives.get(args.objective, **{k: _parse_value(v) for k, v in params.items()})
+    params = {k: _parse_value(v) for k, v in (item.split("=", 1) for item in args.param)}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.server:
+        from metatune.service_cli import compare_on_server
+
+        return compare_on_server(args, params, methods)
+    objective = objectives.get(args.objective, **params)
     seeds = list(range(args.seeds))
     options = {"metagrad": {"mode": args.metagrad_mode}} if args.metagrad_mode else {}
     backend_options = {}
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--concurrency", type=int, default=2, help="Ray trials running at once per job")
     cmp.add_argument("--cpu", type=float, default=1.0, help="CPUs per Ray trial")
     cmp.add_argument("--gpu", type=float, default=0.0, help="GPUs per Ray trial (0.25: four trials share a GPU)")
+    cmp.add_argument("--server", default=None, help="run the comparison on a metatune service at this URL")
+    cmp.add_argument("--token", default=None, help="API token for --server (default METATUNE_TOKEN)")
     cmp.set_defaults(handler=_compare)
     objs = commands.add_parser("objectives", help="list the registered objectives")
     objs.set_defaults(handler=_objectives)
@@ -137,19 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=_bench)
+    from metatune.service_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user error (bad argument, unknown objective) is one line on stderr, exit 2."""
     from metatune.errors import InvalidArgumentError
+    from metatune.service_cli import UserError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except InvalidArgumentError as error:
+    except (InvalidArgumentError, UserError, *_service_errors()) as error:
         print(f"metatune {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _service_errors() -> tuple[type[Exception], ...]:
+    """The service's user-facing errors, when its extra is installed."""
+    try:
+        from service.client import ClientError
+        from service.core.migrations import OutdatedDatabase
+        from service.validation import SpecError
+    except ImportError:
+        return ()
+    return ClientError, OutdatedDatabase, SpecError
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
         app.state.db, app.state.settings = db, settings
         worker = None
         if embedded_worker:
+            from metatune.distributed import ensure_ray
             from service.worker import start_embedded
 
+            ensure_ray(settings.ray_address)  # from the main thread, where Ray can install its signal handlers
             worker = start_embedded(db, settings)
         try:
             yield

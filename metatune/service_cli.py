@@ -1,0 +1,196 @@
+"""The service's commands: ``serve``, ``worker``, ``submit``, ``jobs``, ``db upgrade``,
+``token create``, and ``compare --server`` (the I/O edge: the service is imported here
+only, so the library runs without the ``service`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the REST API with an embedded worker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="API only (run `metatune worker` apart)")
+    serve.set_defaults(handler=serve_command)
+    worker = commands.add_parser("worker", help="run jobs from the database (several may share one)")
+    worker.set_defaults(handler=worker_command)
+    submit = commands.add_parser("submit", help="submit a job spec (JSON file) to the server")
+    submit.add_argument("spec", help="path to a JSON job spec (see examples/)")
+    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    _client_arguments(submit)
+    submit.set_defaults(handler=submit_command)
+    jobs = commands.add_parser("jobs", help="list your jobs on the server")
+    jobs.add_argument("--status", default=None)
+    jobs.add_argument("--limit", type=int, default=20)
+    _client_arguments(jobs)
+    jobs.set_defaults(handler=jobs_command)
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.set_defaults(handler=db_command)
+    token = commands.add_parser("token", help="API tokens")
+    token.add_argument("action", choices=["create"])
+    token.add_argument("--owner", required=True)
+    token.set_defaults(handler=token_command)
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=None, help="service URL (default METATUNE_SERVER or http://127.0.0.1:8000)")
+    parser.add_argument("--token", default=None, help="API token (default METATUNE_TOKEN)")
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.core.config import Settings
+    from service.main import create_app
+
+    settings = Settings()
+    app = create_app(settings, embedded_worker=not args.no_worker)
+    print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database {_shown(settings.database_url)}",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from service.core.config import Settings
+    from service.core.db import Database
+    from service.core.migrations import prepare
+    from service.worker import Worker
+
+    settings = Settings()
+    db = Database(settings.database_url)
+    prepare(db.engine, db.url)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = Worker(db, settings)
+    print(f"metatune worker {worker.name}: database {_shown(settings.database_url)}", flush=True)
+    worker.run(stop)
+    return 0
+
+
+def db_command(args: argparse.Namespace) -> int:
+    from service.core.config import Settings
+    from service.core.db import Database
+    from service.core.migrations import current_revision, head_revision, upgrade
+
+    settings = Settings()
+    db = Database(settings.database_url)
+    if args.action == "upgrade":
+        upgrade(db.url)
+    print(f"database {_shown(settings.database_url)} at revision {current_revision(db.engine)} (head {head_revision()})")
+    return 0
+
+
+def token_command(args: argparse.Namespace) -> int:
+    from service import crud
+    from service.core.config import Settings
+    from service.core.db import Database
+    from service.core.migrations import prepare
+
+    db = Database(Settings().database_url)
+    prepare(db.engine, db.url)
+    print(crud.create_token(db, owner=args.owner))
+    print(f"(the token of {args.owner!r}: it is shown once and stored only as a hash)", file=sys.stderr)
+    return 0
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    from service.client import Client
+
+    try:
+        with open(args.spec) as source:
+            spec = json.load(source)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read the job spec {args.spec}: {error}") from None
+    client = Client(args.server, args.token)
+    job = client.submit(spec)
+    print(f"job {job['id']} {job['status']}: {job['method']} on {job['objective']}, budget {job['budget']:g}")
+    if args.wait:
+        job = follow(client, job)
+        best = job["best_trial"]
+        print(f"job {job['id']} {job['status']}: {job['trials']} trials, {job['gradient_evals']:.0f} gradient "
+              f"evaluations" + (f", best lr {best['lr']:.4g} momentum {best['momentum']:.3f} value {best['value']:.4g}"
+                                if best else "") + (f", error: {job['error']}" if job["error"] else ""))
+        return 0 if job["status"] == "succeeded" else 1
+    return 0
+
+
+def follow(client, job: dict) -> dict:  # noqa: ANN001
+    """A progress bar over the job's gradient evaluations, fed by its event stream."""
+    from tqdm import tqdm
+
+    with tqdm(total=job["budget"], unit="grad", unit_scale=True, desc=job["method"]) as bar:
+        for event, data in client.events(job["id"]):
+            if event == "trial":
+                bar.update(max(data["cumulative_evals"] - bar.n, 0))
+                if data.get("value") is not None:
+                    bar.set_postfix_str(f"trial {data['number']} value {data['value']:.4g}")
+            elif event == "status":
+                bar.set_description(f"{job['method']} {data['status']}")
+    return client.job(job["id"])
+
+
+def jobs_command(args: argparse.Namespace) -> int:
+    from service.client import Client
+
+    page = Client(args.server, args.token).jobs(status=args.status, limit=args.limit)
+    print(f"{'id':32s}  {'status':9s}  {'method':8s}  {'objective':12s}  trials  best value")
+    for job in page["items"]:
+        best = job["best_trial"]["value"] if job["best_trial"] else None
+        print(f"{job['id']:32s}  {job['status']:9s}  {job['method']:8s}  {job['objective']:12s}  {job['trials']:6d}  "
+              f"{'' if best is None else f'{best:.4g}'}")
+    print(f"({len(page['items'])} of {page['total']})")
+    return 0
+
+
+def compare_on_server(args: argparse.Namespace, params: dict, methods: list[str]) -> int:
+    """``metatune compare … --server URL``: the same comparison, run by the service."""
+    from tqdm import tqdm
+
+    from service.client import Client
+
+    client = Client(args.server, args.token)
+    body = {"objective": args.objective, "objective_params": params, "methods": methods, "seeds": args.seeds,
+            "budget": {"gradient_evals": args.budget}, "resources": {"cpu": args.cpu, "gpu": args.gpu},
+            "concurrency": args.concurrency}
+    if args.metagrad_mode and "metagrad" in methods:
+        body["options"] = {"metagrad": {"mode": args.metagrad_mode}}
+    created = client.compare(body)
+    total = sum(job["budget"] for job in created["jobs"])
+    print(f"comparison {created['id']}: {len(created['jobs'])} jobs on {client.url}")
+    with tqdm(total=total, unit="grad", unit_scale=True, desc="compare") as bar:
+        def progress(state: dict) -> None:
+            done = sum(j["budget"] if j["status"] in ("succeeded", "failed", "cancelled") else j["gradient_evals"]
+                       for j in state["jobs"])
+            bar.update(max(done - bar.n, 0))
+            bar.set_postfix_str(", ".join(f"{s}: {sum(j['status'] == s for j in state['jobs'])}"
+                                          for s in ("queued", "running", "succeeded")))
+
+        state = client.wait_comparison(created["id"], progress)
+    if not state["table"]:
+        errors = {j["error"] for j in state["jobs"] if j["error"]}
+        raise UserError(f"comparison {state['id']} ended {state['status']} without results: {errors}")
+    print(state["table"]["markdown"])
+    os.makedirs(args.out, exist_ok=True)
+    written = [client.download(path, os.path.join(args.out, f"compare-{args.objective}-{path.rsplit('/', 1)[-1]}"))
+               for path in state["plots"]]
+    print("plots: " + ", ".join(written) + f" (also at {client.url}{state['plots'][0]})")
+    return 0
+
+
+class UserError(Exception):
+    """A user's mistake: printed as one line, exit code 2."""
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,155 @@
+"""The REST API through a real HTTP client: validation, auth and ownership, pagination."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+from sqlalchemy import func, select
+
+from service import crud
+from service.models import Job
+
+QUAD = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}, "method": "tpe",
+        "budget": {"inner_steps": 30, "trials": 5}}
+
+
+def count_jobs(served) -> int:
+    with served.db.read() as session:
+        return session.scalar(select(func.count()).select_from(Job))
+
+
+def test_health_and_docs_are_open_and_everything_else_needs_a_token(served):
+    anonymous = served.client(owner=None)
+    assert anonymous.get("/healthz").json() == {"status": "ok"}
+    assert anonymous.get("/docs").status_code == 200
+    assert "/v1/jobs" in anonymous.get("/openapi.json").json()["paths"]
+    for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/objectives"),
+                         ("GET", "/v1/jobs/x"), ("POST", "/v1/comparisons")):
+        response = anonymous.request(method, path, json=QUAD)
+        assert response.status_code == 401 and "bearer" in response.json()["detail"].lower()
+    wrong = served.client(owner="mallory")
+    assert wrong.get("/v1/jobs").status_code == 401
+    assert count_jobs(served) == 0
+
+
+def test_a_job_is_queued_with_its_defaults_filled_in(served):
+    response = served.client().post("/v1/jobs", json={"objective": "quadratic", "method": "random"})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] == "queued" and job["owner"] == "alice" and job["trials"] == 0
+    spec = job["spec"]
+    assert spec["budget"] == {"gradient_evals": served.settings.default_gradient_evals, "inner_steps": 300}
+    space = __import__("metatune").objectives.get("quadratic").space  # the objective's own default space
+    assert spec["space"]["lr"] == {"low": space.lr_low, "high": space.lr_high, "log": space.lr_log}
+    assert spec["space"]["momentum"] == {"low": space.momentum_low, "high": space.momentum_high} and spec["seed"] == 0
+    assert served.client().get(f"/v1/jobs/{job['id']}").json()["spec"] == spec
+
+
+BAD_SPECS = [
+    ({"method": "tpe"}, "objective"),
+    ({"objective": "nope", "method": "tpe"}, "objective='nope' is not registered"),
+    ({"objective": "quadratic", "method": "sideways"}, "method"),
+    ({"objective": "quadratic", "method": "tpe", "objective_params": {"dim": "ten"}}, "objective_params.dim"),
+    ({"objective": "quadratic", "method": "tpe", "objective_params": {"dimension": 3}}, "not a parameter"),
+    ({"objective": "quadratic", "method": "tpe", "objective_params": {"device": "cuda"}}, "not a parameter"),
+    ({"objective": "quadratic", "method": "tpe", "objective_params": {"dim": 0}}, "dim"),
+    ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": 0.5, "high": 0.1}}}, "low=0.5 must be below"),
+    ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": 0, "high": 0.1}}}, "greater than 0"),
+    ({"objective": "quadratic", "method": "tpe", "space": {"momentum": {"low": 0.1, "high": 1.0}}}, "less than 1"),
+    ({"objective": "quadratic", "method": "tpe", "budget": {"gradient_evals": -5}}, "greater than 0"),
+    ({"objective": "quadratic", "method": "tpe", "budget": {"gradient_evals": 1e9}}, "exceeds this server's limit"),
+    ({"objective": "quadratic", "method": "tpe", "budget": {"gradient_evals": 10}}, "below one training run"),
+    ({"objective": "quadratic", "method": "tpe", "budget": {"inner_steps": 10**6}}, "inner_steps"),
+    ({"objective": "quadratic", "method": "tpe", "resources": {"gpu": 100}}, "exceed this server's limits"),
+    ({"objective": "quadratic", "method": "tpe", "resources": {"cpu": 0}}, "greater than 0"),
+    ({"objective": "quadratic", "method": "metagrad", "options": {"mode": "sideways"}}, "options.mode"),
+    ({"objective": "quadratic", "method": "metagrad", "options": {"import": "os"}}, "options.import"),
+    ({"objective": "quadratic", "method": "tpe", "options": {"starts": 2}}, "options.starts"),
+    ({"objective": "quadratic", "method": "tpe", "code": "import os"}, "code"),
+    ({"objective": "quadratic", "method": "tpe", "seed": 1.7}, "seed"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD_SPECS, ids=[m for _, m in BAD_SPECS])
+def test_bad_specs_get_422_with_a_message_and_nothing_is_stored(served, spec, message):
+    response = served.client().post("/v1/jobs", json=spec)
+    assert response.status_code == 422
+    assert message in str(response.json()["detail"])
+    assert count_jobs(served) == 0
+
+
+def test_an_oversized_body_is_refused_with_413(served):
+    body = {**QUAD, "objective_params": {f"p{i}": i for i in range(20_000)}}
+    response = served.client().post("/v1/jobs", json=body)
+    assert response.status_code == 413 and "bytes" in response.json()["detail"]
+    assert count_jobs(served) == 0
+
+
+def test_other_owners_get_404_on_everything_of_a_job(served):
+    job = served.client().post("/v1/jobs", json=QUAD).json()
+    bob = served.client(owner="bob")
+    for method, path in (("GET", ""), ("GET", "/trials"), ("GET", "/trials/0"), ("POST", "/cancel"),
+                         ("GET", "/events")):
+        assert bob.request(method, f"/v1/jobs/{job['id']}{path}").status_code == 404
+    assert bob.get("/v1/jobs").json()["total"] == 0
+    assert served.client().get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"  # bob's cancel did nothing
+
+
+def test_stored_tokens_authenticate_by_hash(served):
+    token = crud.create_token(served.db, owner="carol")
+    with served.db.read() as session:
+        from service.models import ApiToken
+
+        stored = session.scalars(select(ApiToken)).all()
+    assert [t.owner for t in stored] == ["carol"] and token not in {t.token_hash for t in stored}
+    carol = served.client(owner=None, headers={"Authorization": f"Bearer {token}"})
+    job = carol.post("/v1/jobs", json=QUAD).json()
+    assert job["owner"] == "carol"
+
+
+def test_lists_are_paginated_and_filtered(served):
+    client = served.client()
+    for method in ("tpe", "random", "tpe", "grid", "tpe"):
+        assert client.post("/v1/jobs", json={**QUAD, "method": method}).status_code == 202
+    first = client.get("/v1/jobs", params={"limit": 2}).json()
+    second = client.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    third = client.get("/v1/jobs", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+    ids = [j["id"] for page in (first, second, third) for j in page["items"]]
+    assert first["total"] == 5 and len(set(ids)) == 5 and third["next_cursor"] is None
+    created = [j["created_at"] for page in (first, second, third) for j in page["items"]]
+    assert created == sorted(created, reverse=True)
+    tpe = client.get("/v1/jobs", params={"method": "tpe"}).json()
+    assert tpe["total"] == 3 and {j["method"] for j in tpe["items"]} == {"tpe"}
+    assert client.get("/v1/jobs", params={"status": "running"}).json()["total"] == 0
+    assert client.get("/v1/jobs", params={"status": "sideways"}).status_code == 422
+    assert client.get("/v1/jobs", params={"cursor": "abc"}).status_code == 400
+
+
+def test_a_queued_job_is_cancelled_at_once(served):
+    client = served.client()
+    job = client.post("/v1/jobs", json=QUAD).json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    events = client.get(f"/v1/jobs/{job['id']}/events").text
+    assert events.count("event: status") == 1 and '"status": "cancelled"' in events
+
+
+def test_two_hundred_concurrent_submissions_make_two_hundred_jobs(served):
+    client = served.client(limits=__import__("httpx").Limits(max_connections=50))
+
+    def submit(seed: int) -> int:
+        return client.post("/v1/jobs", json={**QUAD, "seed": seed}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(submit, range(200)))
+    assert codes == [202] * 200
+    with served.db.read() as session:
+        seeds = session.scalars(select(Job.seed)).all()
+    assert sorted(seeds) == list(range(200))
+
+
+def test_objectives_are_listed_with_their_parameters(served):
+    names = {o["name"]: o for o in served.client().get("/v1/objectives").json()}
+    assert {"quadratic", "mlp-digits"} <= set(names)
+    assert names["quadratic"]["parameters"]["dim"] == 50 and "device" not in names["quadratic"]["parameters"]
