@@ -165,3 +165,32 @@ def test_metatune_serve_and_submit_end_to_end(tmp_path):
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
         server.stdout.close()
+
+
+def test_a_comparison_runs_as_jobs_and_serves_the_compare_table_and_plots(served, worker):
+    client = served.client()
+    body = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}, "methods": ["tpe", "random"],
+            "seeds": 2, "budget": {"inner_steps": 30, "gradient_evals": 31 * 6}}
+    created = client.post("/v1/comparisons", json=body).json()
+    assert len(created["jobs"]) == 4 and {(j["method"], j["seed"]) for j in created["jobs"]} == {
+        (m, s) for m in ("tpe", "random") for s in (0, 1)}
+    assert client.get(f"/v1/comparisons/{created['id']}/plots/plane.png").status_code == 409
+    deadline = time.monotonic() + 120
+    while (state := client.get(f"/v1/comparisons/{created['id']}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert state["status"] == "succeeded"
+    objective = mt.objectives.get("quadratic", dim=10, kappa=100.0, steps=30)
+    local = mt.compare(objective, ["tpe", "random"], 31 * 6, seeds=[0, 1])
+    served_rows = {row["method"]: row for row in state["table"]["summary"]}
+    for row in local.summary():
+        assert served_rows[row["method"]]["best_value_median"] == pytest.approx(row["best_value_median"], rel=1e-12)
+        reach = served_rows[row["method"]]["evals_to_target_median"]
+        assert (math.inf if reach is None else reach) == pytest.approx(row["evals_to_target_median"])
+    assert "| tpe |" in state["table"]["markdown"]
+    png = client.get(state["plots"][0])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    assert client.get(f"/v1/comparisons/{created['id']}/plots/other.png").status_code == 404
+    assert served.client(owner="bob").get(f"/v1/comparisons/{created['id']}").status_code == 404
+    bad = client.post("/v1/comparisons", json={**body, "seeds": [1, 1]})
+    assert bad.status_code == 422 and "distinct seeds" in bad.json()["detail"]
