@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from metatune.bench import cost, hypergrad, population, ray, tuning
+from metatune.bench import cost, hypergrad, population, ray, service, tuning
 
-BENCHMARKS = (hypergrad, population, tuning, cost, ray)
+BENCHMARKS = (hypergrad, population, tuning, cost, ray, service)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
