@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from metatune.tuners.base import Trial as LibraryTrial
@@ -93,19 +93,20 @@ def list_jobs(db: Database, *, owner: str, status: str | None = None, method: st
     return list(rows), int(total or 0)
 
 
-def trial_counts(db: Database, *, job_ids: Sequence[str]) -> dict[str, int]:
-    if not job_ids:
+def summaries(db: Database, *, jobs: Sequence[Job]) -> dict[str, tuple[int, Trial | None]]:
+    """Per job: how many trials it has and its best trial, in two queries for all of them."""
+    ids = [job.id for job in jobs]
+    if not ids:
         return {}
+    best_numbers = [(job.id, job.best_trial) for job in jobs if job.best_trial is not None]
     with db.read() as session:
-        rows = session.execute(select(Trial.job_id, func.count()).where(Trial.job_id.in_(job_ids))
-                               .group_by(Trial.job_id)).all()
-    return {job_id: count for job_id, count in rows}
-
-
-def best_trial(db: Database, *, job: Job) -> Trial | None:
-    if job.best_trial is None:
-        return None
-    return get_trial(db, job_id=job.id, number=job.best_trial)
+        counts = dict(session.execute(select(Trial.job_id, func.count()).where(Trial.job_id.in_(ids))
+                                      .group_by(Trial.job_id)).all())
+        best: dict[str, Trial] = {}
+        if best_numbers:
+            wanted = or_(*((Trial.job_id == job_id) & (Trial.number == number) for job_id, number in best_numbers))
+            best = {t.job_id: t for t in session.scalars(select(Trial).where(wanted))}
+    return {job_id: (counts.get(job_id, 0), best.get(job_id)) for job_id in ids}
 
 
 def request_cancel(db: Database, *, job_id: str) -> Job | None:
@@ -190,37 +191,49 @@ def _finite(value: float | None) -> float | None:
 
 def write_trials(db: Database, *, job_id: str, worker: str, trials: Sequence[LibraryTrial],
                  lambda_max: float | None) -> bool:
-    """Insert trials with their metrics and metagrad steps in one transaction, and update the
-    job's best and spend; nothing is written unless ``worker`` still holds the job."""
+    """Insert trials, their metrics and metagrad steps in one transaction (bulk inserts: one
+    INSERT … RETURNING for the trials, one for the metrics) and update the job's best and
+    spend; nothing is written unless ``worker`` still holds the job."""
     with db.write() as session:
         job = session.get(Job, job_id)
         if job is None or job.lease_holder != worker or job.status != "running":
             return False
+        rows = [trial_row(job_id, trial, lambda_max) for trial in trials]
+        ids = session.scalars(insert(Trial).returning(Trial.id, sort_by_parameter_order=True), rows).all()
+        metrics = [{"trial_id": trial_id, "step": 0, "name": k, "value": _finite(v)}
+                   for trial_id, trial in zip(ids, trials) for k, v in trial.metrics.items()]
+        if metrics:
+            session.execute(insert(TrialMetric), metrics)
+        _add_metagrad_steps(session, job_id, trials)
         for trial in trials:
-            row = Trial(**trial_row(job_id, trial, lambda_max))
-            session.add(row)
-            session.flush()
-            session.add_all(TrialMetric(trial_id=row.id, step=0, name=k, value=_finite(v)) for k, v in trial.metrics.items())
-            if "dvalue_dlr" in trial.metrics:
-                _add_metagrad_step(session, job_id, trial)
             if trial.status == "completed" and (job.best_value is None or trial.value < job.best_value):
                 job.best_value, job.best_trial = trial.value, trial.number
             job.gradient_evals = max(job.gradient_evals, trial.cumulative_evals)
     return True
 
 
-def _add_metagrad_step(session: Session, job_id: str, trial: LibraryTrial) -> None:
-    """A metagrad step is accepted when it improved on its chain's best so far (the chains'
-    rule, less the amplification check, which the trial's growth rate shows)."""
-    start = int(trial.metrics.get("start", 0))
-    previous = session.execute(select(func.count(), func.min(MetagradStep.value))
-                               .where(MetagradStep.job_id == job_id, MetagradStep.start == start)).one()
-    accepted = trial.status == "completed" and (previous[1] is None or trial.value < previous[1])
-    session.add(MetagradStep(job_id=job_id, trial_number=trial.number, start=start, step=int(previous[0]),
-                             lr=trial.lr, momentum=trial.momentum, value=_finite(trial.value),
-                             dvalue_dlr=trial.metrics.get("dvalue_dlr"),
-                             dvalue_dmomentum=trial.metrics.get("dvalue_dmomentum"),
-                             growth_rate=trial.metrics.get("growth_rate"), accepted=accepted))
+def _add_metagrad_steps(session: Session, job_id: str, trials: Sequence[LibraryTrial]) -> None:
+    """One row per meta-gradient trial. A step is accepted when it improved on its chain's
+    best so far (the chains' rule, less the amplification check, which the growth rate shows)."""
+    steps = [t for t in trials if "dvalue_dlr" in t.metrics]
+    chains: dict[int, list[float]] = {}
+    for start in {int(t.metrics.get("start", 0)) for t in steps}:
+        count, best = session.execute(select(func.count(), func.min(MetagradStep.value))
+                                      .where(MetagradStep.job_id == job_id, MetagradStep.start == start)).one()
+        chains[start] = [int(count), math.inf if best is None else best]
+    rows = []
+    for trial in steps:
+        chain = chains[int(trial.metrics.get("start", 0))]
+        accepted = trial.status == "completed" and trial.value < chain[1]
+        rows.append({"job_id": job_id, "trial_number": trial.number, "start": int(trial.metrics.get("start", 0)),
+                     "step": chain[0], "lr": trial.lr, "momentum": trial.momentum, "value": _finite(trial.value),
+                     "dvalue_dlr": trial.metrics.get("dvalue_dlr"),
+                     "dvalue_dmomentum": trial.metrics.get("dvalue_dmomentum"),
+                     "growth_rate": trial.metrics.get("growth_rate"), "accepted": accepted})
+        chain[0] += 1
+        chain[1] = min(chain[1], trial.value) if accepted else chain[1]
+    if rows:
+        session.execute(insert(MetagradStep), rows)
 
 
 def list_trials(db: Database, *, job_id: str, after: int = -1, limit: int = 1000) -> list[Trial]:

@@ -1,9 +1,10 @@
 """``metatune bench service``: the REST service under load on loopback.
 
 A real ``metatune serve --no-worker`` process per database (a SQLite file in WAL mode, and
-PostgreSQL at ``--postgres`` when it answers); 50 concurrent clients (asyncio + httpx)
-submit jobs (latency p50/p99 per request), then read jobs by id for a fixed time
-(requests per second). Metric ingestion: trials with their metrics written through the
+PostgreSQL at ``--postgres`` when it answers); first one client, then 50 concurrent
+clients (asyncio + httpx, in this process, on the same 2 cores as the server) submit
+jobs (latency p50/p99 per request), then read jobs by id for a fixed time (requests per
+second). With N clients in a closed loop, latency ≈ N / throughput (Little's law). Metric ingestion: trials with their metrics written through the
 worker's batched write path, rows per second. Counts and durations are bounded.
 """
 
@@ -48,12 +49,13 @@ async def _load(base: str, clients: int, submissions: int, read_seconds: float) 
     headers = {"Authorization": f"Bearer {TOKEN}"}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        for _ in range(200):
+        for _ in range(300):
             try:
                 if (await client.get("/healthz")).status_code == 200:
                     break
             except httpx.TransportError:
-                await asyncio.sleep(0.1)
+                pass
+            await asyncio.sleep(0.1)
         spec = {"objective": "quadratic", "method": "tpe", "budget": {"trials": 10}}
         latencies, ids, errors = [], [], 0
         queue = iter(range(submissions))
@@ -99,17 +101,19 @@ def ingestion(url: str, trials: int = 2000, batch: int = 32) -> float:
     from service.core.db import Database
 
     db = Database(url)
-    (job,), _ = crud.create_jobs(db, owner="bench", specs=[{"method": "tpe", "objective": "quadratic", "seed": 0,
-                                                             "budget": {"gradient_evals": 1.0}}])
-    crud.claim_job(db, worker="bench", lease_seconds=600, max_attempts=5)
+    crud.create_jobs(db, owner="bench", specs=[{"method": "tpe", "objective": "quadratic", "seed": 0,
+                                                 "budget": {"gradient_evals": 1.0}}])
+    job = crud.claim_job(db, worker="bench", lease_seconds=600, max_attempts=5)  # the oldest queued job
     metrics = {"final_train_loss": 0.5, "dvalue_dlr": 1.0, "dvalue_dmomentum": 2.0, "growth_rate": 0.1,
                "amplification": 3.0}
     rows = [Trial(n, 0.1, 0.9, 1.0 / (n + 1), False, 31.0, 31.0 * (n + 1), 0.01, 0.9, True, metrics)
             for n in range(trials)]
     began = time.perf_counter()
     for first in range(0, trials, batch):
-        crud.write_trials(db, job_id=job.id, worker="bench", trials=rows[first:first + batch], lambda_max=100.0)
+        if not crud.write_trials(db, job_id=job.id, worker="bench", trials=rows[first:first + batch], lambda_max=100.0):
+            raise RuntimeError("the bench lost its job's lease: nothing was written")
     wall = time.perf_counter() - began
+    assert len(crud.list_trials(db, job_id=job.id, limit=trials + 1)) == trials
     db.dispose()
     return trials * (1 + len(metrics)) / wall
 
@@ -124,24 +128,25 @@ def main(args: argparse.Namespace) -> int:
         name = _scratch_postgres(args.postgres)
         if name:
             databases.append(("PostgreSQL", args.postgres.rsplit("/", 1)[0] + f"/{name}"))
-    print("| database | submit p50 ms | submit p99 ms | submissions/s | reads/s | errors | ingestion rows/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| database | clients | submit p50 ms | submit p99 ms | submissions/s | reads/s | errors | ingestion rows/s |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for label, url in databases:
         upgrade(url)
         port = _free_port()
         server = start_server(url, port)
         try:
-            figures = asyncio.run(_load(f"http://127.0.0.1:{port}", args.clients, args.submissions, args.read_seconds))
+            loads = [(clients, asyncio.run(_load(f"http://127.0.0.1:{port}", clients, submissions, args.read_seconds)))
+                     for clients, submissions in ((1, 200), (args.clients, args.submissions))]
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=60)
-        figures["ingestion_rows_per_s"] = ingestion(url)
-        figures["database"] = label
-        rows.append(figures)
-        print(f"| {label} | {figures['submit_p50_ms']:.1f} | {figures['submit_p99_ms']:.1f} | "
-              f"{figures['submit_per_s']:.0f} | {figures['reads_per_s']:.0f} | {figures['errors']} | "
-              f"{figures['ingestion_rows_per_s']:.0f} |")
+        ingest = ingestion(url)
+        for clients, figures in loads:
+            figures.update(database=label, clients=clients, ingestion_rows_per_s=ingest)
+            rows.append(figures)
+            print(f"| {label} | {clients} | {figures['submit_p50_ms']:.1f} | {figures['submit_p99_ms']:.1f} | "
+                  f"{figures['submit_per_s']:.0f} | {figures['reads_per_s']:.0f} | {figures['errors']} | {ingest:.0f} |")
     write_json(rows, args.json)
     return 0 if all(r["errors"] == 0 for r in rows) else 1
 

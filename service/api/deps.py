@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from service import crud
 from service.core.config import Settings
@@ -15,11 +16,11 @@ from service.core.db import Database
 bearer = HTTPBearer(auto_error=False, description="an API token: METATUNE_API_TOKENS or `metatune token create`")
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:  # async: no thread hop for an attribute read
     return request.app.state.db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -27,8 +28,8 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_owner(db: DatabaseDep, settings: SettingsDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+async def current_owner(db: DatabaseDep, settings: SettingsDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     """The owner of the bearer token (from the settings, compared in constant time, or from
     the tokens table by hash); 401 otherwise. The token itself is never logged."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
@@ -39,8 +40,8 @@ def current_owner(db: DatabaseDep, settings: SettingsDep,
     for token, name in settings.tokens().items():
         if hmac.compare_digest(token.encode(), given):
             owner = name
-    if owner is None:
-        owner = crud.owner_of_token(db, token=credentials.credentials)
+    if owner is None:  # a stored token: a database read, off the event loop
+        owner = await run_in_threadpool(crud.owner_of_token, db, token=credentials.credentials)
     if owner is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return owner

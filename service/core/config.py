@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,12 +37,16 @@ class Settings(BaseSettings):
     poll_seconds: float = 0.5
     ray_address: str | None = None
     output_dir: Path = Field(default_factory=lambda: Path.cwd() / "metatune-out" / "service")
+    _tokens: dict[str, str] | None = PrivateAttr(default=None)
 
     def tokens(self) -> dict[str, str]:
-        """token → owner from ``api_tokens``."""
+        """token → owner from ``api_tokens`` (parsed once)."""
+        if self._tokens is not None:
+            return self._tokens
         pairs = {}
         for item in (part.strip() for part in self.api_tokens.split(",")):
             if item:
                 owner, _, token = item.rpartition(":")
                 pairs[token] = owner or token
+        self._tokens = pairs
         return pairs

@@ -51,7 +51,7 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
                "spec": {**body.model_dump(), "seeds": seeds}}
     jobs, group = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary)
     return ComparisonPublic(id=group.id, name=group.name, objective=group.objective, status="queued",
-                            jobs=[job_public(db, j, 0) for j in jobs], table=None, plots=[])
+                            jobs=[job_public(db, j, (0, None)) for j in jobs], table=None, plots=[])
 
 
 @router.get("/{comparison_id}", response_model=ComparisonPublic)
@@ -67,8 +67,9 @@ def read(comparison_id: str, db: DatabaseDep, settings: SettingsDep, owner: Owne
         table = build_table(db, settings, group.id, jobs)
         crud.save_comparison_table(db, comparison_id=group.id, table=table)
     plots = [f"/v1/comparisons/{group.id}/plots/{name}.png" for name in PLOTS] if table else []
+    summary = crud.summaries(db, jobs=jobs)
     return ComparisonPublic(id=group.id, name=group.name, objective=group.objective, status=status,
-                            jobs=[job_public(db, j) for j in jobs], table=table, plots=plots)
+                            jobs=[job_public(db, j, summary[j.id]) for j in jobs], table=table, plots=plots)
 
 
 @router.get("/{comparison_id}/plots/{name}.png", response_class=FileResponse)

@@ -21,10 +21,9 @@ from service.validation import SpecError, normalise
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def job_public(db: Database, job: Job, trials: int | None = None) -> JobPublic:
-    best = crud.best_trial(db, job=job)
-    if trials is None:
-        trials = crud.trial_counts(db, job_ids=[job.id]).get(job.id, 0)
+def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None = None) -> JobPublic:
+    """The job as the API shows it (``summary``: its trial count and best trial, if known)."""
+    trials, best = summary if summary is not None else crud.summaries(db, jobs=[job])[job.id]
     return JobPublic(
         id=job.id, status=job.status, owner=job.owner, objective=job.objective, method=job.method, seed=job.seed,
         spec=job.spec, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -55,7 +54,7 @@ def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: Owner
     except SpecError as error:
         raise HTTPException(422, str(error)) from None
     (job,), _ = crud.create_jobs(db, owner=owner, specs=[spec])
-    return job_public(db, job, trials=0)
+    return job_public(db, job, (0, None))
 
 
 @router.get("", response_model=JobList)
@@ -70,9 +69,9 @@ def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None,
         offset = int(cursor)
     jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
                                  limit=limit, offset=offset)
-    counts = crud.trial_counts(db, job_ids=[j.id for j in jobs])
+    summaries = crud.summaries(db, jobs=jobs)
     nxt = offset + len(jobs)
-    return JobList(items=[job_public(db, j, counts.get(j.id, 0)) for j in jobs], total=total,
+    return JobList(items=[job_public(db, j, summaries[j.id]) for j in jobs], total=total,
                    next_cursor=str(nxt) if nxt < total else None)
 
 
