@@ -51,6 +51,10 @@ def serve_command(args: argparse.Namespace) -> int:
     from service.main import create_app
 
     settings = Settings()
+    if not args.no_worker:  # before uvicorn installs its signal handlers: ray.init replaces SIGTERM's
+        from metatune.distributed import ensure_ray
+
+        ensure_ray(settings.ray_address)
     app = create_app(settings, embedded_worker=not args.no_worker)
     print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database {_shown(settings.database_url)}",
           flush=True)
@@ -67,6 +71,9 @@ def worker_command(args: argparse.Namespace) -> int:
     settings = Settings()
     db = Database(settings.database_url)
     prepare(db.engine, db.url)
+    from metatune.distributed import ensure_ray
+
+    ensure_ray(settings.ray_address)  # first: ray.init replaces the SIGTERM handler, ours must come after
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -156,18 +156,25 @@ def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float) -
     return None if done is None else bool(done[0])
 
 
+def _hold(session: Session, job_id: str, worker: str) -> Job | None:
+    """The job, if ``worker`` still holds it, checked by an UPDATE so that the check and what
+    follows are one transaction under the job's row lock (the write lock on SQLite)."""
+    held = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == "running")
+                           .values(heartbeat_at=utcnow()).returning(Job.id)).first()
+    return None if held is None else session.get(Job, job_id)
+
+
 def finish_job(db: Database, *, job_id: str, worker: str, status: str, error: str | None = None) -> None:
     with db.write() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.lease_holder != worker:
-            return
-        job.status, job.finished_at, job.error, job.lease_expires = status, utcnow(), error, None
+        job = _hold(session, job_id, worker)
+        if job is not None:
+            job.status, job.finished_at, job.error, job.lease_expires = status, utcnow(), error, None
 
 
 def release_job(db: Database, *, job_id: str, worker: str, error: str | None) -> None:
     """Give a job back to the queue after a failed attempt (claimed again up to max_attempts)."""
     with db.write() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker)
+        session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == "running")
                         .values(status="queued", lease_holder=None, lease_expires=None, error=error))
 
 
@@ -195,8 +202,8 @@ def write_trials(db: Database, *, job_id: str, worker: str, trials: Sequence[Lib
     INSERT … RETURNING for the trials, one for the metrics) and update the job's best and
     spend; nothing is written unless ``worker`` still holds the job."""
     with db.write() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.lease_holder != worker or job.status != "running":
+        job = _hold(session, job_id, worker)
+        if job is None:
             return False
         rows = [trial_row(job_id, trial, lambda_max) for trial in trials]
         ids = session.scalars(insert(Trial).returning(Trial.id, sort_by_parameter_order=True), rows).all()

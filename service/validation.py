@@ -21,8 +21,9 @@ class SpecError(ValueError):
     """A spec the server refuses; ``str()`` says which field and what to change."""
 
 
-def check_objective(name: str, params: dict[str, Any]) -> objectives.Objective:
-    """The registered objective ``name`` built with ``params`` whose types match its defaults."""
+def check_objective(name: str, params: dict[str, Any], max_size: int = 4096) -> objectives.Objective:
+    """The registered objective ``name`` built with ``params`` whose types match its defaults
+    (integers at most ``max_size``: the objective is built here, so its size is bounded first)."""
     if name not in objectives.names():
         raise SpecError(f"objective={name!r} is not registered here; choose one of {objectives.names()}")
     allowed = objectives.parameters(name)
@@ -42,6 +43,8 @@ def check_objective(name: str, params: dict[str, Any]) -> objectives.Objective:
         if not ok:
             raise SpecError(f"objective_params.{key}={value!r} has the wrong type: {name!r} expects "
                             f"{type(default).__name__} (default {default!r})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > max_size and key != "steps":
+            raise SpecError(f"objective_params.{key}={value!r} exceeds this server's limit {max_size}")
     try:
         return objectives.get(name, **params)
     except ValueError as error:
@@ -62,7 +65,7 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def normalise(job: JobCreate, settings: Settings) -> dict[str, Any]:
     """The stored spec of ``job``, or SpecError."""
-    objective = check_objective(job.objective, job.objective_params)
+    objective = check_objective(job.objective, job.objective_params, settings.max_objective_size)
     steps = job.budget.inner_steps or objective.steps
     if steps > settings.max_inner_steps:
         raise SpecError(f"budget.inner_steps={steps} exceeds this server's limit {settings.max_inner_steps}")

@@ -93,9 +93,10 @@ class Worker:
             else:
                 crud.finish_job(self.db, job_id=job.id, worker=self.name,
                                 status="cancelled" if result.cancelled else "succeeded")
-        except LeaseLost:
-            log.warning("lost the lease of job %s", job.id)
         except Exception as error:  # noqa: BLE001 - recorded on the job, which is retried or failed
+            if _caused_by(error, LeaseLost):  # Ray wraps errors raised in its callbacks
+                log.warning("lost the lease of job %s", job.id)
+                return
             message = f"{type(error).__name__}: {error}"
             log.error("job %s attempt %d failed: %s\n%s", job.id, job.attempts, message, traceback.format_exc())
             try:
@@ -127,15 +128,32 @@ class Worker:
                    stop: threading.Event | None) -> None:
         """Poll for a cancel request every ``poll_seconds``; renew the lease every
         ``heartbeat_seconds``; stop the run when the lease is lost or the worker stops."""
-        renewed = time.monotonic()
+        renewed = attempted = time.monotonic()
         while not done.wait(self.settings.poll_seconds):
-            if (stop is not None and stop.is_set()) or crud.cancel_requested(self.db, job_id=job_id):
-                cancel.set()
-            if time.monotonic() - renewed >= self.settings.heartbeat_seconds:
-                renewed = time.monotonic()
-                if crud.heartbeat(self.db, job_id=job_id, worker=self.name,
-                                  lease_seconds=self.settings.lease_seconds) is None:
+            try:
+                if (stop is not None and stop.is_set()) or crud.cancel_requested(self.db, job_id=job_id):
                     cancel.set()
+                if time.monotonic() - attempted >= self.settings.heartbeat_seconds:
+                    attempted = time.monotonic()
+                    if crud.heartbeat(self.db, job_id=job_id, worker=self.name,
+                                      lease_seconds=self.settings.lease_seconds) is None:
+                        cancel.set()
+                    renewed = attempted
+            except Exception as error:  # noqa: BLE001 - a database hiccup: retry, unless the lease ran out
+                log.warning("heartbeat of job %s failed: %s", job_id, error)
+            if time.monotonic() - renewed > self.settings.lease_seconds:
+                cancel.set()  # another worker may hold the job now: stop running it here
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` or any exception in its cause/context chain is a ``kind``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def start_embedded(db: Database, settings: Settings) -> tuple[threading.Thread, threading.Event]:

@@ -230,28 +230,33 @@ class Tuner(abc.ABC):
 
     def replay(self, history: list[Trial]) -> Proposal | None:
         """Rebuild the method's state from ``history`` (this job's recorded trials): ask as the
-        interrupted run did and tell each recorded outcome without evaluating it again. Returns
-        the first proposal that was asked but not recorded (to evaluate next), or None."""
-        queue, pending = list(history), None
-        while queue:
+        interrupted run did and tell each recorded outcome without evaluating it again. Trials
+        are matched to proposals by their (η, β), so trials that finished out of order (runs
+        with concurrency) replay too. Returns the first proposal that was asked but not (or
+        only partly) recorded, to evaluate next, or None."""
+        recorded: dict[tuple[float, float], list[Trial]] = {}
+        for trial in history:
+            recorded.setdefault((trial.lr, trial.momentum), []).append(trial)
+        pending = None
+        while any(recorded.values()):
             proposal = self.ask(self.remaining())
             if proposal is None:
                 break
-            batch = queue[: len(proposal.points)]
-            recorded = [(t.lr, t.momentum) for t in batch]
-            if recorded != list(proposal.points[: len(batch)]):
+            found = [recorded[p].pop(0) for p in proposal.points if recorded.get(p)]
+            self.keep(found)
+            if len(found) == len(proposal.points):
+                self.tell(proposal, [_outcome_of(t) for t in found])
+                continue
+            done = {(t.lr, t.momentum) for t in found}
+            rest = tuple(p for p in proposal.points if p not in done)
+            pending = Proposal(rest, proposal.cost * len(rest) / len(proposal.points), proposal.hypergrad,
+                               proposal.start, proposal.step)
+            if found:  # a population cut short: tell it whole once the rest is evaluated
+                self._partial[id(pending)] = (proposal, [_outcome_of(t) for t in found])
+            else:
                 pending = proposal
-                break
-            if len(batch) < len(proposal.points):  # a population cut short: run the rest of it
-                queue, rest = [], proposal.points[len(batch):]
-                self.keep(batch)
-                pending = Proposal(rest, proposal.cost * len(rest) / len(proposal.points))
-                self._partial[id(pending)] = (proposal, [_outcome_of(t) for t in batch])
-                break
-            queue = queue[len(batch):]
-            self.keep(batch)
-            self.tell(proposal, [_outcome_of(t) for t in batch])
-        self.keep(queue)
+            break
+        self.keep(sorted((t for trials in recorded.values() for t in trials), key=lambda t: t.number))
         return pending if pending is not None and pending.cost <= self.remaining() + 1e-9 else None
 
     # -- budget and records -------------------------------------------------------------------

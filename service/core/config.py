@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_gpu_per_trial: float = 8.0
     max_concurrency: int = 64
     max_seeds: int = 20
+    max_objective_size: int = 4096
+    """Largest integer objective parameter (dim, hidden, width, batch_size, …) a job may ask for."""
     max_body_bytes: int = 64 * 1024
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0

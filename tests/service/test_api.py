@@ -54,6 +54,7 @@ BAD_SPECS = [
     ({"objective": "quadratic", "method": "tpe", "objective_params": {"dimension": 3}}, "not a parameter"),
     ({"objective": "quadratic", "method": "tpe", "objective_params": {"device": "cuda"}}, "not a parameter"),
     ({"objective": "quadratic", "method": "tpe", "objective_params": {"dim": 0}}, "dim"),
+    ({"objective": "quadratic", "method": "tpe", "objective_params": {"dim": 200_000}}, "exceeds this server's limit"),
     ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": 0.5, "high": 0.1}}}, "low=0.5 must be below"),
     ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": 0, "high": 0.1}}}, "greater than 0"),
     ({"objective": "quadratic", "method": "tpe", "space": {"momentum": {"low": 0.1, "high": 1.0}}}, "less than 1"),
@@ -83,6 +84,24 @@ def test_an_oversized_body_is_refused_with_413(served):
     body = {**QUAD, "objective_params": {f"p{i}": i for i in range(20_000)}}
     response = served.client().post("/v1/jobs", json=body)
     assert response.status_code == 413 and "bytes" in response.json()["detail"]
+    assert count_jobs(served) == 0
+
+
+def test_a_chunked_body_is_refused_with_411(served):
+    def chunks():
+        yield b'{"objective": "quadratic", '
+        yield b'"method": "tpe"}'
+
+    response = served.client().post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
+    assert count_jobs(served) == 0
+
+
+@pytest.mark.parametrize("seeds", [10**12, 0, [1, 1], [2**40]])
+def test_a_comparison_with_bad_seeds_is_refused_before_anything_is_built(served, seeds):
+    body = {"objective": "quadratic", "methods": ["tpe"], "seeds": seeds}
+    response = served.client().post("/v1/comparisons", json=body)
+    assert response.status_code == 422 and "seeds" in response.json()["detail"]
     assert count_jobs(served) == 0
 
 

@@ -30,10 +30,12 @@ PLOTS = ("convergence", "plane")
 @router.post("", status_code=202, response_model=ComparisonPublic)
 def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> ComparisonPublic:
     """One job per method × seed, all at the same objective, space and budget."""
-    seeds = list(range(body.seeds)) if isinstance(body.seeds, int) else body.seeds
-    if not 1 <= len(seeds) <= settings.max_seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise HTTPException(422, f"seeds={body.seeds!r}: give 1 to {settings.max_seeds} distinct seeds >= 0 "
-                                 f"(a count or a list)")
+    count = body.seeds if isinstance(body.seeds, int) else len(body.seeds)
+    seeds = list(range(count)) if isinstance(body.seeds, int) and 1 <= count <= settings.max_seeds else body.seeds
+    if (not 1 <= count <= settings.max_seeds or len(set(seeds)) != len(seeds)
+            or not all(0 <= s < 2**31 for s in seeds)):
+        raise HTTPException(422, f"seeds={str(body.seeds)[:50]}: give 1 to {settings.max_seeds} distinct seeds "
+                                 f"in [0, 2**31) (a count or a list)")
     unknown = sorted(set(body.options) - set(body.methods))
     if unknown:
         raise HTTPException(422, f"options for {unknown}: those methods are not in methods={body.methods}")
@@ -85,6 +87,8 @@ def plot(comparison_id: str, name: str, db: DatabaseDep, settings: SettingsDep, 
         group, jobs = found
         if overall_status(jobs) not in FINAL_STATUSES:
             raise HTTPException(409, "the comparison is still running: plots exist once every job has ended")
+        if not any(j.status == "succeeded" for j in jobs):
+            raise HTTPException(409, "no job of this comparison succeeded: there is nothing to plot")
         build_table(db, settings, group.id, jobs)
     return FileResponse(path, media_type="image/png")
 

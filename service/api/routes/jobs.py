@@ -19,6 +19,7 @@ from service.schemas import JobCreate, JobList, JobPublic, JobStatus, Method, Tr
 from service.validation import SpecError, normalise
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+PAGE = 1000
 
 
 def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None = None) -> JobPublic:
@@ -120,10 +121,13 @@ async def _event_stream(db: Database, job_id: str, interval: float) -> AsyncIter
     status, last = None, -1
     while True:
         job = await run_in_threadpool(crud.get_job, db, job_id=job_id)
-        trials = await run_in_threadpool(crud.list_trials, db, job_id=job_id, after=last)
-        for trial in trials:
-            last = trial.number
-            yield _sse("trial", trial_public(trial).model_dump(mode="json"))
+        while True:  # every trial recorded before the job was read, page by page
+            trials = await run_in_threadpool(crud.list_trials, db, job_id=job_id, after=last, limit=PAGE)
+            for trial in trials:
+                last = trial.number
+                yield _sse("trial", trial_public(trial).model_dump(mode="json"))
+            if len(trials) < PAGE:
+                break
         if job.status != status:
             status = job.status
             yield _sse("status", {"status": status, "gradient_evals": job.gradient_evals,
