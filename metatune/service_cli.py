@@ -50,7 +50,15 @@ def serve_command(args: argparse.Namespace) -> int:
     from service.core.config import Settings
     from service.main import create_app
 
+    from service.core.db import Database
+    from service.core.migrations import prepare
+
     settings = Settings()
+    db = Database(settings.database_url)
+    try:  # an outdated database is refused here, as one line, before the server starts
+        prepare(db.engine, db.url)
+    finally:
+        db.dispose()
     if not args.no_worker:  # before uvicorn installs its signal handlers: ray.init replaces SIGTERM's
         from metatune.distributed import ensure_ray
 

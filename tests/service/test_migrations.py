@@ -67,3 +67,17 @@ def test_a_new_database_is_migrated_and_an_outdated_one_refused(database_url):
             prepare(db.engine, db.url)
     finally:
         db.dispose()
+
+
+def test_serve_refuses_an_outdated_database_in_one_line(sqlite_url, capsys, monkeypatch):
+    from metatune.cli import main
+
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    with db.engine.begin() as connection:
+        connection.execute(text(f"DELETE FROM {VERSION_TABLE}"))
+    db.dispose()
+    monkeypatch.setenv("METATUNE_DATABASE_URL", sqlite_url)
+    assert main(["serve", "--no-worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metatune db upgrade" in err and "Traceback" not in err
