@@ -90,7 +90,7 @@ class Comparison:
         }
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=2)
+        return json.dumps(json_safe(self.to_dict()), indent=2)
 
     def plot(self, path: str) -> list[str]:
         """Write the convergence and η–β plane plots as ``<path>-convergence.png`` and
@@ -118,14 +118,14 @@ def _trial_dict(trial: Trial) -> dict[str, Any]:
     return {k: getattr(trial, k) for k in trial.__dataclass_fields__}
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no inf/NaN: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from metatune import objectives
 from metatune.compare import Comparison as LibraryComparison
-from metatune.compare import _finite
+from metatune.compare import json_safe
 from metatune.tuners import TuneResult
 from metatune.tuners.base import estimate_curvature
 from service import crud
@@ -125,4 +125,4 @@ def build_table(db: Database, settings: Settings, comparison_id: str, jobs: list
     folder = plot_folder(settings, comparison_id)
     folder.mkdir(parents=True, exist_ok=True)
     comparison.plot(str(folder / "comparison"))
-    return _finite({"summary": comparison.summary(), "markdown": comparison.table(), "target": target})
+    return json_safe({"summary": comparison.summary(), "markdown": comparison.table(), "target": target})
