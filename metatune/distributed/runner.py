@@ -93,8 +93,8 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
         resources: per trial, ``{"cpu": 1, "gpu": 0}`` by default.
         concurrency: trials running at once.
         callback: receives each :class:`~metatune.tuners.base.Trial` in the driver.
-        cancel: a callable or ``threading.Event``; when true, the run stops within a second
-            and the result is marked ``cancelled``.
+        cancel: a callable or ``threading.Event``; when true, the run stops within seconds
+            (Ray polls it every 0.1 s) and the result is marked ``cancelled``.
         ray_address: a running cluster (default ``RAY_ADDRESS``, else an embedded local Ray).
         storage: folder for Ray's results (default ``<ray root>/results``).
         max_retries: how often a crashed trial is retried before it is recorded failed.
