@@ -100,17 +100,17 @@ def run_worker(url: str, tmp_path, lease: float = 2.0) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def test_a_killed_workers_job_is_resumed_without_losing_or_repeating_a_trial(sqlite_url, tmp_path):
-    upgrade(sqlite_url)
-    db = Database(sqlite_url)
-    settings = Settings(database_url=sqlite_url, max_gradient_evals=1e7)
+def test_a_killed_workers_job_is_resumed_without_losing_or_repeating_a_trial(database_url, tmp_path):
+    upgrade(database_url)
+    db = Database(database_url)
+    settings = Settings(database_url=database_url, max_gradient_evals=1e7)
     from service.schemas import JobCreate
     from service.validation import normalise
 
     spec = normalise(JobCreate(objective="mlp-digits", method="tpe", budget={"inner_steps": 100, "trials": 40}),
                      settings)
     (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
-    first = run_worker(sqlite_url, tmp_path)
+    first = run_worker(database_url, tmp_path)
     try:
         deadline = time.monotonic() + 120
         while len(crud.list_trials(db, job_id=job.id)) < 6:
@@ -120,7 +120,7 @@ def test_a_killed_workers_job_is_resumed_without_losing_or_repeating_a_trial(sql
         os.killpg(first.pid, signal.SIGKILL)  # the worker and its embedded Ray, without warning
         first.wait()
     before = {t.number: (t.lr, t.momentum, t.value) for t in crud.list_trials(db, job_id=job.id)}
-    second = run_worker(sqlite_url, tmp_path)
+    second = run_worker(database_url, tmp_path)
     try:
         deadline = time.monotonic() + 180
         while crud.get_job(db, job_id=job.id).status != "succeeded":
