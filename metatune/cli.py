@@ -34,6 +34,11 @@ def _demo(args: argparse.Namespace) -> int:
           f"stable={run.stable} (curvature-driven), saddle seen={run.saddle_seen} (ρ > 1 from negative curvature "
           f"is saddle escape, not divergence)")
     result = tune(objective, "metagrad", budget=args.budget, seed=0, mode="reverse")
+    if not result.trials:
+        cost = objective.steps + 1
+        print(f"metagrad: a budget of {args.budget:g} gradient evaluations bought no meta-gradient at T={args.steps} "
+              f"(one costs several training runs of {cost} each): raise --budget or lower --steps")
+        return 0
     print(f"metagrad, {result.gradient_evals:.0f} gradient evaluations, {len(result.trials)} trials: "
           f"best lr {result.best_lr:.4g}, momentum {result.best_momentum:.4g}, val loss {result.best_value:.4f} "
           f"(from {result.trials[0].value:.4f} at its first trial)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import warnings
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,14 @@ def _pyplot():  # noqa: ANN202 - matplotlib without a display
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str) -> None:  # noqa: ANN001
+    """Write the figure, creating its folder."""
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def best_so_far_on(result: TuneResult, grid: np.ndarray) -> np.ndarray:
@@ -55,7 +65,7 @@ def convergence(cmp: Comparison, path: str) -> str:
     ax.set_title(f"{cmp.objective.name}: median over {len(cmp.seeds)} seeds, band = min–max")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -100,7 +110,7 @@ def plane(cmp: Comparison, path: str) -> str:
                  f"(shaded: ρ > 1)")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 

@@ -29,3 +29,8 @@ def test_a_user_error_is_one_line_on_stderr_and_exit_code_two(capsys):
     assert main(["compare", "--objective", "nope", "--methods", "tpe", "--budget", "100", "--seeds", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "objective='nope' is invalid" in err and "Traceback" not in err
+
+
+def test_demo_with_a_budget_too_small_for_a_meta_gradient_says_so(capsys):
+    assert main(["demo", "--steps", "20", "--budget", "30"]) == 0
+    assert "bought no meta-gradient" in capsys.readouterr().out

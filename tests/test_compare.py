@@ -82,3 +82,11 @@ def test_cli_prints_the_table_and_writes_json_and_plots(tmp_path, capsys):
     assert written == ["compare-quadratic-convergence.png", "compare-quadratic-plane.png", "compare-quadratic.json"]
     data = json.loads((tmp_path / "compare-quadratic.json").read_text())
     assert data["objective"]["params"]["dim"] == 6
+
+
+def test_plots_create_their_folder(tmp_path):
+    from metatune.compare import compare
+
+    cmp = compare("quadratic", ["random"], budget=301 * 2, seeds=[0])
+    written = cmp.plot(str(tmp_path / "new" / "folder" / "quadratic"))
+    assert all((tmp_path / "new" / "folder").joinpath(p.rsplit("/", 1)[-1]).stat().st_size > 1000 for p in written)

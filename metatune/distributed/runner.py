@@ -117,6 +117,7 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
         raise invalid("resources.gpu", resources.gpu, "0 for an objective that is not registered (GPU trials "
                                                       "rebuild the objective on their device by name)")
     tuner = build_tuner(objective, method, budget, seed, callback, options)
+    tuner.curvature()  # for ρ in reports: outside the timed run, as in-process
     began = time.perf_counter()
     tuner.spent += tuner.prepare()
     job = Job(uuid.uuid4().hex, objective, registered, tuner.seed, tuner.steps, tuple(tuner.curvature().eigenvalues))

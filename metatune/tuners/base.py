@@ -132,7 +132,10 @@ class Tuner(abc.ABC):
 
     def run(self, history: list[Trial] | None = None) -> TuneResult:
         """Run the search to the end of the budget and return every trial (resuming after
-        ``history`` when given)."""
+        ``history`` when given). The curvature used to report ρ is estimated before the
+        clock starts, so no method's wall time includes it (metagrad, which also steers by
+        it, is charged its gradient evaluations in :meth:`prepare`)."""
+        self.curvature()
         start = time.perf_counter()
         try:
             self.search(history)

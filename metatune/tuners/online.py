@@ -9,7 +9,7 @@ stability guard as ``metagrad`` caps η. Each run of T steps is one trial (its v
 
 The meta-gradient over K ≪ T steps is biased towards what helps *now* (short-horizon
 bias, Wu et al., 2018): greedy choices of η that lower the loss in K steps can be far
-from the η best for the whole run. ``metatune bench horizon`` measures it.
+from the η best for the whole run. ``examples/short_horizon_bias.py`` measures it.
 """
 
 from __future__ import annotations
