@@ -92,7 +92,8 @@ class MetagradSearch(DriverOnly, Searcher):
     computes :func:`metatune.hypergrad` there and reports
     :func:`metatune.distributed.hypergrad_report` of it (the validation loss ``value`` with
     ``dvalue_dlr``, ``dvalue_dmomentum``, ``growth_rate`` and ``amplification``). Trial
-    count and stopping are Ray's (``num_samples``, stoppers).
+    count and stopping are Ray's (``num_samples``, stoppers). Restoring a stopped Ray
+    experiment does not restore the chains (they start again from ``starts``).
 
     Args:
         space: the box (η, β) stays in (default: η ∈ [1e-4, 1], β ∈ [0, 0.99]).
