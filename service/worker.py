@@ -10,6 +10,7 @@ request reaches the run through the heartbeat (Ray stops within a second of it).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -57,8 +58,7 @@ class JobWriter:
             self.flushed_at = time.monotonic()
         if not trials:
             return
-        lambda_max = trials[0].lambda_max
-        lambda_max = lambda_max if lambda_max == lambda_max else None
+        lambda_max = trials[0].lambda_max if math.isfinite(trials[0].lambda_max) else None
         if not crud.write_trials(self.db, job_id=self.job_id, worker=self.worker, trials=trials, lambda_max=lambda_max):
             raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker}")
 

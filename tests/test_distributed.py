@@ -137,16 +137,23 @@ def test_metagrad_search_inside_a_users_own_tuner(ray_cluster):
 
 
 def _timed_trial(config):
+    """Marks its start, then holds until four trials have started (or 20 s pass), so that
+    four trials overlap whenever the scheduler lets four run; a fifth never could."""
     began = time.time()
     device = distributed.trainable.assigned_device()
-    time.sleep(0.6)
+    folder = Path(config["folder"])
+    (folder / f"start-{config['i']}").touch()
+    while len(list(folder.glob("start-*"))) < 4 * (1 + config["i"] // 4) and time.time() - began < 20:
+        time.sleep(0.05)
+    time.sleep(0.2)
     ray_tune.report({"began": began, "ended": time.time(), "device": device, "gpus": len(ray.get_gpu_ids()),
                      "threads": torch.get_num_threads()})
 
 
-def test_fractional_gpus_share_one_gpu_four_at_a_time_and_stay_on_cpu(ray_cluster):
+def test_fractional_gpus_share_one_gpu_four_at_a_time_and_stay_on_cpu(ray_cluster, tmp_path):
     trainable = ray_tune.with_resources(_timed_trial, {"cpu": 0.25, "gpu": 0.25})
-    grid = ray_tune.Tuner(trainable, param_space={"i": ray_tune.grid_search(list(range(8)))},
+    grid = ray_tune.Tuner(trainable, param_space={"i": ray_tune.grid_search(list(range(8))), "folder": str(tmp_path)},
+                          tune_config=ray_tune.TuneConfig(reuse_actors=True),
                           run_config=ray_tune.RunConfig(storage_path=str(ray_cluster / "gpu"), verbose=0)).fit()
     frame = grid.get_dataframe()
     events = sorted([(b, 1) for b in frame["began"]] + [(e, -1) for e in frame["ended"]])

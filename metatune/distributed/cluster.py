@@ -22,9 +22,6 @@ SOCKET_ROOM = 44
 """Longest temp folder Ray accepts: its session folder and socket names add about 62
 characters, and a Unix socket path holds at most 107."""
 
-_started = False
-
-
 def default_root() -> Path:
     """``METATUNE_RAY_DIR``, else ``~/.cache/metatune/ray``."""
     return Path(os.environ.get("METATUNE_RAY_DIR") or Path.home() / ".cache" / "metatune" / "ray")
@@ -63,19 +60,15 @@ def ensure_ray(address: str | None = None, *, root: str | Path | None = None, nu
         except ConnectionError as error:
             raise invalid("ray_address", address, f"the address of a running Ray cluster ({error})") from None
     else:
-        global _started
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _temp_dir=temp_dir(Path(root) if root else default_root()), **quiet)
-        _started = True
         atexit.register(shutdown)
     return True
 
 
 def shutdown() -> None:
-    """Stop the embedded Ray this process started (a cluster attached to is left running)."""
-    global _started
+    """Stop the embedded Ray this process started, or disconnect from a cluster (which goes on running)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    _started = False

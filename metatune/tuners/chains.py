@@ -47,6 +47,14 @@ def log_loss_gradient(lr: float, momentum: float, value: float, dvalue_dlr: floa
     return np.array([dvalue_dlr * lr, -dvalue_dmomentum * (1.0 - momentum)]) / max(value, 1e-300)
 
 
+def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] | None = None) -> np.ndarray:
+    """Clip u into the space, and η under ``lr_cap(β)`` (a stability guard) when given."""
+    u1 = float(np.clip(u[1], math.log(1.0 - space.momentum_high), math.log(1.0 - space.momentum_low)))
+    cap = space.lr_high if lr_cap is None else min(space.lr_high, lr_cap(1.0 - math.exp(u1)))
+    u0 = float(np.clip(u[0], math.log(min(space.lr_low, cap)), math.log(cap)))
+    return np.array([u0, u1])
+
+
 @dataclass
 class Start:
     """One chain: the last accepted u, its log-loss and gradient, and the optimiser's state."""
@@ -133,18 +141,9 @@ class MetagradChains:
         self.max_amplification, self._lr_cap = float(max_amplification), lr_cap
         self.starts = [Start(self.project(encode(lr, m)), index=i) for i, (lr, m) in enumerate(starts)]
 
-    def lr_cap(self, momentum: float) -> float:
-        """The largest η the guard and the space allow at β."""
-        high = self.space.lr_high
-        return high if self._lr_cap is None else min(high, self._lr_cap(momentum))
-
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the guard."""
-        space = self.space
-        u1 = float(np.clip(u[1], math.log(1.0 - space.momentum_high), math.log(1.0 - space.momentum_low)))
-        cap = self.lr_cap(1.0 - math.exp(u1))
-        u0 = float(np.clip(u[0], math.log(min(space.lr_low, cap)), math.log(cap)))
-        return np.array([u0, u1])
+        return project(u, self.space, self._lr_cap)
 
     def ask(self) -> Step | None:
         """The next proposal of the idle chain with the fewest attempts (round robin when

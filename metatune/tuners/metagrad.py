@@ -35,7 +35,7 @@ from metatune.errors import invalid
 from metatune.hypergrad import MODES
 from metatune.stability import critical_lr, optimal_hyperparameters
 from metatune.tuners.base import Tuner, is_diverged
-from metatune.tuners.chains import OUTER, MetagradChains, Step, decode, encode
+from metatune.tuners.chains import OUTER, MetagradChains, decode, encode, project
 from metatune.tuners.evaluation import Outcome, Proposal
 
 ASSUMED_CONDITION = 100.0
@@ -102,12 +102,10 @@ class MetagradTuner(Tuner):
 
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the stability guard."""
-        return self.make_chains([]).project(u)
+        return project(u, self.space, self.lr_cap)
 
     def make_chains(self, starts: list[tuple[float, float]]) -> MetagradChains:
-        """Chains from ``starts`` (a placeholder start when empty: projection only)."""
-        return MetagradChains(self.space, starts or [(self.space.lr_low, self.space.momentum_low)],
-                              outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.lr_cap,
+        return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.lr_cap,
                               max_amplification=self.max_amplification)
 
     # -- ask / tell -----------------------------------------------------------------------------
@@ -148,11 +146,8 @@ class MetagradTuner(Tuner):
             starts = [decode(self.theory_point())] + [(o.lr, o.momentum) for o in best]
             self.chains = self.make_chains(starts[: self.n_starts])
             return
-        outcome, step = outcomes[0], proposal.step
-        if step is None:  # a proposal rebuilt from a config: find its chain's step again
-            step = Step(proposal.start, outcome.lr, outcome.momentum, tuple(encode(outcome.lr, outcome.momentum)))
-        metrics, failed = outcome.metrics, outcome.error is not None
-        self.chains.tell(step, math.nan if failed else outcome.value, metrics.get("dvalue_dlr", math.nan),
+        outcome, metrics, failed = outcomes[0], outcomes[0].metrics, outcomes[0].error is not None
+        self.chains.tell(proposal.step, math.nan if failed else outcome.value, metrics.get("dvalue_dlr", math.nan),
                          metrics.get("dvalue_dmomentum", math.nan), metrics.get("amplification", math.inf),
                          diverged=failed or is_diverged(outcome.value, self.initial_value))
 
