@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--budget", type=float, default=20_000, help="gradient evaluations per method and seed")
     cmp.add_argument("--seeds", type=int, default=5)
     cmp.add_argument("--target", type=float, default=None, help="loss for 'evals to target'")
-    cmp.add_argument("--metagrad-mode", default=None, choices=["forward", "reverse"])
+    cmp.add_argument("--metagrad-mode", default=None, choices=["auto", "forward", "reverse"])
     cmp.add_argument("--out", default="metatune-out", help="folder for the JSON and the plots")
     cmp.add_argument("--threads", type=int, default=1)
     cmp.add_argument("--backend", default="local", choices=["local", "ray"],

@@ -62,7 +62,7 @@ class Resources(Strict):
 class MetagradOptions(Strict):
     """metagrad's options (see ``mt.tune``)."""
 
-    mode: Literal["forward", "reverse"] = "forward"
+    mode: Literal["auto", "forward", "reverse"] = "auto"
     outer: Literal["bfgs", "adam"] = "bfgs"
     meta_lr: float = Field(default=0.03, gt=0, le=10)
     margin: float = Field(default=1e-4, ge=0, lt=1)

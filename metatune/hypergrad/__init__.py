@@ -9,6 +9,8 @@ Sₜ₊₁ = Jₜ Sₜ + Bₜ (DESIGN.md §1). Three modes compute ∂ℓ_val/�
   every K steps and recomputes each segment, trading time for memory.
 * ``truncated``: reverse through the last ``truncate`` steps only (short-horizon bias);
   equals ``reverse`` when ``truncate == steps``.
+* ``auto``: reverse when its stored graph fits ``memory_budget``, checkpointed reverse when
+  only that fits, else forward (:mod:`metatune.hypergrad.auto`).
 
 Each result also reports the growth rate of the sensitivities, a finite-time Lyapunov
 estimate γ = (log‖X_b‖ − log‖X_a‖)/(b − a) over the second half of the differentiated
@@ -21,12 +23,13 @@ from __future__ import annotations
 from metatune._types import Batches, HyperArg, Params, TrainLoss, ValLoss
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
+from metatune.hypergrad.auto import DEFAULT_MEMORY_BUDGET, Plan, choose, stored_bytes_per_step
 from metatune.hypergrad.forward import forward
 from metatune.hypergrad.result import HypergradResult
 from metatune.hypergrad.reverse import reverse
 from metatune.unroll import check_scalar_loss, prepare
 
-MODES = ("forward", "reverse", "truncated")
+MODES = ("forward", "reverse", "truncated", "auto")
 
 
 def hypergrad(
@@ -45,13 +48,15 @@ def hypergrad(
     *,
     velocity: Params | None = None,
     costs: CostModel = DEFAULT,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
 ) -> HypergradResult:
     """Differentiate ``val_loss(θ_T)`` with respect to η and β through T inner steps.
 
     Args:
         train_loss, params, lr, momentum, steps, batches, nesterov: as :func:`metatune.unroll`.
         val_loss: ``val_loss(params) -> scalar``, evaluated at θ_T.
-        mode: "forward", "reverse" or "truncated".
+        mode: "forward", "reverse", "truncated" or "auto" (reverse, checkpointed when its
+            graph exceeds ``memory_budget`` bytes, forward when even that does not fit).
         truncate: K in 1..steps, the window of "truncated" mode.
         checkpoint: for "reverse"/"truncated", keep the state every K steps and recompute.
         velocity: initial velocity (default zeros), to differentiate a stretch of a longer run.
@@ -71,6 +76,13 @@ def hypergrad(
     """
     problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     check_scalar_loss(val_loss(problem.params), "val_loss(params)")
+    if mode == "auto":
+        if isinstance(memory_budget, bool) or not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
+            raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+        if checkpoint is not None:
+            raise invalid("checkpoint", checkpoint, "None with mode='auto' (it chooses the checkpointing)")
+        plan = choose(steps, stored_bytes_per_step(train_loss, problem.params, problem.batches[0]), memory_budget)
+        mode, checkpoint = plan.mode, plan.checkpoint
     window = _window(mode, truncate, steps)
     if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1):
         raise invalid("checkpoint", checkpoint, "None or an integer >= 1 (steps between stored states)")
@@ -97,4 +109,4 @@ def _window(mode: str, truncate: int | None, steps: int) -> int:
 
 
 
-__all__ = ["MODES", "HypergradResult", "hypergrad"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "MODES", "HypergradResult", "Plan", "choose", "hypergrad", "stored_bytes_per_step"]

@@ -51,7 +51,8 @@ class Objective:
         val_loss: ``val_loss(params) -> scalar``.
         batches: ``batches(seed, steps) -> at least steps batches`` (or None for full-batch).
         space: default search space; steps: default inner horizon T.
-        optimum: known (η*, β*, ρ*) where theory gives them (``{"lr", "momentum", "spectral_radius"}``).
+        optimum: known (η*, β*, ρ*) where theory gives them (``{"lr", "momentum", "spectral_radius"}``),
+            for reports and plots only: no tuner reads it (a user's objective does not know it).
     """
 
     name: str

@@ -24,6 +24,7 @@ from metatune.stability.spectrum import (
     extreme_eigenvalues,
     hessian_vector_product,
     largest_eigenvalue,
+    spectrum_ends,
 )
 from metatune.stability.theory import (
     Regime,
@@ -48,6 +49,7 @@ __all__ = [
     "extreme_eigenvalues",
     "hessian_vector_product",
     "largest_eigenvalue",
+    "spectrum_ends",
     "optimal_hyperparameters",
     "regime",
     "spectral_radius",

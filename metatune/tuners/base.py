@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
-from metatune.stability import HessianOperator, hessian_vector_product, largest_eigenvalue, spectral_radius
+from metatune.stability import HessianOperator, hessian_vector_product, spectral_radius, spectrum_ends
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
 from metatune.tuners.records import DIVERGENCE_FACTOR, STATUSES, Trial, TuneResult, is_diverged
 
@@ -35,8 +35,8 @@ class BudgetExhausted(Exception):
 
 @dataclass(frozen=True)
 class Curvature:
-    """λ_max (and λ_min where the objective knows it, else NaN) of the training-loss Hessian
-    at θ₀, and what estimating them cost."""
+    """Estimated ends of the training-loss Hessian's spectrum at θ₀ (λ_min NaN where that end
+    is not positive), and what estimating them cost."""
 
     lambda_min: float
     lambda_max: float
@@ -44,7 +44,7 @@ class Curvature:
 
     @property
     def eigenvalues(self) -> list[float]:
-        """The known ends of the spectrum, λ_min only when known and > 0."""
+        """The estimated ends of the spectrum, λ_min only when known and > 0."""
         low = self.lambda_min
         return [low, self.lambda_max] if math.isfinite(low) and low > 0 else [self.lambda_max]
 
@@ -242,13 +242,13 @@ class Tuner(abc.ABC):
         return Proposal(tuple((float(lr), float(m)) for lr, m in points), self.trial_cost() * len(points))
 
     def curvature(self) -> Curvature:
-        """λ_min, λ_max at θ₀ on the first batch (the objective's exact values if it has them)."""
+        """λ_min, λ_max at θ₀ on the first batch, estimated (:func:`estimate_curvature`)."""
         if self._curvature is None:
             self._curvature = estimate_curvature(self.objective, self.params, self.batches, self.costs)
         return self._curvature
 
     def spectral_radius(self, lr: float, momentum: float) -> float:
-        """ρ of the transition over the known curvature at θ₀ (λ_max, and λ_min where known):
+        """ρ of the transition over the estimated curvature at θ₀ (λ_max, and λ_min where > 0):
         ρ ≥ 1 means the mode of largest curvature diverges."""
         return float(spectral_radius(lr, momentum, self.curvature().eigenvalues))
 
@@ -260,14 +260,12 @@ def _outcome_of(trial: Trial) -> Outcome:
 
 
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:
-    """The objective's exact λ_min, λ_max when it has them; else λ_max of the training loss at
-    ``params`` on the first batch by Lanczos to 1e-3 (λ_min is left NaN: near zero or negative
-    for networks, slow to converge, and not needed by the guard). Each Hessian-vector product
-    (a jvp of the gradient) costs ``costs.hvp`` gradients."""
-    known = objective.optimum or {}
-    if "lambda_min" in known and "lambda_max" in known:
-        return Curvature(known["lambda_min"], known["lambda_max"], 0.0)
+    """The ends of the training-loss Hessian's spectrum at ``params`` on the first batch, from
+    one Lanczos run (:func:`~metatune.stability.spectrum_ends`: λ_max to 1e-3, λ_min as far as
+    40 products resolve it, NaN when that end is ≤ 0, as for most networks). Each
+    Hessian-vector product (a jvp of the gradient) costs ``costs.hvp`` gradients. Nothing
+    is read from ``objective.optimum``: a user's objective does not know its spectrum."""
     batch = None if batches is None else batches[0]
     operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch), params)
-    top = largest_eigenvalue(operator, tol=1e-3)
-    return Curvature(math.nan, top, operator.evals * costs.hvp)
+    low, top = spectrum_ends(operator, max_steps=100, tol=1e-3)
+    return Curvature(low if low > 0 else math.nan, top, operator.evals * costs.hvp)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metatune.costs import CostModel, measure
-from metatune.hypergrad import hypergrad
+from metatune.hypergrad import Plan, choose, hypergrad, stored_bytes_per_step
 from metatune.objectives import Objective
 from metatune.population import train_population
 from metatune.unroll import is_finite, unroll
@@ -25,6 +25,7 @@ class Proposal:
 
     ``points``: (η, β) pairs, each trained T steps from θ₀ (several at once as one vmapped
     population); with ``hypergrad`` set (a mode), one point whose meta-gradient is taken.
+    ``checkpoint``: reverse mode's segment length (None: store every step).
     ``start`` names the metagrad chain a meta-gradient belongs to.
     """
 
@@ -33,11 +34,12 @@ class Proposal:
     hypergrad: str | None = None
     start: int | None = None
     step: Any = None
+    checkpoint: int | None = None
 
     def to_config(self) -> dict[str, Any]:
         """A JSON-able form (a Ray trial's config); a single point also as ``lr``, ``momentum``."""
         config: dict[str, Any] = {"points": [list(p) for p in self.points], "cost": self.cost,
-                                  "hypergrad": self.hypergrad, "start": self.start}
+                                  "hypergrad": self.hypergrad, "start": self.start, "checkpoint": self.checkpoint}
         if len(self.points) == 1:
             config["lr"], config["momentum"] = self.points[0]
         return config
@@ -47,7 +49,8 @@ class Proposal:
         """Inverse of :meth:`to_config`; a bare ``{"lr", "momentum"}`` (Optuna's) is one point."""
         if "points" in config:
             points = tuple((float(lr), float(m)) for lr, m in config["points"])
-            return cls(points, float(config["cost"]), config.get("hypergrad"), config.get("start"))
+            return cls(points, float(config["cost"]), config.get("hypergrad"), config.get("start"),
+                       checkpoint=config.get("checkpoint"))
         return cls(((float(config["lr"]), float(config["momentum"])),), default_cost)
 
 
@@ -87,14 +90,21 @@ class Context:
         """A fixed-(η, β) trial: T gradients and one validation evaluation."""
         return self.steps + 1.0
 
-    def hypergrad_cost(self, mode: str) -> float:
-        return self.costs.hypergrad(mode, self.steps)
+    def plan(self, mode: str) -> Plan:
+        """``mode`` as run: "auto" resolved by measuring reverse mode's graph on the first batch."""
+        if mode != "auto":
+            return Plan(mode)
+        batch = None if self.batches is None else self.batches[0]
+        return choose(self.steps, stored_bytes_per_step(self.objective.train_loss, self.params, batch))
+
+    def hypergrad_cost(self, plan: Plan) -> float:
+        return self.costs.hypergrad(plan.mode, self.steps, checkpoint=plan.checkpoint)
 
 
 def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:
     """Train (or differentiate) every point of ``proposal``; one :class:`Outcome` per point."""
     if proposal.hypergrad is not None:
-        return [evaluate_hypergrad(context, *proposal.points[0], proposal.hypergrad)]
+        return [evaluate_hypergrad(context, *proposal.points[0], proposal.hypergrad, proposal.checkpoint)]
     if len(proposal.points) == 1:
         return [evaluate_point(context, *proposal.points[0])]
     return evaluate_population(context, list(proposal.points))
@@ -118,11 +128,12 @@ def evaluate_population(context: Context, points: list[tuple[float, float]]) -> 
             for (lr, m), value, loss in zip(points, result.values.tolist(), result.final_train_loss.tolist())]
 
 
-def evaluate_hypergrad(context: Context, lr: float, momentum: float, mode: str) -> Outcome:
+def evaluate_hypergrad(context: Context, lr: float, momentum: float, mode: str,
+                       checkpoint: int | None = None) -> Outcome:
     """ℓ_val(θ_T) with its meta-gradient ∂ℓ/∂η, ∂ℓ/∂β, the growth rate and amplification."""
     objective, began = context.objective, time.perf_counter()
     hg = hypergrad(objective.train_loss, objective.val_loss, context.params, lr, momentum, context.steps,
-                   context.batches, mode=mode, costs=context.costs)
+                   context.batches, mode=mode, checkpoint=checkpoint, costs=context.costs)
     return Outcome(lr, momentum, hg.value, time.perf_counter() - began, hypergrad_metrics(hg))
 
 

@@ -21,8 +21,9 @@ lower than the last accepted one and its run neither diverged nor amplified the
 sensitivities more than ``max_amplification``; otherwise the tuner stays at the last
 accepted point and halves its step. Starts: the rate-optimal (η*, β*) of [λ_low, λ_max],
 λ_low = max(λ_min, λ_max/κ_T), κ_T = (T/5)² the largest condition number T steps can
-resolve (λ_max/100 where λ_min is unknown), plus the best of a screening population when
-the budget affords it. The starts take outer steps in turn until the budget is spent.
+resolve, λ_min the smallest Ritz value of the same Lanczos run (λ_max/100 where that is
+not positive, as on most networks), plus the best of a screening population when the
+budget affords it. Nothing comes from the objective's ``optimum``. The starts take outer steps in turn until the budget is spent.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class MetagradTuner(Tuner):
     """Gradient-based tuning of (η, β) through the unrolled run; see the module docstring.
 
     Args:
-        mode: hypergradient mode ("forward", "reverse").
+        mode: hypergradient mode: "auto" (reverse, checkpointed or forward, whichever is
+            cheapest among those whose memory fits; :mod:`metatune.hypergrad.auto`),
+            "forward" or "reverse".
         outer: "bfgs" or "adam".
         meta_lr: first step length in u (0.03 ≈ a 3 % change of η or of 1 − β); Adam's step.
         margin: the guard keeps η ≤ (1 − margin) · critical lr at θ₀.
@@ -62,12 +65,12 @@ class MetagradTuner(Tuner):
 
     name = "metagrad"
 
-    def __init__(self, objective, *, mode: str = "forward", outer: str = "bfgs", meta_lr: float = 0.03,  # noqa: ANN001
+    def __init__(self, objective, *, mode: str = "auto", outer: str = "bfgs", meta_lr: float = 0.03,  # noqa: ANN001
                  margin: float = 1e-4, guard: bool = True, screen: int | None = None, starts: int = 2,
                  max_amplification: float = 1e8, **kwargs) -> None:  # noqa: ANN003
         super().__init__(objective, **kwargs)
         if mode not in MODES or mode == "truncated":
-            raise invalid("mode", mode, "'forward' or 'reverse'")
+            raise invalid("mode", mode, "'auto', 'forward' or 'reverse'")
         if outer not in OUTER:
             raise invalid("outer", outer, f"one of {OUTER}")
         if not (isinstance(meta_lr, (int, float)) and meta_lr > 0):
@@ -82,7 +85,9 @@ class MetagradTuner(Tuner):
             raise invalid("starts", starts, "an integer >= 1")
         if not (isinstance(max_amplification, (int, float)) and max_amplification > 1):
             raise invalid("max_amplification", max_amplification, "a number > 1")
-        self.mode, self.outer, self.meta_lr, self.margin = mode, outer, meta_lr, margin
+        self.outer, self.meta_lr, self.margin = outer, meta_lr, margin
+        self.plan = self.context.plan(mode)
+        self.mode = self.plan.mode
         self.screen, self.n_starts, self.max_amplification = screen, starts, max_amplification
         self.guard = guard
         self.chains: MetagradChains | None = None
@@ -124,7 +129,7 @@ class MetagradTuner(Tuner):
         return cost
 
     def hypergrad_cost(self) -> float:
-        return self.context.hypergrad_cost(self.mode)
+        return self.context.hypergrad_cost(self.plan)
 
     def ask(self, remaining: float) -> Proposal | None:
         if self.screening is not None:
@@ -137,7 +142,8 @@ class MetagradTuner(Tuner):
         step = self.chains.ask()
         if step is None:
             return None
-        return Proposal(((step.lr, step.momentum),), self.hypergrad_cost(), self.mode, step.start, step)
+        return Proposal(((step.lr, step.momentum),), self.hypergrad_cost(), self.mode, step.start, step,
+                        self.plan.checkpoint)
 
     def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
         if proposal.hypergrad is None:  # the screening population: its best points become starts
