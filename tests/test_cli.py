@@ -28,8 +28,8 @@ def test_demo_prints_agreeing_meta_gradients_a_stability_report_and_a_tuning(cap
     forward, reverse = ([float(x) for x in grads[m]] for m in ("forward", "reverse"))
     assert all(abs(a - b) <= 1e-4 * max(abs(b), 1e-12) for a, b in zip(forward, reverse))
     assert re.findall(r"cost (\d+) grad evals", out) == ["101", "61"]
-    report = dict(re.findall(r"^  (lambda_max|lambda_min|spectral_radius|critical_lr|stable|saddle)\s+(\S+)$", out,
-                             re.MULTILINE))
+    keys = "lambda_max|lambda_min|spectral_radius|critical_lr|stable|saddle"
+    report = dict(re.findall(rf"^  ({keys})\s+(\S+)$", out, re.MULTILINE))
     high, low = float(report["lambda_max"]), float(report["lambda_min"])
     assert float(report["critical_lr"]) == pytest.approx(2 * 1.9 / high, rel=1e-12)
     radius = max(_transition_radius(0.1, 0.9, lam) for lam in (low, high))
