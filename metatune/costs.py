@@ -5,18 +5,20 @@ Three multiples of one gradient evaluation, counted in matmul/conv FLOPs by :fun
 objective what its meta-gradients cost:
 
 * ``primal``: the gradient itself as computed inside a ``jvp``, paid once per step whatever
-  the number k of tangents. It is 2 where ``torch.func.jvp`` computes a product twice (a
-  product one of whose factors carries no tangent, e.g. a first layer times its data) and 1
-  where it does not (conv layers, products of two parameters).
-* ``tangent``: one more tangent carried through the gradient (forward mode), each k.
+  the number k of tangents: between 1 and 2, since ``torch.func.jvp`` computes twice each
+  product one of whose factors carries no tangent (a layer times its data: 2 for a linear
+  model) and once any other (conv layers, products of two parameters: 1).
+* ``tangent``: each of the k tangents carried through the gradient (forward mode).
 * ``backward_step``: a backward pass through one gradient evaluation (reverse mode).
 
-Decision on the recomputed primal: it is charged, because forward mode really executes it
-(:func:`metatune.hypergrad.forward.tangent_step` is this vmapped jvp, eager or compiled, and
-the budget compares methods by the work they do); and it is charged to the step, not to the
-tangent, since it is paid once for any k. Spread over k = 2 tangents it would over-charge a
-step with k = 4 (per-group η, β) and under-charge one with k = 1. tests/test_costs.py checks
-the charges against the FLOPs the runs execute.
+Decision on the recomputed primal: it is charged, because forward mode executes it
+(:func:`metatune.hypergrad.forward.tangent_step` is this vmapped jvp) and the budget compares
+methods by the work they do; ``compile=True`` may fuse part of it away, and is charged the
+eager count all the same. It is charged to the step, not to the tangent, since it is paid
+once whatever k: spread over k = 2 tangents (as before issue 10) it over-charged a step with
+k = 4 (per-group η, β: 7 gradients charged, 6 executed on a linear layer) and under-charged
+an HVP (2.5 charged, 3 executed). tests/test_costs.py checks the charges against the FLOPs
+the runs execute.
 
     forward:   T (primal + k · tangent) + 1
     reverse:   T + (W − last segment) + W · backward_step + 1     (window W, checkpoint segments)
