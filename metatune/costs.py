@@ -1,15 +1,28 @@
-"""What a meta-gradient costs, in gradient evaluations, and how that multiple is measured.
+"""What a meta-gradient costs, in gradient evaluations, and how those multiples are measured.
 
-A tangent carried through one inner step (forward mode) and a backward pass through one
-inner step (reverse mode) each cost some multiple of one gradient evaluation. The default
-multiples (2 each) are the matmul/conv FLOP ratios measured on the digits and sequence
-objectives; :func:`measure` counts them for any training loss with
-``torch.utils.flop_counter`` (deterministic, unlike wall time), so tuners charge each
-objective what its meta-gradients really cost.
+Three multiples of one gradient evaluation, counted in matmul/conv FLOPs by :func:`measure`
+(``torch.utils.flop_counter``: deterministic, unlike wall time), so tuners charge each
+objective what its meta-gradients cost:
 
-    forward:   T (1 + k · tangent) + 1
+* ``primal``: the gradient itself as computed inside a ``jvp``, paid once per step whatever
+  the number k of tangents: between 1 and 2, since ``torch.func.jvp`` computes twice each
+  product one of whose factors carries no tangent (a layer times its data: 2 for a linear
+  model) and once any other (conv layers, products of two parameters: 1).
+* ``tangent``: each of the k tangents carried through the gradient (forward mode).
+* ``backward_step``: a backward pass through one gradient evaluation (reverse mode).
+
+Decision on the recomputed primal: it is charged, because forward mode executes it
+(:func:`metatune.hypergrad.forward.tangent_step` is this vmapped jvp) and the budget compares
+methods by the work they do; ``compile=True`` may fuse part of it away, and is charged the
+eager count all the same. It is charged to the step, not to the tangent, since it is paid
+once whatever k: spread over k = 2 tangents (as before issue 10) it over-charged a step with
+k = 4 (per-group η, β: 7 gradients charged, 6 executed on a linear layer) and under-charged
+an HVP (2.5 charged, 3 executed). tests/test_costs.py checks the charges against the FLOPs
+the runs execute.
+
+    forward:   T (primal + k · tangent) + 1
     reverse:   T + (W − last segment) + W · backward_step + 1     (window W, checkpoint segments)
-    HVP (jvp of the gradient): 1 + tangent
+    HVP (an unbatched jvp of the gradient): primal + tangent
 
 The + 1 is the validation gradient.
 """
@@ -26,16 +39,20 @@ from metatune._types import Batch, Params, TrainLoss
 
 @dataclass(frozen=True)
 class CostModel:
-    """Multiples of one gradient evaluation: a tangent through a step, a backward through a step."""
+    """Multiples of one gradient evaluation: a tangent, a backward step, the gradient under a jvp.
+
+    The defaults are :data:`DEFAULT`'s.
+    """
 
     tangent: float = 2.0
     backward_step: float = 2.0
+    primal: float = 1.0
 
     def hypergrad(self, mode: str, steps: int, hyperparameters: int = 2, window: int | None = None,
                   checkpoint: int | None = None) -> float:
         """Gradient evaluations of one meta-gradient (module docstring)."""
         if mode == "forward":
-            return steps * (1.0 + hyperparameters * self.tangent) + 1.0
+            return steps * (self.primal + hyperparameters * self.tangent) + 1.0
         window = steps if window is None else window
         last = (window - 1) % (checkpoint or window) + 1
         return steps + (window - last) + window * self.backward_step + 1.0
@@ -43,10 +60,18 @@ class CostModel:
     @property
     def hvp(self) -> float:
         """One Hessian-vector product by forward-over-reverse (it computes the gradient too)."""
-        return 1.0 + self.tangent
+        return self.primal + self.tangent
 
 
 DEFAULT = CostModel()
+"""The multiples of a product of two parameter matrices, ℓ = ‖A B‖², counted by hand (and
+checked in tests/test_costs.py): tangent 2, backward step 2, primal 1. Conv and recurrent
+networks come close to it and no registered objective measures above it (``metatune bench
+cost``, table in BENCHMARKS.md: tangent / backward step / primal 1.98 / 1.99 / 1.02 on
+cnn-digits, 1.96 / 1.96 / 1.04 on rnn-sequence); a product with data costs 1 / 1 / 2, a step
+of 2 + k ≤ 1 + 2k gradients for k ≥ 1. It is charged where the counter sees no matmul or
+conv (rosenbrock: elementwise ops only) and by :func:`metatune.hypergrad` unless ``costs=``
+is given."""
 
 
 def _mv_flops(matrix_shape, vector_shape, *args, **kwargs) -> int:  # noqa: ANN001, ARG001
@@ -67,28 +92,36 @@ def _flops(fn) -> int:  # noqa: ANN001
 
 
 def measure(train_loss: TrainLoss, params: Params, batch: Batch = None) -> CostModel:
-    """Count matmul/conv FLOPs of one gradient, of two tangents through it, and of a double
-    backward, and return their ratios (:data:`DEFAULT` when the loss has no counted ops).
+    """Count matmul/conv FLOPs of one gradient, of one and of two tangents carried through it
+    by a vmapped jvp, and of a double backward, and return their ratios (:data:`DEFAULT`
+    when the loss has no counted ops).
+
+    tangent = (F₂ − F₁)/G, primal = F₁/G − tangent, backward_step = F_bwd/G − 1, with G the
+    FLOPs of a gradient and F_k those of the jvp carrying k tangents.
 
     Example:
         >>> loss = lambda p, b: (p["w"] @ torch.ones(3, 4)).pow(2).sum()
         >>> measure(loss, {"w": torch.ones(2, 3)})
-        CostModel(tangent=1.5, backward_step=1.0)
+        CostModel(tangent=1.0, backward_step=1.0, primal=2.0)
     """
     params = {n: p.detach() for n, p in params.items()}
     gradient = _flops(lambda: torch.func.grad(train_loss)(params, batch))
     if gradient == 0:
         return DEFAULT
-    tangents = {n: torch.ones((2, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
     grad_fn = torch.func.grad(train_loss)
 
     def push(tangent: Params) -> Params:
         return torch.func.jvp(lambda p: grad_fn(p, batch), (params,), (tangent,))[1]
 
-    with_tangents = _flops(lambda: torch.func.vmap(push)(tangents))
+    def carrying(k: int) -> int:
+        tangents = {n: torch.ones((k, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
+        return _flops(lambda: torch.func.vmap(push)(tangents))
+
+    one, two = carrying(1), carrying(2)
     backward = _flops(lambda: _double_backward(train_loss, params, batch))
-    return CostModel(tangent=max(with_tangents / gradient - 1.0, 0.0) / 2.0,
-                     backward_step=max(backward / gradient - 1.0, 0.0))
+    tangent = max(two - one, 0) / gradient
+    return CostModel(tangent=tangent, backward_step=max(backward / gradient - 1.0, 0.0),
+                     primal=max(one / gradient - tangent, 0.0))
 
 
 def _double_backward(train_loss: TrainLoss, params: Params, batch: Batch) -> None:

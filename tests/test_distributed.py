@@ -81,15 +81,21 @@ def test_tune_backend_ray_and_its_errors(ray_cluster, quadratic):
 
 
 def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, quadratic):
-    """Two starts at concurrency 2: both chains take steps; every trial carries its
-    meta-gradient, and Ray's own results hold the same metrics."""
-    result = distributed.run(quadratic, "metagrad", 1_500, seed=0, concurrency=2, screen=0, starts=1,
+    """Two starts at concurrency 2 (after the screening population): both chains take steps;
+    every step carries its meta-gradient, and Ray's own results hold the same metrics."""
+    result = distributed.run(quadratic, "metagrad", 1_500, seed=0, concurrency=2, starts=2,
                              storage=ray_cluster / "m")
-    assert all({"dvalue_dlr", "dvalue_dmomentum", "growth_rate"} <= set(t.metrics) for t in result.trials)
+    steps = [t for t in result.trials if "growth_rate" in t.metrics]
+    assert len(result.trials) - len(steps) == 8  # the screening population
+    assert all({"dvalue_dlr", "dvalue_dmomentum"} <= set(t.metrics) for t in steps)
+    starts = [t.metrics["start"] for t in steps]
+    assert starts.count(0) >= 2 and starts.count(1) >= 2
     grid = ray_tune.ExperimentAnalysis(str(_latest(ray_cluster / "m"))).dataframe()
     assert {"value", "lr", "momentum", "spectral_radius", "stable", "gradient_evals", "wall_time",
             "dvalue_dlr", "growth_rate"} <= set(grid.columns)
-    assert sorted(grid["value"]) == pytest.approx(sorted(t.value for t in result.trials))
+    ray_steps = grid[grid["growth_rate"].notna()]  # one Ray trial per step, one for the population
+    assert len(grid) == len(steps) + 1
+    assert sorted(ray_steps["value"]) == pytest.approx(sorted(t.value for t in steps))
 
 
 def _latest(folder: Path) -> Path:

@@ -97,13 +97,26 @@ def test_spectral_radius_array_likes_and_grid() -> None:
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9, 0.99])
 def test_critical_lr_separates_stable_from_unstable(momentum: float, nesterov: bool) -> None:
+    """±0.01 % around the critical lr, judged by numpy eigenvalues of the 6×6 transition matrix.
+    Near ηλ = 2(1+β) the root at −1 moves by about 2(1+β)ε/(1−β) for a relative step ε
+    (heavy ball), ≥ 2e-4 here: far above rounding."""
     eigenvalues = np.array([0.1, 0.7, 5.0])
     limit = stability.critical_lr(eigenvalues.max(), momentum, nesterov)
     hessian = rotated(eigenvalues, seed=2)
-    assert matrix_radius(hessian, 0.99 * limit, momentum, nesterov) < 1
-    assert matrix_radius(hessian, 1.01 * limit, momentum, nesterov) > 1
-    assert stability.spectral_radius(0.99 * limit, momentum, eigenvalues, nesterov) < 1
-    assert stability.spectral_radius(1.01 * limit, momentum, eigenvalues, nesterov) > 1
+    assert matrix_radius(hessian, (1 - 1e-4) * limit, momentum, nesterov) < 1
+    assert matrix_radius(hessian, (1 + 1e-4) * limit, momentum, nesterov) > 1
+
+
+@pytest.mark.parametrize(
+    "lam, momentum, nesterov, expected",
+    [(4.0, 0.5, False, 0.75),  # 2 · 1.5 / 4
+     (5.0, 0.9, False, 0.76),  # 2 · 1.9 / 5
+     (4.0, 0.5, True, 0.375),  # 2 · 1.5 / (2 · 4)
+     (5.0, 0.9, True, 0.76 / 2.8),  # 2 · 1.9 / (2.8 · 5)
+     (2.0, 0.0, True, 1.0)],  # 2 / 2 either way
+)
+def test_critical_lr_worked_by_hand(lam: float, momentum: float, nesterov: bool, expected: float) -> None:
+    assert stability.critical_lr(lam, momentum, nesterov) == pytest.approx(expected, rel=1e-14)
 
 
 def test_critical_lr_without_positive_curvature_is_infinite() -> None:
@@ -187,6 +200,30 @@ def test_optimal_hyperparameters_minimise_radius(low: float, high: float) -> Non
         assert stability.spectral_radius(quoted, momentum, spectrum) > best + 1e-3
 
 
+@pytest.mark.parametrize(
+    "low, high, lr, momentum",
+    [(1.0, 9.0, 0.25, 0.25),  # √κ = 3: β* = (2/4)², η* = 4/(3 + 1)²
+     (1.0, 100.0, 4 / 121, 81 / 121),  # √κ = 10: β* = (9/11)², η* = 4/(10 + 1)²
+     (0.25, 4.0, 4 / 6.25, 0.36),  # √κ = 4: β* = (3/5)², η* = 4/(2 + 0.5)²
+     (2.0, 2.0, 0.5, 0.0)],  # κ = 1: no momentum, η* = 4/(2√2)² = 1/λ
+)
+def test_optimal_hyperparameters_worked_by_hand(low: float, high: float, lr: float, momentum: float) -> None:
+    got = stability.optimal_hyperparameters(low, high)
+    assert got[0] == pytest.approx(lr, rel=1e-14) and got[1] == pytest.approx(momentum, rel=1e-14, abs=1e-15)
+
+
+@pytest.mark.parametrize("low, high", [(1.0, 10.0), (0.5, 200.0), (3.0, 7.0)])
+def test_optimal_hyperparameters_put_both_ends_at_a_double_root(low: float, high: float) -> None:
+    """Polyak's optimum balances the two ends: at λ_min and at λ_max the 2×2 transition has a
+    double eigenvalue of modulus √β* (oracle: numpy eigenvalues). A 0.5 % error in η* or β*
+    splits a double root by ~√0.005 ≫ the tolerance."""
+    lr, momentum = stability.optimal_hyperparameters(low, high)
+    for lam in (low, high):
+        mu = np.linalg.eigvals(transition_matrix(np.array([[lam]]), lr, momentum, nesterov=False))
+        assert abs(mu[0] - mu[1]) < 1e-6
+        assert np.abs(mu) == pytest.approx([math.sqrt(momentum)] * 2, abs=1e-6)
+
+
 # --- Hessian spectrum ----------------------------------------------------------------------------
 
 
@@ -212,13 +249,21 @@ def test_estimate_on_a_rotated_quadratic(n: int, nesterov: bool) -> None:
     rep = stability.estimate(loss, params, lr, momentum, nesterov=nesterov)
     assert rep.lambda_max == pytest.approx(10.0, rel=1e-6)
     assert rep.lambda_min == pytest.approx(0.1, rel=1e-6)
-    true_radius = stability.spectral_radius(lr, momentum, eigenvalues, nesterov)
+    true_radius = matrix_radius(rotated(eigenvalues, seed=n), lr, momentum, nesterov)
     assert rep.spectral_radius == pytest.approx(true_radius, rel=1e-6)
-    assert rep.critical_lr == pytest.approx(stability.critical_lr(10.0, momentum, nesterov), rel=1e-6)
-    assert rep.stable == (rep.spectral_radius < 1) == (lr < rep.critical_lr)
+    # 2(1 + β)/λ_max = 3.2/10; Nesterov also / (1 + 2β) = 2.2
+    assert rep.critical_lr == pytest.approx(0.32 / 2.2 if nesterov else 0.32, rel=1e-6)
+    assert rep.stable == (rep.spectral_radius < 1) == (not nesterov)  # Nesterov: 0.15 > 0.32/2.2
     assert not rep.saddle
-    assert rep.regime_max == stability.regime(lr, momentum, 10.0, nesterov)
-    assert rep.damping_ratio_min == pytest.approx(stability.damping_ratio(lr, momentum, 0.1), rel=1e-6)
+    # μ² − bμ + c at ηλ_max = 1.5: heavy ball b = 1.6 − 1.5 = 0.1, c = 0.6, b² < 4c: complex roots;
+    # Nesterov b = 1.6 · (−0.5) = −0.8, c = 0.6 · (−0.5) = −0.3, b² − 4c = 1.84 > 0: real.
+    # At ηλ_min = 0.015: b = 1.585, b² = 2.51 > 4c = 2.4 (heavy ball); b = 1.576, c = 0.591,
+    # b² = 2.48 > 2.364 (Nesterov): real either way.
+    assert rep.regime_max == ("overdamped" if nesterov else "underdamped")
+    assert rep.regime_min == "overdamped"
+    # ζ = (1 − β)/(2√(ηλ)) = 0.2/√(ηλ): 0.2/√0.015 at λ_min, 0.2/√1.5 at λ_max
+    assert rep.damping_ratio_min == pytest.approx(0.2 / math.sqrt(0.015), rel=1e-6)
+    assert rep.damping_ratio_max == pytest.approx(0.2 / math.sqrt(1.5), rel=1e-6)
     assert (rep.lr, rep.momentum, rep.nesterov) == (lr, momentum, nesterov)
     if n <= 20:  # exact dense Hessian from n HVPs
         assert rep.hvp_evals == n
@@ -233,12 +278,12 @@ def test_estimate_on_a_rotated_quadratic(n: int, nesterov: bool) -> None:
 def test_estimate_reports_saddles_apart_from_instability(n: int) -> None:
     eigenvalues = np.concatenate([[-0.5, 4.0], np.linspace(0.2, 3.0, n - 2)])
     loss, params = quadratic(rotated(eigenvalues, seed=3))
-    limit = stability.critical_lr(4.0, 0.5)
+    limit = 0.75  # 2(1 + β)/λ_max = 3/4
     calm = stability.estimate(loss, params, 0.9 * limit, 0.5)
     assert calm.saddle and calm.stable
     assert calm.lambda_min == pytest.approx(-0.5, rel=1e-6)
     assert calm.spectral_radius > 1  # escape along the negative direction...
-    escape = stability.spectral_radius(0.9 * limit, 0.5, [-0.5])
+    escape = matrix_radius(np.array([[-0.5]]), 0.9 * limit, 0.5, nesterov=False)
     assert calm.spectral_radius == pytest.approx(escape, rel=1e-6)
     wild = stability.estimate(loss, params, 1.1 * limit, 0.5)
     assert wild.saddle and not wild.stable  # ...but divergence comes from curvature only

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 import metatune as mt
 from metatune import objectives
-from metatune.stability import critical_lr
 from metatune.tuners import METHODS, tune
+from metatune.tuners.base import Curvature, Trial, TuneResult
 from metatune.tuners.metagrad import MetagradTuner
 
 BUDGET = 1_500
@@ -46,15 +47,14 @@ def test_callback_sees_every_trial_in_order(results, method):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_trials_stay_in_the_space_and_best_is_the_minimum(results, method, quadratic):
+def test_trials_stay_in_the_space_and_the_best_trains(results, method, quadratic):
     result, _ = results[method]
     space = quadratic.space
     for trial in result.trials:
         assert space.lr_low * (1 - 1e-9) <= trial.lr <= space.lr_high * (1 + 1e-9)
         assert space.momentum_low <= trial.momentum <= space.momentum_high
-    finite = [t.value for t in result.trials if not t.diverged]
-    assert result.best_value == min(finite)
-    assert result.best_value < result.trials[0].value or result.best is result.trials[0]
+    untrained = float(quadratic.val_loss(quadratic.init_params(0)))
+    assert result.best_value < 1e-2 * untrained  # every method trains: ℓ_val(θ₀) ≈ 1e2 on this quadratic
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"online"}))  # online trials adapt (η, β) mid-run
@@ -82,7 +82,8 @@ def test_diverged_trials_are_recorded_with_their_spectral_radius(method):
     diverged = [t for t in result.trials if t.diverged]
     assert diverged and len(result.trials) == 30
     assert all(t.value == math.inf and t.spectral_radius > 1 and not t.stable for t in diverged)
-    assert all(t.spectral_radius < 1 for t in result.trials if t.lr < 0.5 * critical_lr(100.0, t.momentum))
+    half_critical = [t for t in result.trials if t.lr < 0.5 * 2 * (1 + t.momentum) / 100.0]  # λ_max = κ = 100
+    assert all(t.spectral_radius < 1 for t in half_critical)
 
 
 def test_unknown_method_and_bad_budget_are_refused(quadratic):
@@ -97,28 +98,69 @@ def test_unknown_method_and_bad_budget_are_refused(quadratic):
 
 
 def test_metagrad_respects_the_stability_guard(results, quadratic):
+    """Every trial, screening included, lies under 2(1 + β)/λ_max for the λ_max it records,
+    and that λ_max is the quadratic's (κ = 100, the largest eigenvalue by construction)."""
     result, _ = results["metagrad"]
-    lam = quadratic.optimum["lambda_max"]
-    assert all(t.lr <= critical_lr(lam, t.momentum) for t in result.trials)
-    assert all(t.stable for t in result.trials)
+    assert all(t.lambda_max == pytest.approx(100.0, rel=1e-3) for t in result.trials)
+    assert all(t.lr < 2 * (1 + t.momentum) / t.lambda_max for t in result.trials)
 
 
-def test_metagrad_coordinates_round_trip_and_projection_caps_lr(quadratic):
-    tuner = MetagradTuner(quadratic, budget=BUDGET)
+def _with_curvature(tuner: MetagradTuner, lambda_max: float, evals: float = 0.0) -> MetagradTuner:
+    """The tuner, told λ_max at θ₀ (λ_min unknown) instead of estimating it."""
+    tuner._curvature = Curvature(math.nan, lambda_max, evals)
+    return tuner
+
+
+def test_metagrad_coordinates_round_trip():
     u = MetagradTuner.encode(0.01, 0.7)
-    assert MetagradTuner.decode(u) == pytest.approx((0.01, 0.7))
-    lr, momentum = MetagradTuner.decode(tuner.project(MetagradTuner.encode(5.0, 0.5)))
-    assert lr == pytest.approx((1 - tuner.margin) * critical_lr(100.0, momentum))
+    assert u.tolist() == pytest.approx([math.log(0.01), math.log(0.3)], rel=1e-15)
+    assert MetagradTuner.decode(u) == pytest.approx((0.01, 0.7), rel=1e-15)
 
 
-def test_metagrad_improves_on_the_rate_optimal_start(quadratic):
-    result = tune(quadratic, "metagrad", budget=4_000, seed=0, screen=0)
+@pytest.mark.parametrize("momentum, cap", [(0.0, 0.0396), (0.5, 0.0594), (0.9, 0.07524)])
+def test_metagrad_caps_lr_at_the_margin_under_the_critical_lr(quadratic, momentum, cap):
+    """λ_max = 50, margin 1 %: cap = 0.99 · 2(1 + β)/50, so 0.0396, 0.0594, 0.07524 (all under
+    the space's 0.1). Oracle for the boundary: numpy eigenvalues of the 2×2 transition."""
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, margin=0.01), 50.0)
+    assert tuner.lr_cap(momentum) == pytest.approx(cap, rel=1e-12)
+    lr, projected = MetagradTuner.decode(tuner.project(MetagradTuner.encode(5.0, momentum)))
+    assert (lr, projected) == pytest.approx((cap, momentum), rel=1e-12)
+    assert transition_radius(cap, momentum, 50.0) < 1 < transition_radius(cap / 0.99 * 1.001, momentum, 50.0)
+
+
+def transition_radius(lr: float, momentum: float, lam: float) -> float:
+    """Largest |eigenvalue| of (θ, v) → (θ − η(βv + λθ), βv + λθ) (heavy ball, one eigenvalue)."""
+    matrix = np.array([[1 - lr * lam, -lr * momentum], [lam, momentum]])
+    return float(np.abs(np.linalg.eigvals(matrix)).max())
+
+
+def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
+    """λ_max = 100, β = 0.5: the critical lr is 2 · 1.5/100 = 0.03; unguarded, only the space's 0.1 binds."""
+    guarded = _with_curvature(MetagradTuner(quadratic, budget=BUDGET), 100.0)
+    free = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=False), 100.0)
+    far = MetagradTuner.encode(0.5, 0.5)
+    capped = 0.03 * (1 - guarded.margin)
+    assert MetagradTuner.decode(guarded.project(far))[0] == pytest.approx(capped, rel=1e-12)
+    assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(0.1, rel=1e-12)
+
+
+def test_metagrad_starts_at_the_rate_optimum_the_horizon_can_resolve(quadratic):
+    """λ_max = 100, λ_min unknown, T = 30: κ_T = (30/5)² = 36 > the assumed 100/100, so the start
+    is heavy ball's optimum on [100/36, 100]: √κ = 6, β* = (5/7)² = 25/49 and
+    η* = 4/(10 + 10/6)² = 144/4900. The curvature estimate (here told to cost 7) is charged first."""
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=2_500, seed=0, screen=0), 100.0, evals=7.0)
+    result = tuner.run()
     first = result.trials[0]
     assert "growth_rate" in first.metrics  # a meta-gradient step, not a screening trial
-    horizon_limited = 100.0 / (quadratic.steps / 5.0) ** 2  # T = 30 steps resolve κ ≤ 36, not 100
-    start_lr, start_momentum = mt.stability.optimal_hyperparameters(max(1.0, horizon_limited), 100.0)
-    assert (first.lr, first.momentum) == pytest.approx((start_lr, start_momentum), rel=1e-3)
+    assert (first.lr, first.momentum) == pytest.approx((144 / 4900, 25 / 49), rel=1e-12)
+    assert first.cumulative_evals == pytest.approx(7.0 + first.gradient_evals, rel=1e-12)
     assert result.best_value < 0.1 * first.value
+
+
+def test_metagrad_starts_mid_space_without_positive_curvature(quadratic):
+    """λ_max ≤ 0: the geometric middle of η ∈ [1e-5, 1e-1], i.e. 1e-3, at β = 0.5."""
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET), -1.0)
+    assert MetagradTuner.decode(tuner.theory_point()) == pytest.approx((1e-3, 0.5), rel=1e-12)
 
 
 @pytest.mark.parametrize("outer", ["bfgs", "adam"])
@@ -149,14 +191,17 @@ def test_online_trial_is_the_adaptive_run_it_reports(quadratic):
     assert trial.value < float(quadratic.val_loss(fixed.params))  # adapting beat keeping the start
 
 
-def test_metagrad_charges_its_objectives_measured_multiples(quadratic):
-    from metatune.costs import measure
-
-    result = tune(quadratic, "metagrad", budget=3_000, seed=0, screen=0, mode="reverse")
-    costs = measure(quadratic.train_loss, quadratic.init_params(0))
+@pytest.mark.parametrize("mode, charge", [("reverse", 31 + 30 * 20 / 21), ("forward", 1 + 30 * 85 / 21)],
+                         ids=["reverse", "forward"])
+def test_metagrad_charges_its_objectives_measured_multiples(quadratic, mode, charge):
+    """ℓ = ½ dᵀ(A d), n = 10, T = 30, counted by hand (tests/test_costs.py): a gradient costs
+    4n² + 2n = 420 FLOPs, a backward step 4n² = 400 (20/21 of a gradient), a step carrying
+    two tangents (8n² + 2n) + 2 (4n² + 4n) = 1700 (85/21). Reverse: 30 + 30 · 20/21 + 1;
+    forward: 30 · 85/21 + 1. A fixed-(η, β) trial costs 30 + 1."""
+    result = tune(quadratic, "metagrad", budget=BUDGET, seed=0, mode=mode)
     steps = [t for t in result.trials if "growth_rate" in t.metrics]
-    assert steps and all(t.gradient_evals == costs.hypergrad("reverse", quadratic.steps) for t in steps)
-    assert costs.backward_step < 2.0  # a quadratic's backward step is a matvec, cheaper than the default
+    assert steps and all(t.gradient_evals == pytest.approx(charge, rel=1e-12) for t in steps)
+    assert all(t.gradient_evals == 31 for t in result.trials if t not in steps)
 
 
 def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic):
@@ -170,18 +215,43 @@ def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic
     assert (retry.lr, retry.momentum) == pytest.approx((0.005, 0.5), rel=1e-12)
 
 
-def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
-    guarded, free = MetagradTuner(quadratic, budget=BUDGET), MetagradTuner(quadratic, budget=BUDGET, guard=False)
-    far = MetagradTuner.encode(0.5, 0.5)
-    assert MetagradTuner.decode(guarded.project(far))[0] < critical_lr(100.0, 0.5)
-    assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(min(0.5, quadratic.space.lr_high))
+def test_two_starts_take_turns_and_the_second_starts_at_the_best_screened_point(results):
+    """starts=2 (the default) with screening: the 8 screening trials come first, then the
+    starts alternate 0, 1, 0, 1, … and start 1 begins at the lowest screening trial."""
+    trials = results["metagrad"][0].trials
+    screening = [t for t in trials if "growth_rate" not in t.metrics]
+    steps = [t for t in trials if "growth_rate" in t.metrics]
+    assert len(screening) == 8 and trials[:8] == screening and len(steps) >= 4
+    assert [t.metrics["start"] for t in steps] == [k % 2 for k in range(len(steps))]
+    second = next(t for t in steps if t.metrics["start"] == 1)
+    best = min(screening, key=lambda t: t.value)
+    assert (second.lr, second.momentum) == pytest.approx((best.lr, best.momentum), rel=1e-12)
 
 
-def test_metagrad_trials_say_which_start_they_belong_to(results):
-    steps = [t for t in results["metagrad"][0].trials if "growth_rate" in t.metrics]
-    starts = [t.metrics["start"] for t in steps]
-    assert set(starts) <= {0, 1} and starts[0] == 0
-    assert starts[: 2 * (len(starts) // 2)] == [0, 1] * (len(starts) // 2) or set(starts) == {0}
+def test_one_start_takes_every_step(quadratic):
+    result = tune(quadratic, "metagrad", budget=BUDGET, seed=0, starts=1)
+    steps = [t for t in result.trials if "growth_rate" in t.metrics]
+    assert len(steps) >= 4 and {t.metrics["start"] for t in steps} == {0}
+
+
+def _trial(number: int, value: float, status: str, lr: float) -> Trial:
+    return Trial(number=number, lr=lr, momentum=0.5, value=value, diverged=status == "diverged",
+                 gradient_evals=31.0, cumulative_evals=31.0 * (number + 1), wall_time=0.1,
+                 spectral_radius=0.9, stable=True, status=status)
+
+
+def test_best_is_the_lowest_completed_trial_and_best_so_far_its_running_minimum():
+    trials = [_trial(0, 5.0, "completed", 0.01), _trial(1, math.inf, "diverged", 0.02),
+              _trial(2, 2.0, "completed", 0.03), _trial(3, math.inf, "failed", 0.04),
+              _trial(4, 3.0, "completed", 0.05)]
+    result = TuneResult("random", "quadratic", 0, 200.0, trials)
+    assert result.best is trials[2]
+    assert (result.best_lr, result.best_momentum, result.best_value) == (0.03, 0.5, 2.0)
+    assert result.gradient_evals == 155.0  # the last trial's cumulative count, 5 × 31
+    assert result.best_so_far() == [(31.0, 5.0), (62.0, 5.0), (93.0, 2.0), (124.0, 2.0), (155.0, 2.0)]
+    nothing = TuneResult("random", "quadratic", 0, 200.0, [trials[1], trials[3]])
+    assert nothing.best is None and nothing.best_value == math.inf and math.isnan(nothing.best_lr)
+    assert nothing.best_so_far() == [(62.0, math.inf), (124.0, math.inf)]
 
 
 @pytest.mark.parametrize("method", ["tpe", "metagrad", "random", "grid", "cmaes"])

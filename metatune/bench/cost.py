@@ -1,8 +1,9 @@
 """``metatune bench cost``: the measured cost multiples of each objective's meta-gradients.
 
-For every registered objective: matmul/conv FLOPs of one gradient, of one tangent carried
-through the gradient (forward mode) and of a backward pass through it (reverse mode), as
-multiples of the gradient (:func:`metatune.costs.measure`), beside the wall-time ratios.
+For every registered objective: matmul/conv FLOPs of the gradient as computed inside a jvp
+(primal), of one tangent carried through the gradient (forward mode) and of a backward pass
+through it (reverse mode), as multiples of one gradient (:func:`metatune.costs.measure`); and
+a forward-mode step carrying k = 2 tangents (primal + 2 · tangent) in FLOPs and in wall time.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def row(name: str) -> dict:
     gradient = _seconds(lambda: grad_fn(params, batch))
     forward = _seconds(lambda: torch.func.vmap(
         lambda t: torch.func.jvp(lambda p: grad_fn(p, batch), (params,), (t,)))(tangents))
-    return {"objective": name, "tangent (FLOPs)": costs.tangent, "backward step (FLOPs)": costs.backward_step,
-            "tangent (wall)": (forward / gradient - 1.0) / 2.0, "gradient ms": 1e3 * gradient}
+    return {"objective": name, "primal (FLOPs)": costs.primal, "tangent (FLOPs)": costs.tangent,
+            "backward step (FLOPs)": costs.backward_step,
+            "step, k = 2 (FLOPs)": costs.primal + 2 * costs.tangent,
+            "step, k = 2 (wall)": forward / gradient, "gradient ms": 1e3 * gradient}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +53,12 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     names = args.objectives.split(",") if args.objectives else mt.objectives.names()
     print(f"metatune bench cost: {args.threads} thread(s); {machine()}")
-    print("| objective | tangent (FLOPs) | backward step (FLOPs) | tangent (wall, eager) | gradient ms |")
-    print("|---|---|---|---|---|")
+    print("| objective | primal (FLOPs) | tangent (FLOPs) | backward step (FLOPs) "
+          "| forward step, k = 2 (FLOPs) | forward step, k = 2 (wall, eager) | gradient ms |")
+    print("|---|---|---|---|---|---|---|")
     for name in names:
         r = row(name)
-        print(f"| {name} | {r['tangent (FLOPs)']:.2f} | {r['backward step (FLOPs)']:.2f} | "
-              f"{r['tangent (wall)']:.2f} | {r['gradient ms']:.3f} |")
+        print(f"| {name} | {r['primal (FLOPs)']:.2f} | {r['tangent (FLOPs)']:.2f} | "
+              f"{r['backward step (FLOPs)']:.2f} | {r['step, k = 2 (FLOPs)']:.2f} | "
+              f"{r['step, k = 2 (wall)']:.2f} | {r['gradient ms']:.3f} |")
     return 0
