@@ -62,6 +62,8 @@ def build_tuner(objective: Objective, method: str, budget: float, seed: int,
     if not METHODS[method].distributable:
         choices = sorted(m for m, t in METHODS.items() if t.distributable)
         raise invalid("method", method, f"one of {choices} on Ray ({method!r} runs in-process only)")
+    if options.get("groups") is not None:
+        raise invalid("groups", options["groups"], "None on Ray: per-group spaces run with backend='local' for now")
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options)
 
 

@@ -17,6 +17,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
 from metatune.costs import DEFAULT, CostModel
@@ -24,6 +25,7 @@ from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import HessianOperator, hessian_vector_product, spectral_radius, spectrum_ends
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
+from metatune.tuners.groups import Hyper, point_key, resolve_groups, values_of
 from metatune.tuners.records import DIVERGENCE_FACTOR, STATUSES, Trial, TuneResult, is_diverged
 
 __all__ = ["DIVERGENCE_FACTOR", "STATUSES", "BudgetExhausted", "Callback", "Curvature", "Trial", "TuneResult",
@@ -60,16 +62,20 @@ class Tuner(abc.ABC):
         budget: gradient evaluations the search may spend.
         seed: seeds θ₀, the minibatches and the method's own randomness.
         space: search space (default: the objective's).
+        groups: None (one η and one β), "layers", "tensors", or parameter-name prefixes: an η
+            and a β per group, each in the space's bounds (:mod:`metatune.tuners.groups`).
         callback: called with each :class:`Trial` as it is recorded.
     """
 
     name: ClassVar[str]
     distributable: ClassVar[bool] = True
     """Whether :mod:`metatune.distributed` can run it (its proposals are independent runs)."""
+    supports_groups: ClassVar[bool] = True
+    """Whether it searches per-group spaces."""
 
     def __init__(
         self, objective: Objective, *, budget: float, seed: int = 0, space: SearchSpace | None = None,
-        steps: int | None = None, callback: Callback | None = None,
+        steps: int | None = None, groups: str | Sequence[str] | None = None, callback: Callback | None = None,
     ) -> None:
         if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
             raise invalid("budget", budget, "a positive number of gradient evaluations")
@@ -87,6 +93,9 @@ class Tuner(abc.ABC):
         self.context = Context.build(objective, self.seed, self.steps)
         self.params, self.batches, self.costs = self.context.params, self.context.batches, self.context.costs
         self.initial_value = self.context.initial_value
+        self.groups = resolve_groups(groups, self.params)
+        if self.groups and not self.supports_groups:
+            raise invalid("groups", groups, f"None: {self.name} searches one η and one β")
         self.trials: list[Trial] = []
         self.spent = 0.0
         self._curvature: Curvature | None = None
@@ -161,21 +170,22 @@ class Tuner(abc.ABC):
         are matched to proposals by their (η, β), so trials that finished out of order (runs
         with concurrency) replay too. Returns the first proposal that was asked but not (or
         only partly) recorded, to evaluate next, or None."""
-        recorded: dict[tuple[float, float], list[Trial]] = {}
+        recorded: dict[tuple, list[Trial]] = {}
         for trial in history:
-            recorded.setdefault((trial.lr, trial.momentum), []).append(trial)
+            recorded.setdefault(point_key(trial.lr, trial.momentum), []).append(trial)
         pending = None
         while any(recorded.values()):
             proposal = self.ask(self.remaining())
             if proposal is None:
                 break
-            found = [recorded[p].pop(0) for p in proposal.points if recorded.get(p)]
+            keys = [point_key(*p) for p in proposal.points]
+            found = [recorded[k].pop(0) for k in keys if recorded.get(k)]
             self.keep(found)
             if len(found) == len(proposal.points):
                 self.tell(proposal, [_outcome_of(t) for t in found])
                 continue
-            done = {(t.lr, t.momentum) for t in found}
-            rest = tuple(p for p in proposal.points if p not in done)
+            done = {point_key(t.lr, t.momentum) for t in found}
+            rest = tuple(p for p, k in zip(proposal.points, keys) if k not in done)
             pending = Proposal(rest, proposal.cost * len(rest) / len(proposal.points), proposal.hypergrad,
                                proposal.start, proposal.step)
             if found:  # a population cut short: tell it whole once the rest is evaluated
@@ -213,14 +223,14 @@ class Tuner(abc.ABC):
         return self.record(outcome.lr, outcome.momentum, outcome.value, evals, outcome.seconds,
                            error=outcome.error, **metrics)
 
-    def record(self, lr: float, momentum: float, value: float, evals: float, seconds: float,
+    def record(self, lr: Hyper, momentum: Hyper, value: float, evals: float, seconds: float,
                error: str | None = None, **metrics: float) -> Trial:
         """Keep one evaluated point (its cost already charged) and report it to the callback."""
         diverged = error is None and is_diverged(value, self.initial_value)
         status = "failed" if error is not None else "diverged" if diverged else "completed"
         rho = self.spectral_radius(lr, momentum)
         trial = Trial(
-            number=len(self.trials), lr=float(lr), momentum=float(momentum),
+            number=len(self.trials), lr=_plain(lr), momentum=_plain(momentum),
             value=float(value) if status == "completed" else math.inf, diverged=diverged, gradient_evals=evals,
             cumulative_evals=self.spent, wall_time=seconds, spectral_radius=rho, stable=rho < 1.0,
             metrics={k: float(v) for k, v in metrics.items()}, status=status, error=error,
@@ -237,9 +247,9 @@ class Tuner(abc.ABC):
         """A fixed-(η, β) trial: T gradients and one validation evaluation."""
         return self.steps + 1.0
 
-    def points(self, points: list[tuple[float, float]]) -> Proposal:
+    def points(self, points: list[tuple[Hyper, Hyper]]) -> Proposal:
         """A proposal to train ``points`` at fixed (η, β), T + 1 gradient evaluations each."""
-        return Proposal(tuple((float(lr), float(m)) for lr, m in points), self.trial_cost() * len(points))
+        return Proposal(tuple((_plain(lr), _plain(m)) for lr, m in points), self.trial_cost() * len(points))
 
     def curvature(self) -> Curvature:
         """λ_min, λ_max at θ₀ on the first batch, estimated (:func:`estimate_curvature`)."""
@@ -247,10 +257,19 @@ class Tuner(abc.ABC):
             self._curvature = estimate_curvature(self.objective, self.params, self.batches, self.costs)
         return self._curvature
 
-    def spectral_radius(self, lr: float, momentum: float) -> float:
+    def spectral_radius(self, lr: Hyper, momentum: Hyper) -> float:
         """ρ of the transition over the estimated curvature at θ₀ (λ_max, and λ_min where > 0):
-        ρ ≥ 1 means the mode of largest curvature diverges."""
-        return float(spectral_radius(lr, momentum, self.curvature().eigenvalues))
+        ρ ≥ 1 means the mode of largest curvature diverges. Per group, the largest ρ of any
+        group's (η_g, β_g) over that spectrum: exact when the top mode lies in one group's
+        parameters, a bound of that form otherwise."""
+        eigenvalues = self.curvature().eigenvalues
+        pairs = zip(values_of(lr, self.groups), values_of(momentum, self.groups))
+        return max(float(spectral_radius(g_lr, g_momentum, eigenvalues)) for g_lr, g_momentum in pairs)
+
+
+def _plain(value: Hyper) -> Hyper:
+    """A float, or a dict of floats by group."""
+    return {g: float(v) for g, v in value.items()} if isinstance(value, dict) else float(value)
 
 
 def _outcome_of(trial: Trial) -> Outcome:

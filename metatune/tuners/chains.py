@@ -7,7 +7,9 @@ its meta-gradient there, and accepts the point or backs off. The in-process
 
 Coordinates u = (log η, log(1 − β)) map the open box η > 0, β < 1 onto ℝ² and make equal
 steps equal *relative* changes of η and of 1 − β; the chains descend log ℓ_val, whose
-u-gradient is ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ, ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ.
+u-gradient is ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ, ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ. Over G parameter
+groups (:mod:`metatune.tuners.groups`) u = (log η_1 … log η_G, log(1 − β_1) … log(1 − β_G)) ∈ ℝ^{2G}
+and the same formulas hold per group.
 
 Outer step: BFGS (Nocedal & Wright, Alg. 6.1) with its first step ``meta_lr`` long along
 −∇ and the inverse Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam.
@@ -20,39 +22,47 @@ retried at half its learning rate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from metatune.errors import invalid
 from metatune.objectives import SearchSpace
+from metatune.tuners.groups import Hyper, hyper_of, values_of
 
 OUTER = ("bfgs", "adam")
 
 
-def decode(u: np.ndarray) -> tuple[float, float]:
-    """(η, β) = (exp u₀, 1 − exp u₁)."""
-    return float(math.exp(u[0])), float(1.0 - math.exp(u[1]))
+def decode(u: np.ndarray, groups: tuple[str, ...] = ()) -> tuple[Hyper, Hyper]:
+    """(η, β) = (exp u₀, 1 − exp u₁), per group when ``groups`` are given."""
+    half = len(u) // 2
+    return (hyper_of([math.exp(x) for x in u[:half]], groups),
+            hyper_of([1.0 - math.exp(x) for x in u[half:]], groups))
 
 
-def encode(lr: float, momentum: float) -> np.ndarray:
-    """u = (log η, log(1 − β))."""
-    return np.array([math.log(lr), math.log(1.0 - momentum)])
+def encode(lr: Hyper, momentum: Hyper, groups: tuple[str, ...] = ()) -> np.ndarray:
+    """u = (log η, log(1 − β)), per group when ``groups`` are given."""
+    return np.array([math.log(x) for x in values_of(lr, groups)]
+                    + [math.log(1.0 - x) for x in values_of(momentum, groups)])
 
 
-def log_loss_gradient(lr: float, momentum: float, value: float, dvalue_dlr: float,
-                      dvalue_dmomentum: float) -> np.ndarray:
-    """∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β) / ℓ."""
-    return np.array([dvalue_dlr * lr, -dvalue_dmomentum * (1.0 - momentum)]) / max(value, 1e-300)
+def log_loss_gradient(lr: Hyper, momentum: Hyper, value: float, dvalue_dlr: Hyper,
+                      dvalue_dmomentum: Hyper, groups: tuple[str, ...] = ()) -> np.ndarray:
+    """∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β) / ℓ, per group."""
+    lrs, momenta = np.array(values_of(lr, groups)), np.array(values_of(momentum, groups))
+    dlr, dmomentum = np.array(values_of(dvalue_dlr, groups)), np.array(values_of(dvalue_dmomentum, groups))
+    return np.concatenate([dlr * lrs, -dmomentum * (1.0 - momenta)]) / max(value, 1e-300)
 
 
 def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] | None = None) -> np.ndarray:
-    """Clip u into the space, and η under ``lr_cap(β)`` (a stability guard) when given."""
-    u1 = float(np.clip(u[1], math.log(1.0 - space.momentum_high), math.log(1.0 - space.momentum_low)))
-    cap = space.lr_high if lr_cap is None else min(space.lr_high, lr_cap(1.0 - math.exp(u1)))
-    u0 = float(np.clip(u[0], math.log(min(space.lr_low, cap)), math.log(cap)))
-    return np.array([u0, u1])
+    """Clip u into the space, and each η under ``lr_cap(β)`` of its group (a stability guard)."""
+    half, out = len(u) // 2, np.empty(len(u))
+    for g in range(half):
+        u1 = float(np.clip(u[half + g], math.log(1.0 - space.momentum_high), math.log(1.0 - space.momentum_low)))
+        cap = space.lr_high if lr_cap is None else min(space.lr_high, lr_cap(1.0 - math.exp(u1)))
+        out[g], out[half + g] = float(np.clip(u[g], math.log(min(space.lr_low, cap)), math.log(cap))), u1
+    return out
 
 
 @dataclass
@@ -65,11 +75,15 @@ class Start:
     grad: np.ndarray | None = None
     step: float = 1.0
     inverse_hessian: np.ndarray | None = None
-    first_moment: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    second_moment: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    first_moment: np.ndarray | None = None
+    second_moment: np.ndarray | None = None
     iterations: int = 0
     attempts: int = 0
     busy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.first_moment is None:
+            self.first_moment, self.second_moment = np.zeros(len(self.u)), np.zeros(len(self.u))
 
 
 def adam_direction(start: Start, grad: np.ndarray, beta1: float = 0.9, beta2: float = 0.999,
@@ -90,8 +104,8 @@ def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first
     if curvature <= 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
         return inverse_hessian
     if first:
-        inverse_hessian = np.eye(2) * curvature / float(y @ y)
-    rho, identity = 1.0 / curvature, np.eye(2)
+        inverse_hessian = np.eye(len(s)) * curvature / float(y @ y)
+    rho, identity = 1.0 / curvature, np.eye(len(s))
     left = identity - rho * np.outer(s, y)
     return left @ inverse_hessian @ left.T + rho * np.outer(s, s)
 
@@ -101,9 +115,9 @@ class Step:
     """A chain's proposal: evaluate the meta-gradient of start ``start`` at (lr, momentum)."""
 
     start: int
-    lr: float
-    momentum: float
-    u: tuple[float, float]
+    lr: Hyper
+    momentum: Hyper
+    u: tuple[float, ...]
 
 
 class MetagradChains:
@@ -115,6 +129,8 @@ class MetagradChains:
         outer: "bfgs" or "adam"; meta_lr: first step length in u (Adam's step).
         lr_cap: ``lr_cap(β)`` the largest η allowed at β (a stability guard), or None.
         max_amplification: reject a step whose sensitivities grew more than this.
+        groups: parameter-group prefixes (() for one η and one β); starts and steps then
+            carry one value per group.
 
     Example:
         >>> chains = MetagradChains(SearchSpace(), [(0.01, 0.5)])
@@ -128,7 +144,7 @@ class MetagradChains:
 
     def __init__(self, space: SearchSpace, starts: list[tuple[float, float]], *, outer: str = "bfgs",
                  meta_lr: float = 0.03, lr_cap: Callable[[float], float] | None = None,
-                 max_amplification: float = 1e8) -> None:
+                 max_amplification: float = 1e8, groups: tuple[str, ...] = ()) -> None:
         if outer not in OUTER:
             raise invalid("outer", outer, f"one of {OUTER}")
         if not (isinstance(meta_lr, (int, float)) and meta_lr > 0):
@@ -138,8 +154,8 @@ class MetagradChains:
         if not starts:
             raise invalid("starts", starts, "at least one (lr, momentum) start")
         self.space, self.outer, self.meta_lr = space, outer, float(meta_lr)
-        self.max_amplification, self._lr_cap = float(max_amplification), lr_cap
-        self.starts = [Start(self.project(encode(lr, m)), index=i) for i, (lr, m) in enumerate(starts)]
+        self.max_amplification, self._lr_cap, self.groups = float(max_amplification), lr_cap, tuple(groups)
+        self.starts = [Start(self.project(encode(lr, m, self.groups)), index=i) for i, (lr, m) in enumerate(starts)]
 
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the guard."""
@@ -154,21 +170,22 @@ class MetagradChains:
         start = min(idle, key=lambda s: (s.attempts, s.index))
         u = start.u if start.grad is None else self._proposal(start)
         start.busy, start.attempts = True, start.attempts + 1
-        lr, momentum = decode(u)
-        return Step(start.index, lr, momentum, (float(u[0]), float(u[1])))
+        lr, momentum = decode(u, self.groups)
+        return Step(start.index, lr, momentum, tuple(float(x) for x in u))
 
-    def tell(self, step: Step, value: float, dvalue_dlr: float, dvalue_dmomentum: float,
+    def tell(self, step: Step, value: float, dvalue_dlr: Hyper, dvalue_dmomentum: Hyper,
              amplification: float = 1.0, diverged: bool = False) -> None:
-        """Accept ``step`` or back off, given ℓ_val and ∂ℓ/∂η, ∂ℓ/∂β at it (value inf or NaN, or
-        ``diverged``: the run failed)."""
+        """Accept ``step`` or back off, given ℓ_val and ∂ℓ/∂η, ∂ℓ/∂β at it (per group as the
+        step's values are; value inf or NaN, or ``diverged``: the run failed)."""
         start, u = self.starts[step.start], np.array(step.u)
         start.busy = False
         failed = diverged or not math.isfinite(value)
-        grad = log_loss_gradient(step.lr, step.momentum, value, dvalue_dlr, dvalue_dmomentum)
+        grad = log_loss_gradient(step.lr, step.momentum, value, dvalue_dlr, dvalue_dmomentum, self.groups)
         exploded = failed or not np.isfinite(grad).all() or not amplification <= self.max_amplification
         log_value = math.inf if failed else math.log(max(value, 1e-300))
         if start.grad is None and exploded:
-            start.u = self.project(start.u - np.array([math.log(2.0), 0.0]))
+            half = len(start.u) // 2  # every η halved
+            start.u = self.project(start.u - np.concatenate([np.full(half, math.log(2.0)), np.zeros(half)]))
         elif start.grad is None or (not exploded and log_value < start.value):
             self._accept(start, u, log_value, grad)
         else:
@@ -177,7 +194,7 @@ class MetagradChains:
     def _accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
         if self.outer == "bfgs":
             if start.grad is None:
-                start.inverse_hessian = np.eye(2) * self.meta_lr / max(float(np.linalg.norm(grad)), 1e-12)
+                start.inverse_hessian = np.eye(len(u)) * self.meta_lr / max(float(np.linalg.norm(grad)), 1e-12)
             else:
                 start.inverse_hessian = bfgs_update(start.inverse_hessian, u - start.u, grad - start.grad,
                                                    first=start.iterations == 1)

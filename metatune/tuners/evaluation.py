@@ -16,6 +16,7 @@ from metatune.costs import CostModel, measure
 from metatune.hypergrad import Plan, choose, hypergrad, stored_bytes_per_step
 from metatune.objectives import Objective
 from metatune.population import train_population
+from metatune.tuners.groups import Hyper
 from metatune.unroll import is_finite, unroll
 
 
@@ -23,13 +24,13 @@ from metatune.unroll import is_finite, unroll
 class Proposal:
     """What a method asks to evaluate next, and what that costs in gradient evaluations.
 
-    ``points``: (η, β) pairs, each trained T steps from θ₀ (several at once as one vmapped
+    ``points``: (η, β) pairs (floats, or dicts by group prefix), each trained T steps from θ₀ (several at once as one vmapped
     population); with ``hypergrad`` set (a mode), one point whose meta-gradient is taken.
     ``checkpoint``: reverse mode's segment length (None: store every step).
     ``start`` names the metagrad chain a meta-gradient belongs to.
     """
 
-    points: tuple[tuple[float, float], ...]
+    points: tuple[tuple[Hyper, Hyper], ...]
     cost: float
     hypergrad: str | None = None
     start: int | None = None
@@ -59,8 +60,8 @@ class Outcome:
     """The evaluation of one point: ℓ_val(θ_T) (NaN with ``error`` when it crashed), seconds
     spent, and method-specific metrics (e.g. the meta-gradient)."""
 
-    lr: float
-    momentum: float
+    lr: Hyper
+    momentum: Hyper
     value: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
@@ -105,12 +106,12 @@ def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:
     """Train (or differentiate) every point of ``proposal``; one :class:`Outcome` per point."""
     if proposal.hypergrad is not None:
         return [evaluate_hypergrad(context, *proposal.points[0], proposal.hypergrad, proposal.checkpoint)]
-    if len(proposal.points) == 1:
-        return [evaluate_point(context, *proposal.points[0])]
+    if len(proposal.points) == 1 or isinstance(proposal.points[0][0], dict):  # no per-group populations
+        return [evaluate_point(context, *point) for point in proposal.points]
     return evaluate_population(context, list(proposal.points))
 
 
-def evaluate_point(context: Context, lr: float, momentum: float) -> Outcome:
+def evaluate_point(context: Context, lr: Hyper, momentum: Hyper) -> Outcome:
     """ℓ_val(θ_T) after T steps at fixed (η, β) from θ₀ (inf if the parameters blew up)."""
     objective, began = context.objective, time.perf_counter()
     run = unroll(objective.train_loss, context.params, lr, momentum, context.steps, context.batches)
@@ -128,7 +129,7 @@ def evaluate_population(context: Context, points: list[tuple[float, float]]) -> 
             for (lr, m), value, loss in zip(points, result.values.tolist(), result.final_train_loss.tolist())]
 
 
-def evaluate_hypergrad(context: Context, lr: float, momentum: float, mode: str,
+def evaluate_hypergrad(context: Context, lr: Hyper, momentum: Hyper, mode: str,
                        checkpoint: int | None = None) -> Outcome:
     """ℓ_val(θ_T) with its meta-gradient ∂ℓ/∂η, ∂ℓ/∂β, the growth rate and amplification."""
     objective, began = context.objective, time.perf_counter()
@@ -139,6 +140,12 @@ def evaluate_hypergrad(context: Context, lr: float, momentum: float, mode: str,
 
 def hypergrad_metrics(hg: Any) -> dict[str, float]:
     """The metrics of a :class:`~metatune.hypergrad.HypergradResult` a searcher reads:
-    ``dvalue_dlr``, ``dvalue_dmomentum``, ``growth_rate``, ``amplification``."""
-    return {"dvalue_dlr": float(hg.lr), "dvalue_dmomentum": float(hg.momentum),
-            "growth_rate": float(hg.growth_rate), "amplification": float(hg.amplification)}
+    ``dvalue_dlr``, ``dvalue_dmomentum`` (per group ``dvalue_dlr[<prefix>]``, …), ``growth_rate``,
+    ``amplification``."""
+    metrics = {"growth_rate": float(hg.growth_rate), "amplification": float(hg.amplification)}
+    for name, derivative in (("dvalue_dlr", hg.lr), ("dvalue_dmomentum", hg.momentum)):
+        if isinstance(derivative, dict):
+            metrics.update({f"{name}[{group}]": float(value) for group, value in derivative.items()})
+        else:
+            metrics[name] = float(derivative)
+    return metrics

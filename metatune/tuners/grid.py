@@ -20,6 +20,7 @@ class GridTuner(Tuner):
     """⌊√n⌋ × ⌊√n⌋ points, n the trials the budget affords, trained 64 at a time as populations."""
 
     name = "grid"
+    supports_groups = False  # side^(2G) points: a grid does not scale to per-group spaces
     batch_size = 64
 
     def grid(self) -> list[tuple[float, float]]:

@@ -38,6 +38,7 @@ from metatune.stability import critical_lr, optimal_hyperparameters
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, decode, encode, project
 from metatune.tuners.evaluation import Outcome, Proposal
+from metatune.tuners.groups import Hyper, hyper_of
 
 ASSUMED_CONDITION = 100.0
 """κ assumed for the starting point when λ_min at θ₀ is unknown or not positive."""
@@ -109,9 +110,12 @@ class MetagradTuner(Tuner):
         """Clip u into the space and under the stability guard."""
         return project(u, self.space, self.lr_cap)
 
-    def make_chains(self, starts: list[tuple[float, float]]) -> MetagradChains:
+    def make_chains(self, starts: list[tuple[Hyper, Hyper]]) -> MetagradChains:
         return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.lr_cap,
-                              max_amplification=self.max_amplification)
+                              max_amplification=self.max_amplification, groups=self.groups)
+
+    def decode_point(self, u: np.ndarray) -> tuple[Hyper, Hyper]:
+        return decode(u, self.groups)
 
     # -- ask / tell -----------------------------------------------------------------------------
 
@@ -125,7 +129,7 @@ class MetagradTuner(Tuner):
         if screen and self.n_starts > 1:
             self.screening = self.points(self.screen_points(screen))
         else:
-            self.chains = self.make_chains([decode(self.theory_point())])
+            self.chains = self.make_chains([self.decode_point(self.theory_point())])
         return cost
 
     def hypergrad_cost(self) -> float:
@@ -136,7 +140,7 @@ class MetagradTuner(Tuner):
             proposal, self.screening = self.screening, None
             if proposal.cost <= remaining + 1e-9:
                 return proposal
-            self.chains = self.make_chains([decode(self.theory_point())])
+            self.chains = self.make_chains([self.decode_point(self.theory_point())])
         if self.chains is None or self.hypergrad_cost() > remaining + 1e-9:
             return None
         step = self.chains.ask()
@@ -149,12 +153,13 @@ class MetagradTuner(Tuner):
         if proposal.hypergrad is None:  # the screening population: its best points become starts
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)
-            starts = [decode(self.theory_point())] + [(o.lr, o.momentum) for o in best]
+            starts = [self.decode_point(self.theory_point())] + [(o.lr, o.momentum) for o in best]
             self.chains = self.make_chains(starts[: self.n_starts])
             return
         outcome, metrics, failed = outcomes[0], outcomes[0].metrics, outcomes[0].error is not None
-        self.chains.tell(proposal.step, math.nan if failed else outcome.value, metrics.get("dvalue_dlr", math.nan),
-                         metrics.get("dvalue_dmomentum", math.nan), metrics.get("amplification", math.inf),
+        dlr, dmomentum = (derivative(metrics, name, self.groups) for name in ("dvalue_dlr", "dvalue_dmomentum"))
+        self.chains.tell(proposal.step, math.nan if failed else outcome.value, dlr, dmomentum,
+                         metrics.get("amplification", math.inf),
                          diverged=failed or is_diverged(outcome.value, self.initial_value))
 
     # -- starting points ------------------------------------------------------------------------
@@ -165,20 +170,32 @@ class MetagradTuner(Tuner):
         curvature = self.curvature()
         top = curvature.lambda_max
         if not top > 0:
-            return self.project(encode(math.sqrt(self.space.lr_low * self.space.lr_high), 0.5))
-        known = curvature.eigenvalues[0] if len(curvature.eigenvalues) == 2 else top / ASSUMED_CONDITION
-        low = min(max(known, top / (self.steps / 5.0) ** 2), top)
-        return self.project(encode(*optimal_hyperparameters(low, top)))
+            lr, momentum = math.sqrt(self.space.lr_low * self.space.lr_high), 0.5
+        else:
+            known = curvature.eigenvalues[0] if len(curvature.eigenvalues) == 2 else top / ASSUMED_CONDITION
+            low = min(max(known, top / (self.steps / 5.0) ** 2), top)
+            lr, momentum = optimal_hyperparameters(low, top)
+        every = max(len(self.groups), 1)  # every group starts at the same (η, β)
+        return self.project(np.array([math.log(lr)] * every + [math.log(1.0 - momentum)] * every))
 
-    def screen_points(self, size: int) -> list[tuple[float, float]]:
-        """``size`` Sobol points of the guarded space (η log-uniform under the cap at each β)."""
+    def screen_points(self, size: int) -> list[tuple[Hyper, Hyper]]:
+        """``size`` Sobol points of the guarded space (each group's η log-uniform under the cap
+        at its β)."""
         from scipy.stats import qmc
 
-        unit = qmc.Sobol(d=2, scramble=True, seed=self.seed).random(size)
-        space = self.space
-        momenta = space.momentum_low + unit[:, 1] * (space.momentum_high - space.momentum_low)
+        every, space = max(len(self.groups), 1), self.space
+        unit = qmc.Sobol(d=2 * every, scramble=True, seed=self.seed).random(size)
         points = []
-        for fraction, momentum in zip(unit[:, 0], momenta):
-            low, high = math.log(space.lr_low), math.log(max(self.lr_cap(momentum), space.lr_low))
-            points.append((math.exp(low + fraction * (high - low)), float(momentum)))
+        for row in unit:
+            momenta = space.momentum_low + row[every:] * (space.momentum_high - space.momentum_low)
+            lrs = [math.exp(math.log(space.lr_low) + f * (math.log(max(self.lr_cap(m), space.lr_low))
+                                                           - math.log(space.lr_low))) for f, m in zip(row[:every], momenta)]
+            points.append((hyper_of(lrs, self.groups), hyper_of(momenta.tolist(), self.groups)))
         return points
+
+
+def derivative(metrics: dict[str, float], name: str, groups: tuple[str, ...]) -> Hyper:
+    """``metrics[name]`` (one group) or ``{g: metrics[f"{name}[{g}]"]}`` (NaN where missing)."""
+    if not groups:
+        return metrics.get(name, math.nan)
+    return {g: metrics.get(f"{name}[{g}]", math.nan) for g in groups}

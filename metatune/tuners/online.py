@@ -29,6 +29,7 @@ class OnlineTuner(MetagradTuner):
     """Adapt (η, β) every ``horizon`` steps inside each run; see the module docstring."""
 
     name = "online"
+    supports_groups = False
     distributable = False  # each run starts where the last one ended: one sequential chain
 
     def __init__(self, objective, *, horizon: int = 10, meta_lr: float = 0.05, **kwargs) -> None:  # noqa: ANN001, ANN003

@@ -20,6 +20,7 @@ import optuna
 
 from metatune.tuners.base import DIVERGENCE_FACTOR, Tuner, is_diverged
 from metatune.tuners.evaluation import Outcome, Proposal
+from metatune.tuners.groups import Hyper, point_key
 
 
 def told_value(value: float, initial_value: float) -> float:
@@ -47,15 +48,23 @@ class OptunaTuner(Tuner):
         raise NotImplementedError
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """"lr" and "momentum", or "lr[<prefix>]" and "momentum[<prefix>]" for each group."""
         space = self.space
-        return {
-            "lr": optuna.distributions.FloatDistribution(space.lr_low, space.lr_high, log=space.lr_log),
-            "momentum": optuna.distributions.FloatDistribution(space.momentum_low, space.momentum_high),
-        }
+        lr = optuna.distributions.FloatDistribution(space.lr_low, space.lr_high, log=space.lr_log)
+        momentum = optuna.distributions.FloatDistribution(space.momentum_low, space.momentum_high)
+        if not self.groups:
+            return {"lr": lr, "momentum": momentum}
+        return {**{f"lr[{g}]": lr for g in self.groups}, **{f"momentum[{g}]": momentum for g in self.groups}}
+
+    def point(self, values: dict[str, float]) -> tuple[Hyper, Hyper]:
+        """The (η, β) of an Optuna trial's params (:meth:`distributions`)."""
+        if not self.groups:
+            return values["lr"], values["momentum"]
+        return ({g: values[f"lr[{g}]"] for g in self.groups}, {g: values[f"momentum[{g}]"] for g in self.groups})
 
     def prepare(self) -> float:
         self.study = quiet_study(self.make_sampler())
-        self.asked: dict[tuple[float, float], list[optuna.trial.Trial]] = {}
+        self.asked: dict[tuple, list[optuna.trial.Trial]] = {}
         return 0.0
 
     def ask(self, remaining: float) -> Proposal | None:
@@ -65,12 +74,12 @@ class OptunaTuner(Tuner):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             asked = [self.study.ask(self.distributions()) for _ in range(n)]
-        points = [(t.params["lr"], t.params["momentum"]) for t in asked]
+        points = [self.point(t.params) for t in asked]
         for point, trial in zip(points, asked):
-            self.asked.setdefault(point, []).append(trial)
+            self.asked.setdefault(point_key(*point), []).append(trial)
         return self.points(points)
 
     def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
-            trial = self.asked[(outcome.lr, outcome.momentum)].pop(0)
+            trial = self.asked[point_key(outcome.lr, outcome.momentum)].pop(0)
             self.study.tell(trial, told_value(outcome.value, self.initial_value))

@@ -21,14 +21,15 @@ def is_diverged(value: float, initial_value: float) -> bool:
 class Trial:
     """One evaluated (η, β): its validation loss after T steps and what it cost.
 
+    ``lr`` and ``momentum`` are floats, or dicts by group prefix in a per-group space.
     ``value`` is ℓ_val(θ_T) (inf when the run diverged or failed); ``spectral_radius`` is ρ of
     the momentum transition over the curvature at θ₀; ``status`` is "completed", "diverged"
     (a result: the run blew up) or "failed" (the evaluation itself crashed; ``error`` says why).
     """
 
     number: int
-    lr: float
-    momentum: float
+    lr: float | dict[str, float]
+    momentum: float | dict[str, float]
     value: float
     diverged: bool
     gradient_evals: float
@@ -60,11 +61,11 @@ class TuneResult:
         return min(finite, key=lambda t: t.value) if finite else None
 
     @property
-    def best_lr(self) -> float:
+    def best_lr(self) -> float | dict[str, float]:
         return self.best.lr if self.best else math.nan
 
     @property
-    def best_momentum(self) -> float:
+    def best_momentum(self) -> float | dict[str, float]:
         return self.best.momentum if self.best else math.nan
 
     @property

@@ -1,0 +1,78 @@
+"""Per-group search spaces: an η and a β for each parameter group, named by prefix.
+
+A scalar space has one (η, β) for every parameter; a point's ``lr`` and ``momentum`` are
+floats. A space over groups g₁ … g_G (parameter-name prefixes, as
+:func:`metatune.unroll` takes them) has 2G hyperparameters; a point's ``lr`` and
+``momentum`` are dicts ``{prefix: value}``, which the engine takes as they are. Each
+group's (η_g, β_g) lies in the same box (the space's bounds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Union
+
+from metatune._types import Params
+from metatune.dynamics import group_hyperparameter
+from metatune.errors import invalid
+
+Hyper = Union[float, dict[str, float]]
+"""A point's η or β: one float, or one per group keyed by prefix."""
+
+GROUPINGS = ("layers", "tensors")
+
+
+def resolve_groups(groups: str | Sequence[str] | None, params: Params) -> tuple[str, ...]:
+    """The prefixes of ``groups`` for ``params``: () for None (a scalar space); "layers": one
+    group per module (each name up to its last dot); "tensors": one per parameter tensor;
+    or the given prefixes, which must cover every parameter and each match one.
+
+    Example:
+        >>> import torch
+        >>> p = {"0.weight": torch.ones(1), "0.bias": torch.ones(1), "2.weight": torch.ones(1)}
+        >>> resolve_groups("layers", p), resolve_groups(None, p)
+        (('0', '2'), ())
+    """
+    if groups is None:
+        return ()
+    if isinstance(groups, str):
+        if groups not in GROUPINGS:
+            raise invalid("groups", groups, f"None, one of {GROUPINGS}, or a list of parameter-name prefixes")
+        names = list(params) if groups == "tensors" else [n.rsplit(".", 1)[0] for n in params]
+        return tuple(dict.fromkeys(names))
+    prefixes = tuple(groups)
+    if not prefixes or not all(isinstance(p, str) for p in prefixes) or len(set(prefixes)) != len(prefixes):
+        raise invalid("groups", groups, "distinct parameter-name prefixes (strings)")
+    like = next(iter(params.values()))
+    group_hyperparameter(dict.fromkeys(prefixes, 1.0), params, name="groups", like=like)  # covers, each used
+    return prefixes
+
+
+def values_of(value: Hyper, groups: tuple[str, ...]) -> list[float]:
+    """A point's η or β as one float per group, in ``groups`` order (one float when scalar)."""
+    if not groups:
+        return [float(value)]  # type: ignore[arg-type]
+    return [float(value[g]) for g in groups]  # type: ignore[index]
+
+
+def hyper_of(values: Sequence[float], groups: tuple[str, ...]) -> Hyper:
+    """Inverse of :func:`values_of`."""
+    if not groups:
+        return float(values[0])
+    return {g: float(v) for g, v in zip(groups, values)}
+
+
+def point_key(lr: Hyper, momentum: Hyper) -> tuple:
+    """A hashable key for the point (lr, momentum), scalar or per group."""
+    return (_frozen(lr), _frozen(momentum))
+
+
+def _frozen(value: Hyper) -> object:
+    return tuple(sorted(value.items())) if isinstance(value, Mapping) else float(value)
+
+
+def describe(value: Hyper, digits: int = 4) -> str:
+    """``0.01`` or ``{0: 0.01, 2: 0.3}`` for tables and messages."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {v:.{digits}g}" for k, v in value.items()) + "}"
+    return f"{value:.{digits}g}"
