@@ -71,6 +71,11 @@ def _compare(args: argparse.Namespace) -> int:
     if args.server:
         from metatune.service_cli import compare_on_server
 
+        if args.groups is not None:
+            from metatune.errors import invalid
+
+            raise invalid("--groups", args.groups, "no --groups with --server: the service takes scalar spaces for now")
+
         return compare_on_server(args, params, methods)
     objective = objectives.get(args.objective, **params)
     seeds = list(range(args.seeds))
@@ -85,8 +90,9 @@ def _compare(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{method} seed {seed} best {trial.value:.3g}")
             bar.update(trial.gradient_evals)
 
+        groups = args.groups if args.groups in (None, "layers", "tensors") else args.groups.split(",")
         cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options,
-                      backend=args.backend, backend_options=backend_options)
+                      groups=groups, backend=args.backend, backend_options=backend_options)
     print(cmp.table())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"compare-{objective.name}")
@@ -130,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, default=5)
     cmp.add_argument("--target", type=float, default=None, help="loss for 'evals to target'")
     cmp.add_argument("--metagrad-mode", default=None, choices=["auto", "forward", "reverse"])
+    cmp.add_argument("--groups", default=None,
+                     help="an η and a β per parameter group: 'layers', 'tensors' or comma-separated prefixes")
     cmp.add_argument("--out", default="metatune-out", help="folder for the JSON and the plots")
     cmp.add_argument("--threads", type=int, default=1)
     cmp.add_argument("--backend", default="local", choices=["local", "ray"],

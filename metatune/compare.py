@@ -138,6 +138,7 @@ def compare(
     target: float | None = None,
     on_trial: Callable[[str, int, Trial], None] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
+    groups: str | Sequence[str] | None = None,
     backend: str = "local",
     backend_options: dict[str, Any] | None = None,
 ) -> Comparison:
@@ -152,6 +153,8 @@ def compare(
             first method other than metagrad (the reference baseline), else of the first.
         on_trial: ``on_trial(method, seed, trial)`` after each trial (progress bars).
         options: per-method keyword options, e.g. ``{"metagrad": {"mode": "reverse"}}``.
+        groups: every method searches an η and a β per parameter group ("layers", "tensors"
+            or prefixes; :mod:`metatune.tuners.groups`); None: one η and one β.
         backend: "local" or "ray" (each (method, seed) job runs as a Ray Tune experiment).
         backend_options: for "ray": ``resources``, ``concurrency``, ``ray_address``, ``storage``,
             ``max_retries`` (:func:`metatune.distributed.run`).
@@ -178,8 +181,9 @@ def compare(
         results[method] = []
         for seed in seeds:
             callback = None if on_trial is None else (lambda t, m=method, s=seed: on_trial(m, s, t))
+            grouped = {} if groups is None else {"groups": groups}
             results[method].append(tune(objective, method, budget, seed, callback=callback, backend=backend,
-                                        **(backend_options or {}), **options.get(method, {})))
+                                        **(backend_options or {}), **grouped, **options.get(method, {})))
     if target is None:
         reference = next((m for m in methods if m != "metagrad"), methods[0])
         target = float(np.median([r.best_value for r in results[reference]]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import warnings
 from typing import TYPE_CHECKING
 
@@ -13,7 +12,7 @@ from metatune.stability import spectral_radius
 
 if TYPE_CHECKING:
     from metatune.compare import Comparison
-    from metatune.tuners import TuneResult
+    from metatune.tuners import Trial, TuneResult
 
 RHO_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
@@ -70,9 +69,17 @@ def convergence(cmp: Comparison, path: str) -> str:
     return path
 
 
+def _pairs(trial: Trial) -> list[tuple[float, float]]:
+    """The trial's (η, β), or each group's (η_g, β_g) in a per-group space."""
+    if isinstance(trial.lr, dict):
+        return [(trial.lr[g], trial.momentum[g]) for g in trial.lr]
+    return [(trial.lr, trial.momentum)]
+
+
 def plane(cmp: Comparison, path: str) -> str:
     """The η–β plane: ρ contours and the ρ = 1 boundary from the curvature at θ₀, every trial
-    coloured by its validation loss (diverged ones as ×), and metagrad's path."""
+    coloured by its validation loss (diverged ones as ×), and metagrad's path. In a
+    per-group space each trial appears once per group, at that group's (η_g, β_g)."""
     plt = _pyplot()
     space = cmp.objective.space
     lrs = np.geomspace(space.lr_low, space.lr_high, 240)
@@ -86,20 +93,22 @@ def plane(cmp: Comparison, path: str) -> str:
     ax.contour(lr_grid, momentum_grid, rho, levels=[1.0], colors="black", linewidths=2)
     ax.contourf(lr_grid, momentum_grid, rho, levels=[1.0, np.inf], colors=["#f4cccc"], alpha=0.5)
     trials = [t for runs in cmp.results.values() for r in runs for t in r.trials]
-    finite = [t for t in trials if not t.diverged]
+    finite = [(t, pair) for t in trials if not t.diverged for pair in _pairs(t)]
     if finite:
-        values = np.log10([max(t.value, 1e-300) for t in finite])
-        points = ax.scatter([t.lr for t in finite], [t.momentum for t in finite], c=values, s=14, cmap="viridis")
+        values = np.log10([max(t.value, 1e-300) for t, _ in finite])
+        points = ax.scatter([p[0] for _, p in finite], [p[1] for _, p in finite], c=values, s=14, cmap="viridis")
         fig.colorbar(points, ax=ax, label="log10 validation loss")
-    diverged = [t for t in trials if t.diverged]
-    ax.scatter([t.lr for t in diverged], [t.momentum for t in diverged], marker="x", c="red", s=16,
-               label=f"diverged ({len(diverged)})")
+    diverged = [pair for t in trials if t.diverged for pair in _pairs(t)]
+    ax.scatter([p[0] for p in diverged], [p[1] for p in diverged], marker="x", c="red", s=16,
+               label=f"diverged ({sum(t.diverged for t in trials)})")
     for result in cmp.results.get("metagrad", [])[:1]:
         steps = [t for t in result.trials if "growth_rate" in t.metrics]
         for start in sorted({t.metrics.get("start", 0) for t in steps}):
-            walk = [t for t in steps if t.metrics.get("start", 0) == start]
-            ax.plot([t.lr for t in walk], [t.momentum for t in walk], "-o", color="orange", ms=3, lw=1.5, zorder=6,
-                    label=f"metagrad paths (seed {result.seed})" if start == 0 else None)
+            walk = [_pairs(t) for t in steps if t.metrics.get("start", 0) == start]
+            for group in range(len(walk[0]) if walk else 0):  # one path per parameter group
+                ax.plot([w[group][0] for w in walk], [w[group][1] for w in walk], "-o", color="orange", ms=3,
+                        lw=1.5, zorder=6,
+                        label=f"metagrad paths (seed {result.seed})" if start == 0 and group == 0 else None)
     if cmp.objective.optimum and "lr" in cmp.objective.optimum:
         ax.plot(cmp.objective.optimum["lr"], cmp.objective.optimum["momentum"], "*", color="magenta", ms=12,
                 label="rate-optimal (η*, β*)")
