@@ -162,12 +162,13 @@ class MetagradChains:
         return project(u, self.space, self._lr_cap)
 
     def ask(self) -> Step | None:
-        """The next proposal of the idle chain with the fewest attempts (round robin when
-        sequential); None while every chain waits for its result."""
+        """The next proposal of an idle chain: one not yet evaluated first, then the one whose
+        accepted loss is lowest (greedy: the budget follows the best chain; a chain that has
+        halved its step below 1/8 yields to the others); None while every chain waits."""
         idle = [s for s in self.starts if not s.busy]
         if not idle:
             return None
-        start = min(idle, key=lambda s: (s.attempts, s.index))
+        start = min(idle, key=lambda s: (s.grad is not None, s.step < 0.125, s.value, s.attempts, s.index))
         u = start.u if start.grad is None else self._proposal(start)
         start.busy, start.attempts = True, start.attempts + 1
         lr, momentum = decode(u, self.groups)
