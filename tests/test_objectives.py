@@ -12,7 +12,7 @@ import metatune as mt
 from metatune import objectives
 from metatune.objectives import base
 
-BUILT_INS = {"quadratic", "rosenbrock", "logistic-digits", "mlp-digits", "cnn-digits", "rnn-sequence"}
+BUILT_INS = {"quadratic", "rosenbrock", "logistic-digits", "mlp-digits", "cnn-digits", "rnn-sequence", "mlp-regression"}
 
 SMALL = {"cnn-digits": {"width": 4, "batch_size": 32}, "quadratic": {"dim": 10}}
 """Overrides that keep the float64 meta-gradient check fast; the losses are the same code."""
@@ -226,3 +226,23 @@ def test_digits_features_are_on_one_scale_in_both_splits():
     objective = objectives.get("logistic-digits", dtype="float64")
     params = objective.init_params(0)
     assert float(objective.val_loss(params)) < 3 * float(objective.train_loss(params, objective.batches(0, 1)[0]))
+
+
+@pytest.mark.parametrize(("spectrum", "expected"), [("log", np.logspace(0, 2, 12)), ("linear", np.linspace(1, 100, 12))])
+def test_quadratic_spectrum_is_the_one_asked_for(spectrum: str, expected: np.ndarray) -> None:
+    objective = objectives.get("quadratic", dim=12, kappa=100.0, spectrum=spectrum)
+    x = objective.init_params(0)["x"]
+    hessian = torch.autograd.functional.hessian(lambda v: objective.train_loss({"x": v}, None), x)
+    assert np.allclose(np.linalg.eigvalsh(hessian.numpy()), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="spectrum"):
+        objectives.get("quadratic", spectrum="flat")
+
+
+def test_regression_data_follow_the_stated_function_and_noise() -> None:
+    from metatune.objectives.regression import regression_split, target_function
+
+    x = torch.tensor([[0.5, 1.0, 2.0, 1.0, 0.0, 9.0, 9.0, 9.0]], dtype=torch.float64)
+    assert float(target_function(x)) == pytest.approx(math.sin(1.0) + 2.0 + 0.5 - 1.0, rel=1e-12)
+    split = regression_split(n_train=4000, n_val=1000, noise=0.1, seed=0, dtype=torch.float64, device="cpu")
+    residual = torch.cat([split.y_train - target_function(split.x_train), split.y_val - target_function(split.x_val)])
+    assert abs(float(residual.std()) - 0.1) < 0.005 and abs(float(residual.mean())) < 0.005

@@ -1,14 +1,16 @@
 """Named, seeded tuning problems and their registry (``mt.objectives.get("quadratic", kappa=1e3)``).
 
 Built-ins: ``quadratic`` (rotated, exact optimum known), ``rosenbrock`` (non-convex valley),
-``logistic-digits``, ``mlp-digits``, ``cnn-digits`` (scikit-learn digits classifiers) and
-``rnn-sequence`` (tanh RNN on the adding problem, where meta-gradients explode).
+``logistic-digits``, ``mlp-digits``, ``cnn-digits`` (scikit-learn digits classifiers),
+``rnn-sequence`` (tanh RNN on the adding problem, where meta-gradients explode) and
+``mlp-regression`` (a tanh MLP on generated regression data).
 """
 
 from __future__ import annotations
 
 from metatune.objectives import digits as _digits  # noqa: F401 - registers built-ins
 from metatune.objectives import quadratic as _quadratic  # noqa: F401
+from metatune.objectives import regression as _regression  # noqa: F401
 from metatune.objectives import rosenbrock as _rosenbrock  # noqa: F401
 from metatune.objectives import sequence as _sequence  # noqa: F401
 from metatune.objectives.base import (

@@ -1,7 +1,8 @@
 """``quadratic``: ½ (θ − θ*)ᵀ A (θ − θ*) with a rotated, ill-conditioned A = Q diag(λ) Qᵀ.
 
-λ is log-spaced over [1, κ], Q a seeded random rotation, so the coordinates are coupled
-(not diagonal). Full-batch and deterministic: the training and validation losses are
+λ is log-spaced over [1, κ] (``spectrum="log"``) or evenly spaced (``spectrum="linear"``:
+few small eigenvalues, the slow modes harder for Lanczos to resolve), Q a seeded random
+rotation, so the coordinates are coupled (not diagonal). Full-batch and deterministic: the training and validation losses are
 the same function, and heavy ball's rate-optimal (η*, β*) and ρ* = √β* are exact
 (DESIGN.md §1): a tuner's result can be compared with the physical limit.
 """
@@ -17,20 +18,26 @@ from metatune.objectives.base import Objective, SearchSpace, default_dtype, regi
 from metatune.stability import optimal_hyperparameters
 
 
+SPECTRA = ("log", "linear")
+
+
 @register("quadratic")
 def quadratic(
     *, dim: int = 50, kappa: float = 1000.0, rotation_seed: int = 0, steps: int = 300,
-    dtype: str = "float64", device: str = "cpu",
+    spectrum: str = "log", dtype: str = "float64", device: str = "cpu",
 ) -> Objective:
     """Build the rotated quadratic of dimension ``dim`` and condition number ``kappa``."""
     if not (isinstance(dim, int) and dim >= 2):
         raise invalid("dim", dim, "an integer >= 2")
     if not kappa >= 1:
         raise invalid("kappa", kappa, "a condition number >= 1")
+    if spectrum not in SPECTRA:
+        raise invalid("spectrum", spectrum, f"one of {SPECTRA}")
     torch_dtype = default_dtype(dtype)
     generator = torch.Generator().manual_seed(rotation_seed)
     rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    eigenvalues = torch.logspace(0.0, math.log10(kappa), dim, dtype=torch.float64)
+    eigenvalues = (torch.logspace(0.0, math.log10(kappa), dim, dtype=torch.float64) if spectrum == "log"
+                   else torch.linspace(1.0, kappa, dim, dtype=torch.float64))
     matrix = (rotation @ torch.diag(eigenvalues) @ rotation.T).to(torch_dtype).to(device)
     minimiser = torch.randn(dim, generator=generator, dtype=torch.float64).to(torch_dtype).to(device)
 
@@ -45,14 +52,15 @@ def quadratic(
     lr, momentum = optimal_hyperparameters(1.0, kappa)
     return Objective(
         name="quadratic",
-        description=f"rotated quadratic, dimension {dim}, condition number {kappa:g} (full batch)",
+        description=f"rotated quadratic, dimension {dim}, condition number {kappa:g}, {spectrum} spectrum "
+                    "(full batch)",
         init_params=init_params,
         train_loss=loss,
         val_loss=loss,
         batches=lambda seed, steps: None,
         space=SearchSpace(lr_low=1e-5, lr_high=1e-1, momentum_low=0.0, momentum_high=0.99),
         steps=steps,
-        params={"dim": dim, "kappa": kappa, "rotation_seed": rotation_seed, "steps": steps},
+        params={"dim": dim, "kappa": kappa, "rotation_seed": rotation_seed, "steps": steps, "spectrum": spectrum},
         optimum={"lr": lr, "momentum": momentum, "spectral_radius": math.sqrt(momentum),
                  "lambda_min": 1.0, "lambda_max": float(kappa)},
     )
