@@ -121,7 +121,7 @@ def test_metagrad_coordinates_round_trip():
 def test_metagrad_caps_lr_at_the_margin_under_the_critical_lr(quadratic, momentum, cap):
     """λ_max = 50, margin 1 %: cap = 0.99 · 2(1 + β)/50, so 0.0396, 0.0594, 0.07524 (all under
     the space's 0.1). Oracle for the boundary: numpy eigenvalues of the 2×2 transition."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, margin=0.01), 50.0)
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, margin=0.01, guard=True), 50.0)
     assert tuner.lr_cap(momentum) == pytest.approx(cap, rel=1e-12)
     lr, projected = MetagradTuner.decode(tuner.project(MetagradTuner.encode(5.0, momentum)))
     assert (lr, projected) == pytest.approx((cap, momentum), rel=1e-12)
@@ -136,12 +136,22 @@ def transition_radius(lr: float, momentum: float, lam: float) -> float:
 
 def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
     """λ_max = 100, β = 0.5: the critical lr is 2 · 1.5/100 = 0.03; unguarded, only the space's 0.1 binds."""
-    guarded = _with_curvature(MetagradTuner(quadratic, budget=BUDGET), 100.0)
+    guarded = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=True), 100.0)
     free = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=False), 100.0)
     far = MetagradTuner.encode(0.5, 0.5)
     capped = 0.03 * (1 - guarded.margin)
     assert MetagradTuner.decode(guarded.project(far))[0] == pytest.approx(capped, rel=1e-12)
     assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(0.1, rel=1e-12)
+
+
+def test_automatic_guard_holds_where_theta0_is_convex_and_lifts_where_it_is_not(quadratic):
+    """guard="auto": λ_min = 1 > 0 found at θ₀ → capped at 2(1 + β)/100 · (1 − margin);
+    λ_min not positive (NaN) → only the space's 0.1 binds."""
+    convex = MetagradTuner(quadratic, budget=BUDGET)
+    convex._curvature = Curvature(1.0, 100.0, 0.0)
+    saddle = _with_curvature(MetagradTuner(quadratic, budget=BUDGET), 100.0)
+    assert convex.lr_cap(0.5) == pytest.approx(0.03 * (1 - convex.margin), rel=1e-12)
+    assert saddle.lr_cap(0.5) == pytest.approx(0.1, rel=1e-12)
 
 
 def test_metagrad_starts_at_the_rate_optimum_the_horizon_can_resolve(quadratic):
