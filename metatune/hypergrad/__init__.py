@@ -1,7 +1,8 @@
 """Exact meta-gradients ∂ℓ_val(θ_T)/∂(η, β) through an unrolled momentum-SGD run.
 
 With h = (η, β) and state sₜ = (θₜ, vₜ), the sensitivity Sₜ = ∂sₜ/∂h obeys
-Sₜ₊₁ = Jₜ Sₜ + Bₜ (DESIGN.md §1). Three modes compute ∂ℓ_val/∂h = ∇ℓ_val(θ_T)ᵀ S_T:
+Sₜ₊₁ = Jₜ Sₜ + Bₜ, Jₜ the Jacobian of step t with respect to sₜ and Bₜ its
+derivative with respect to h. Three modes compute ∂ℓ_val/∂h = ∇ℓ_val(θ_T)ᵀ S_T:
 
 * ``forward``: propagate S with ``torch.func.jvp`` of each step, the k tangents batched
   by ``torch.func.vmap``; memory flat in T.
@@ -18,6 +19,7 @@ meta-gradient explodes; γ ≈ 0 (forward) or < 0 (reverse) when it settles.
 
 from __future__ import annotations
 
+from metatune import checks
 from metatune._types import Batches, HyperArg, Params, TrainLoss, ValLoss
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
@@ -71,9 +73,11 @@ def hypergrad(
     """
     problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     check_scalar_loss(val_loss(problem.params), "val_loss(params)")
-    window = _window(mode, truncate, steps)
-    if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1):
-        raise invalid("checkpoint", checkpoint, "None or an integer >= 1 (steps between stored states)")
+    window = _window(mode, truncate, problem.steps)
+    checkpoint = checks.positive_int("checkpoint", checkpoint, optional=True, note="steps between stored states")
+    compile = checks.flag("compile", compile)  # noqa: A001
+    if not isinstance(costs, CostModel):
+        raise invalid("costs", costs, "a metatune.costs.CostModel (metatune.costs.measure gives one)")
     if mode == "forward":
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None in forward mode (its memory is already flat in T)")
@@ -84,16 +88,12 @@ def hypergrad(
 
 
 def _window(mode: str, truncate: int | None, steps: int) -> int:
-    if mode not in MODES:
-        raise invalid("mode", mode, f"one of {MODES}")
+    checks.choice("mode", mode, MODES)
     if mode != "truncated":
         if truncate is not None:
             raise invalid("truncate", truncate, "None unless mode='truncated'")
         return steps
-    if isinstance(truncate, bool) or not isinstance(truncate, int) or not 1 <= truncate <= steps:
-        raise invalid("truncate", truncate, f"an integer in [1, steps={steps}] for mode='truncated'")
-    return truncate
-
+    return checks.integer("truncate", truncate, low=1, high=steps, note=f"steps={steps}, for mode='truncated'")
 
 
 
