@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import math
+import inspect
 import numbers
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,7 +68,8 @@ class Interval:
         if self.finite and (self.low is None or self.high is None) and "finite" not in what:
             what = "a finite " + what.removeprefix("a ")  # inf would otherwise look allowed
         if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{what} in {left}{self.low:g}, {self.high:g}{right}"
         if self.low is not None:
             return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
         if self.high is not None:
@@ -163,7 +164,8 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
         if low is not None and high is not None:
             expected = f"an integer in [{low}, {high}]"
         else:
-            expected = "an integer" + (f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+            bound = f" >= {low}" if low is not None else f" <= {high}" if high is not None else ""
+            expected = "an integer" + bound
         raise invalid(name, value, _with_note(("None or " if optional else "") + expected, note))
     return int(value)
 
@@ -191,6 +193,21 @@ def choice(name: str, value: T, options: Collection[Any], note: str = "") -> T:
     return value
 
 
+def instance(name: str, value: T, kind: type | tuple[type, ...], expected: str, *,
+             optional: bool = False) -> T:
+    """An instance of ``kind`` (None too when ``optional``); ``expected`` says what that is."""
+    if not (optional and value is None) and not isinstance(value, kind):
+        raise invalid(name, value, ("None or " if optional else "") + expected)
+    return value
+
+
+def function(name: str, value: T, expected: str, *, optional: bool = False) -> T:
+    """A callable (None too when ``optional``); ``expected`` says with which arguments."""
+    if not (optional and value is None) and not callable(value):
+        raise invalid(name, value, ("None or " if optional else "") + expected)
+    return value
+
+
 def keywords(owner: str, given: Mapping[str, Any], accepted: Iterable[str]) -> None:
     """Every key of ``given`` among ``accepted``; the first that is not is named with its value.
 
@@ -207,5 +224,30 @@ def keywords(owner: str, given: Mapping[str, Any], accepted: Iterable[str]) -> N
             raise invalid(str(key), value, f"a keyword argument of {owner}, one of {allowed}")
 
 
-__all__ = ["LEARNING_RATE", "MOMENTUM", "Interval", "choice", "flag", "fraction", "integer", "keywords",
+
+def constructor_keywords(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts by name: those of its ``__init__``, and of each
+    base's ``__init__`` for as long as the one before passes ``**kwargs`` on.
+
+    Example:
+        >>> class Base:
+        ...     def __init__(self, *, a: int = 0) -> None: ...
+        >>> class Child(Base):
+        ...     def __init__(self, *, b: int = 0, **kwargs: int) -> None: ...
+        >>> constructor_keywords(Child)
+        ['a', 'b']
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        names |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return sorted(names)
+
+
+__all__ = ["LEARNING_RATE", "MOMENTUM", "Interval", "choice", "constructor_keywords", "flag", "fraction",
+           "function", "instance", "integer", "keywords",
            "learning_rate", "momentum", "non_negative", "number", "positive", "positive_int"]

@@ -122,7 +122,8 @@ def train_population(
     like = next(iter(params.values()))
     lr_vector, momentum_vector = check_settings(lrs, momenta, like)
     nesterov = checks.flag("nesterov", nesterov)
-    chunk_size = checks.positive_int("chunk_size", chunk_size, optional=True, note="members per vectorised call")
+    chunk_size = checks.positive_int("chunk_size", chunk_size, optional=True,
+                                     note="members per vectorised call")
     mode = _check_compile(compile)
     return_params = checks.flag("return_params", return_params)
     check_scalar_loss(train_loss(params, batch_list[0]), "train_loss(params, batch)")

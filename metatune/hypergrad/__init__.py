@@ -74,10 +74,10 @@ def hypergrad(
     problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     check_scalar_loss(val_loss(problem.params), "val_loss(params)")
     window = _window(mode, truncate, problem.steps)
-    checkpoint = checks.positive_int("checkpoint", checkpoint, optional=True, note="steps between stored states")
+    checkpoint = checks.positive_int("checkpoint", checkpoint, optional=True,
+                                     note="steps between stored states")
     compile = checks.flag("compile", compile)  # noqa: A001
-    if not isinstance(costs, CostModel):
-        raise invalid("costs", costs, "a metatune.costs.CostModel (metatune.costs.measure gives one)")
+    checks.instance("costs", costs, CostModel, "a CostModel (metatune.costs.measure gives one)")
     if mode == "forward":
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None in forward mode (its memory is already flat in T)")
@@ -93,7 +93,8 @@ def _window(mode: str, truncate: int | None, steps: int) -> int:
         if truncate is not None:
             raise invalid("truncate", truncate, "None unless mode='truncated'")
         return steps
-    return checks.integer("truncate", truncate, low=1, high=steps, note=f"steps={steps}, for mode='truncated'")
+    return checks.integer("truncate", truncate, low=1, high=steps,
+                          note=f"steps={steps}, for mode='truncated'")
 
 
 

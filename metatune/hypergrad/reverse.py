@@ -64,7 +64,8 @@ def reverse(
         else:
             terminal = _dot(adjoint[0], end_params) + _dot(adjoint[1], end_state.velocity)
         inputs = [*start_params.values(), *start_velocity.values(), hyper]
-        grads = torch.autograd.grad(terminal, inputs + _flat(probed), allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(terminal, inputs + _flat(probed), allow_unused=True,
+                                    materialize_grads=True)
         n = len(start_params)
         adjoint = dict(zip(start_params, grads[:n])), dict(zip(start_velocity, grads[n : 2 * n]))
         hyper_grads = hyper_grads + grads[len(inputs) - 1]

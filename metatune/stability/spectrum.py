@@ -14,7 +14,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from metatune import checks
 from metatune._types import Batch, Params, TrainLoss
-from metatune.errors import NonFiniteCurvatureError, invalid
+from metatune.errors import NonFiniteCurvatureError
 from metatune.unroll import check_params
 
 HessianVectorProduct = Callable[[Params], Params]
@@ -53,8 +53,7 @@ class HessianOperator(LinearOperator):
     """
 
     def __init__(self, hvp: HessianVectorProduct, params: Params) -> None:
-        if not callable(hvp):
-            raise invalid("hvp", hvp, "a function v -> H v (metatune.stability.hessian_vector_product gives one)")
+        checks.function("hvp", hvp, "a function v -> H v (stability.hessian_vector_product gives one)")
         params = check_params(params)
         self._hvp, self._params = hvp, params
         self._device = next(iter(params.values())).device
@@ -88,8 +87,7 @@ def largest_eigenvalue(operator: HessianOperator, *, tol: float = 1e-6, seed: in
 
 
 def _check_lanczos(operator: HessianOperator, tol: float, seed: int) -> tuple[float, int]:
-    if not isinstance(operator, HessianOperator):
-        raise invalid("operator", operator, "a metatune.stability.HessianOperator")
+    checks.instance("operator", operator, HessianOperator, "a metatune.stability.HessianOperator")
     return (checks.non_negative("tol", tol, note="the Lanczos tolerance; 0: machine precision"),
             checks.integer("seed", seed, low=0, note="the seed of the Lanczos start vector"))
 
