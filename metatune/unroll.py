@@ -8,7 +8,7 @@ nesterov=…)`` step for step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -53,7 +53,8 @@ class InnerProblem:
     def rule(self) -> dynamics.UpdateRule:
         return dynamics.update_rule(self.nesterov)
 
-    def hyperparameters(self, lr=None, momentum=None) -> dynamics.Hyperparameters:  # noqa: ANN001
+    def hyperparameters(self, lr: Mapping[str, Tensor] | None = None,
+                        momentum: Mapping[str, Tensor] | None = None) -> dynamics.Hyperparameters:
         """Per-parameter (η, β), optionally from replacement group tensors."""
         return dynamics.Hyperparameters(self.lr.per_param(lr), self.momentum.per_param(momentum))
 

@@ -86,11 +86,16 @@ def digits_rows(name: str, seeds: list[int], fractions: list[float], mode: str, 
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def columns(rows: list[dict]) -> list[str]:
+    """The columns after "objective": the first row's keys, then any others in sorted order."""
     keys = [k for k in rows[0] if k != "objective"] if rows else []
-    extra = sorted({k for row in rows for k in row} - set(keys) - {"objective"})
-    keys += extra
-    lines = ["| objective | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    return keys + sorted({k for row in rows for k in row} - set(keys) - {"objective"})
+
+
+def table(rows: list[dict], *, header: bool = True) -> str:
+    """``rows`` as Markdown table lines; ``header=False`` continues a table printed before."""
+    keys = columns(rows)
+    lines = ["| objective | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"] if header else []
     for row in rows:
         cells = [_cell(row.get(k, "")) for k in keys]
         lines.append(f"| {row['objective']} | " + " | ".join(cells) + " |")
@@ -116,11 +121,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"metatune bench tuning: {args.threads} thread(s); {machine()}", flush=True)
     seeds = list(range(args.seeds))
     fractions = [float(x) for x in args.fractions.split(",")]
+    shown: list[str] | None = None
     for name in [n.strip() for n in args.objectives.split(",") if n.strip()]:
         if name == "quadratic":
             rows = quadratic_rows(seeds, fractions[0])
         else:
             rows = digits_rows(name, seeds, fractions, args.mode, guard=not args.no_guard)
-        print(table(rows), flush=True)
+        # one table while the columns stay the same (the digits objectives share theirs)
+        print(table(rows, header=columns(rows) != shown), flush=True)
+        shown = columns(rows)
     return 0
 
