@@ -73,7 +73,7 @@ def hypergrad(
     """
     problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     check_scalar_loss(val_loss(problem.params), "val_loss(params)")
-    window = _window(mode, truncate, problem.steps)
+    window = _window(mode, truncate, steps)
     checkpoint = checks.positive_int("checkpoint", checkpoint, optional=True,
                                      note="steps between stored states")
     compile = checks.flag("compile", compile)  # noqa: A001
