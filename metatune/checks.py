@@ -224,7 +224,6 @@ def keywords(owner: str, given: Mapping[str, Any], accepted: Iterable[str]) -> N
             raise invalid(str(key), value, f"a keyword argument of {owner}, one of {allowed}")
 
 
-
 def constructor_keywords(cls: type) -> list[str]:
     """The keyword arguments ``cls(...)`` accepts by name: those of its ``__init__``, and of each
     base's ``__init__`` for as long as the one before passes ``**kwargs`` on.
@@ -249,5 +248,5 @@ def constructor_keywords(cls: type) -> list[str]:
 
 
 __all__ = ["LEARNING_RATE", "MOMENTUM", "Interval", "choice", "constructor_keywords", "flag", "fraction",
-           "function", "instance", "integer", "keywords",
-           "learning_rate", "momentum", "non_negative", "number", "positive", "positive_int"]
+           "function", "instance", "integer", "keywords", "learning_rate", "momentum", "non_negative", "number",
+           "positive", "positive_int"]
