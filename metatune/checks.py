@@ -175,10 +175,19 @@ def positive_int(name: str, value: Any, *, optional: bool = False, note: str = "
     return integer(name, value, low=1, optional=optional, note=note)
 
 
-def flag(name: str, value: Any) -> bool:
-    """``True`` or ``False`` and nothing else (not 0, 1, "no" or None)."""
+def flag(name: str, value: Any, *, also: Collection[str] = ()) -> bool | str:
+    """``True`` or ``False`` and nothing else (not 0, 1, "no" or None), or one of the words ``also``
+    (e.g. ``"auto"``).
+
+    Example:
+        >>> flag("guard", "auto", also=("auto",))
+        'auto'
+    """
+    if isinstance(value, str) and value in also:
+        return value
     if not isinstance(value, (bool, np.bool_)):
-        raise invalid(name, value, "True or False")
+        words = ["True", "False", *map(repr, also)]
+        raise invalid(name, value, ", ".join(words[:-1]) + " or " + words[-1])
     return bool(value)
 
 

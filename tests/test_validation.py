@@ -218,7 +218,7 @@ TUNE = [
          "metagrad-outer"),
     case(lambda: mt.tune(tiny(), **METAGRAD, meta_lr=0), "meta_lr", "0", "> 0", "metagrad-meta-lr"),
     case(lambda: mt.tune(tiny(), **METAGRAD, margin=1.0), "margin", "1.0", "[0, 1)", "metagrad-margin"),
-    case(lambda: mt.tune(tiny(), **METAGRAD, guard="no"), "guard", "'no'", "True or False", "metagrad-guard"),
+    case(lambda: mt.tune(tiny(), **METAGRAD, guard="no"), "guard", "'no'", "False", "metagrad-guard"),
     case(lambda: mt.tune(tiny(), **METAGRAD, screen=-1), "screen", "-1", "None or an integer >= 0",
          "metagrad-screen"),
     case(lambda: mt.tune(tiny(), **METAGRAD, starts=0), "starts", "0", "an integer >= 1", "metagrad-starts"),
@@ -386,5 +386,5 @@ def test_the_messages_read_as_the_design_says() -> None:
         mt.unroll(**UNROLL | {"steps": 0})
     assert str(info.value) == "steps=0 is invalid: expected an integer >= 1"
     with pytest.raises(ValueError) as info:
-        mt.tune(tiny(), budget=5_000, guard="no")
-    assert str(info.value) == "guard='no' is invalid: expected True or False"
+        mt.unroll(**UNROLL | {"nesterov": "no"})
+    assert str(info.value) == "nesterov='no' is invalid: expected True or False"
