@@ -17,10 +17,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from metatune import checks
 from metatune.errors import invalid
 from metatune.objectives import Objective, get
-from metatune.tuners import METHODS, Trial, TuneResult, tune
+from metatune.tuners import BACKENDS, METHODS, Trial, TuneResult, accepted_options, tune
 from metatune.tuners.base import Curvature, estimate_curvature
+
+
+RAY_OPTIONS = ("resources", "concurrency", "ray_address", "storage", "max_retries", "reuse_actors")
+"""What ``backend_options`` may hold: the options of :func:`metatune.distributed.run` that
+apply alike to every (method, seed) job of a comparison."""
 
 
 @dataclass
@@ -157,7 +163,7 @@ def compare(
             or prefixes; :mod:`metatune.tuners.groups`); None: one η and one β.
         backend: "local" or "ray" (each (method, seed) job runs as a Ray Tune experiment).
         backend_options: for "ray": ``resources``, ``concurrency``, ``ray_address``, ``storage``,
-            ``max_retries`` (:func:`metatune.distributed.run`).
+            ``max_retries``, ``reuse_actors`` (:func:`metatune.distributed.run`).
 
     Example:
         >>> cmp = compare("quadratic", ["random", "grid"], budget=1_000, seeds=[0, 1])
@@ -166,16 +172,13 @@ def compare(
     """
     if isinstance(objective, str):
         objective = get(objective)
-    if isinstance(seeds, int) or isinstance(methods, str):
-        raise invalid("seeds" if isinstance(seeds, int) else "methods", seeds if isinstance(seeds, int) else methods,
-                      "a list, e.g. seeds=range(5), methods=['metagrad', 'tpe']")
-    methods, seeds = list(methods), list(seeds)
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise invalid("methods", methods, f"a non-empty list from {sorted(METHODS)}")
-    if not seeds:
-        raise invalid("seeds", seeds, "at least one seed")
-    options = options or {}
+    checks.instance("objective", objective, Objective, "a metatune.objectives.Objective or a registered name")
+    methods, seeds = _check_methods(methods), _check_seeds(seeds)
+    budget = checks.positive("budget", budget, note="gradient evaluations per method and seed")
+    target = None if target is None else checks.number("target", target, finite=False)
+    checks.function("on_trial", on_trial, "a function (method, seed, trial)", optional=True)
+    options = _check_options(options, methods)
+    backend_options = _check_backend_options(checks.choice("backend", backend, BACKENDS), backend_options)
     results: dict[str, list[TuneResult]] = {}
     for method in methods:
         results[method] = []
@@ -183,10 +186,53 @@ def compare(
             callback = None if on_trial is None else (lambda t, m=method, s=seed: on_trial(m, s, t))
             grouped = {} if groups is None else {"groups": groups}
             results[method].append(tune(objective, method, budget, seed, callback=callback, backend=backend,
-                                        **(backend_options or {}), **grouped, **options.get(method, {})))
+                                        **backend_options, **grouped, **options.get(method, {})))
     if target is None:
         reference = next((m for m in methods if m != "metagrad"), methods[0])
         target = float(np.median([r.best_value for r in results[reference]]))
     params = objective.init_params(seeds[0])
     curvature = estimate_curvature(objective, params, objective.batches(seeds[0], objective.steps))
-    return Comparison(objective, float(budget), seeds, results, curvature, target)
+    return Comparison(objective, budget, seeds, results, curvature, target)
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    if isinstance(methods, str) or not isinstance(methods, Iterable):
+        raise invalid("methods", methods, f"a list of method names from {sorted(METHODS)}")
+    methods = list(methods)
+    unknown = [m for m in methods if not isinstance(m, str) or m not in METHODS]
+    if not methods or unknown:
+        unknown_note = f"; unknown: {unknown}" if unknown else ""
+        raise invalid("methods", methods, f"a non-empty list from {sorted(METHODS)}{unknown_note}")
+    return methods
+
+
+def _check_seeds(seeds: Iterable[int]) -> list[int]:
+    if not isinstance(seeds, Iterable) or isinstance(seeds, str):
+        raise invalid("seeds", seeds, "a list of integer seeds >= 0, e.g. seeds=range(5)")
+    seeds = [checks.integer(f"seeds[{i}]", seed, low=0) for i, seed in enumerate(seeds)]
+    if not seeds:
+        raise invalid("seeds", seeds, "at least one seed")
+    return seeds
+
+
+def _check_options(options: dict[str, dict[str, Any]] | None, methods: list[str]
+                   ) -> dict[str, dict[str, Any]]:
+    """Per-method options, each method among ``methods`` and each option one it takes."""
+    if options is None:
+        return {}
+    checks.instance("options", options, dict, "a dict method -> dict of options")
+    for method, given in options.items():
+        checks.choice("options", method, methods, note="a key of options names a compared method")
+        checks.instance(f"options[{method!r}]", given, dict, "a dict of keyword options")
+        checks.keywords(f"method {method!r}", given, accepted_options(method))
+    return options
+
+
+def _check_backend_options(backend: str, backend_options: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``metatune.distributed.run`` takes besides the job: nothing unless ``backend='ray'``."""
+    if not backend_options:
+        return {}
+    if backend != "ray" or not isinstance(backend_options, dict):
+        raise invalid("backend_options", backend_options, "None unless backend='ray', then a dict")
+    checks.keywords("the Ray backend", backend_options, RAY_OPTIONS)
+    return backend_options

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from metatune import checks
 from metatune._types import Batch, Params, TrainLoss
+from metatune.unroll import check_params
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,18 @@ class CostModel:
     backward_step: float = 2.0
     primal: float = 1.0
 
+    def __post_init__(self) -> None:
+        checks.non_negative("tangent", self.tangent, note="gradient evaluations per tangent and step")
+        checks.non_negative("backward_step", self.backward_step, note="gradient evaluations per step")
+
     def hypergrad(self, mode: str, steps: int, hyperparameters: int = 2, window: int | None = None,
                   checkpoint: int | None = None) -> float:
         """Gradient evaluations of one meta-gradient (module docstring)."""
+        checks.choice("mode", mode, ("forward", "reverse", "truncated"))
+        steps = checks.positive_int("steps", steps)
+        checks.positive_int("hyperparameters", hyperparameters)
+        checks.integer("window", window, low=1, high=steps, optional=True)
+        checks.positive_int("checkpoint", checkpoint, optional=True)
         if mode == "forward":
             return steps * (self.primal + hyperparameters * self.tangent) + 1.0
         window = steps if window is None else window
@@ -104,7 +115,8 @@ def measure(train_loss: TrainLoss, params: Params, batch: Batch = None) -> CostM
         >>> measure(loss, {"w": torch.ones(2, 3)})
         CostModel(tangent=1.0, backward_step=1.0, primal=2.0)
     """
-    params = {n: p.detach() for n, p in params.items()}
+    checks.function("train_loss", train_loss, "a function (params, batch) -> scalar tensor")
+    params = check_params(params)
     gradient = _flops(lambda: torch.func.grad(train_loss)(params, batch))
     if gradient == 0:
         return DEFAULT

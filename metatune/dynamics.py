@@ -10,13 +10,13 @@ scalar or as scalars keyed by parameter-name prefix (per-layer hyperparameters);
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from metatune import checks
 from metatune._types import HyperArg, Params, Scalar
 from metatune.errors import invalid
 
@@ -42,7 +42,17 @@ UpdateRule = Callable[[Params, MomentumState, Params, Hyperparameters], tuple[Pa
 
 def init_state(params: Params) -> MomentumState:
     """Zero velocity, as ``torch.optim.SGD`` starts (v₀ = 0)."""
+    if not isinstance(params, Mapping) or not all(isinstance(p, Tensor) for p in params.values()):
+        raise invalid("params", type(params).__name__, "a dict of name -> tensor")
     return MomentumState({name: torch.zeros_like(p) for name, p in params.items()})
+
+
+def _check_names(params: Params, state: MomentumState, grads: Params, hyper: Hyperparameters) -> None:
+    """Every dict of a step keyed by the names of ``params`` (a key-view comparison per dict)."""
+    for label, mapping in (("grads", grads), ("state.velocity", state.velocity), ("hyper.lr", hyper.lr),
+                           ("hyper.momentum", hyper.momentum)):
+        if mapping.keys() != params.keys():
+            raise invalid(label, sorted(mapping), f"a dict keyed by the parameter names {sorted(params)}")
 
 
 def heavy_ball(
@@ -56,6 +66,7 @@ def heavy_ball(
         >>> heavy_ball(p, init_state(p), {"w": torch.tensor([2.0])}, h)[0]["w"]
         tensor([0.8000])
     """
+    _check_names(params, state, grads, hyper)
     velocity = {n: hyper.momentum[n] * state.velocity[n] + grads[n] for n in params}
     new_params = {n: params[n] - hyper.lr[n] * velocity[n] for n in params}
     return new_params, MomentumState(velocity)
@@ -65,6 +76,7 @@ def nesterov(
     params: Params, state: MomentumState, grads: Params, hyper: Hyperparameters
 ) -> tuple[Params, MomentumState]:
     """One Nesterov step: ``v ← β v + g``, ``θ ← θ − η (g + β v)``."""
+    _check_names(params, state, grads, hyper)
     velocity = {n: hyper.momentum[n] * state.velocity[n] + grads[n] for n in params}
     new_params = {
         n: params[n] - hyper.lr[n] * (grads[n] + hyper.momentum[n] * velocity[n]) for n in params
@@ -73,8 +85,8 @@ def nesterov(
 
 
 def update_rule(nesterov_: bool) -> UpdateRule:
-    """The update rule for ``nesterov=nesterov_``."""
-    return nesterov if nesterov_ else heavy_ball
+    """The update rule for ``nesterov=nesterov_`` (True or False)."""
+    return nesterov if checks.flag("nesterov", nesterov_) else heavy_ball
 
 
 class GroupedScalar(NamedTuple):
@@ -141,17 +153,14 @@ def _as_scalar_tensor(value: Scalar, *, name: str, like: Tensor) -> Tensor:
 
 def check_lr(lr: GroupedScalar, *, name: str = "lr") -> None:
     """Raise ``ValueError`` unless every learning rate is finite and > 0."""
-    _check_range(lr, name, lambda x: math.isfinite(x) and x > 0, "a finite learning rate > 0")
+    _check_each_group(lr, name, checks.learning_rate)
 
 
 def check_momentum(momentum: GroupedScalar, *, name: str = "momentum") -> None:
     """Raise ``ValueError`` unless every momentum β lies in [0, 1)."""
-    _check_range(momentum, name, lambda x: 0.0 <= x < 1.0, "a momentum in [0, 1)")
+    _check_each_group(momentum, name, checks.momentum)
 
 
-def _check_range(value: GroupedScalar, name: str, ok: Callable[[float], bool], expected: str) -> None:
+def _check_each_group(value: GroupedScalar, name: str, check: Callable[[str, float], float]) -> None:
     for group, tensor in value.values.items():
-        number = float(tensor.detach())
-        if not ok(number):
-            label = name if group == SCALAR_GROUP else f"{name}[{group!r}]"
-            raise invalid(label, number, expected)
+        check(name if group == SCALAR_GROUP else f"{name}[{group!r}]", float(tensor.detach()))

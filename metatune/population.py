@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from metatune import dynamics
+from metatune import checks, dynamics
 from metatune._types import Batch, Batches, Params, TrainLoss, ValLoss
 from metatune.errors import invalid
 from metatune.unroll import check_batches, check_params, check_scalar_loss, check_steps
@@ -121,10 +121,11 @@ def train_population(
     batch_list = check_batches(batches, steps)
     like = next(iter(params.values()))
     lr_vector, momentum_vector = check_settings(lrs, momenta, like)
-    if not isinstance(nesterov, bool):
-        raise invalid("nesterov", nesterov, "True or False")
-    chunk_size = _check_chunk_size(chunk_size)
+    nesterov = checks.flag("nesterov", nesterov)
+    chunk_size = checks.positive_int("chunk_size", chunk_size, optional=True,
+                                     note="members per vectorised call")
     mode = _check_compile(compile)
+    return_params = checks.flag("return_params", return_params)
     check_scalar_loss(train_loss(params, batch_list[0]), "train_loss(params, batch)")
     check_scalar_loss(val_loss(params), "val_loss(params)")
     advance = _population_step if mode is None else _compiled_step(mode)
@@ -144,8 +145,8 @@ def check_settings(lrs: Settings, momenta: Settings, like: Tensor) -> tuple[Tens
     momentum_vector = _as_vector(momenta, "momenta")
     if len(momentum_vector) != len(lr_vector):
         raise invalid("momenta", f"{len(momentum_vector)} values", f"as many values as lrs ({len(lr_vector)})")
-    _check_each(lr_vector, "lrs", lambda x: math.isfinite(x) and x > 0, "a finite learning rate > 0")
-    _check_each(momentum_vector, "momenta", lambda x: 0.0 <= x < 1.0, "a momentum in [0, 1)")
+    checks.LEARNING_RATE.check_all("lrs", lr_vector.cpu().numpy())
+    checks.MOMENTUM.check_all("momenta", momentum_vector.cpu().numpy())
     return lr_vector.to(dtype=like.dtype, device=like.device), momentum_vector.to(dtype=like.dtype, device=like.device)
 
 
@@ -166,27 +167,13 @@ def _as_vector(values: Settings, name: str) -> Tensor:
     return vector.to(torch.float64)
 
 
-def _check_each(vector: Tensor, name: str, ok: Callable[[float], bool], expected: str) -> None:
-    for i, number in enumerate(vector.tolist()):
-        if not ok(number):
-            raise invalid(f"{name}[{i}]", number, expected)
-
-
-def _check_chunk_size(chunk_size: int | None) -> int | None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise invalid("chunk_size", chunk_size, "None or an integer >= 1 (members per vectorised call)")
-    return chunk_size
-
-
 def _check_compile(compile_: bool | str) -> str | None:
     """The torch.compile mode to use, or None for eager."""
     if compile_ is False:
         return None
     if compile_ is True:
         return "default"
-    if compile_ not in COMPILE_MODES:
-        raise invalid("compile", compile_, f"True, False or a torch.compile mode in {COMPILE_MODES}")
-    return compile_
+    return checks.choice("compile", compile_, COMPILE_MODES, note="or True, False")
 
 
 def _train(

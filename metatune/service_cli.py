@@ -10,6 +10,10 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.client import Client
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -138,7 +142,7 @@ def submit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow(client, job: dict) -> dict:  # noqa: ANN001
+def follow(client: Client, job: dict) -> dict:
     """A progress bar over the job's gradient evaluations, fed by its event stream."""
     from tqdm import tqdm
 

@@ -8,14 +8,14 @@ nesterov=…)`` step for step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
-from metatune import dynamics
+from metatune import checks, dynamics
 from metatune._types import Batch, Batches, HyperArg, Params, TrainLoss
 from metatune.errors import invalid
 
@@ -53,7 +53,8 @@ class InnerProblem:
     def rule(self) -> dynamics.UpdateRule:
         return dynamics.update_rule(self.nesterov)
 
-    def hyperparameters(self, lr=None, momentum=None) -> dynamics.Hyperparameters:  # noqa: ANN001
+    def hyperparameters(self, lr: Mapping[str, Tensor] | None = None,
+                        momentum: Mapping[str, Tensor] | None = None) -> dynamics.Hyperparameters:
         """Per-parameter (η, β), optionally from replacement group tensors."""
         return dynamics.Hyperparameters(self.lr.per_param(lr), self.momentum.per_param(momentum))
 
@@ -81,10 +82,9 @@ def prepare(
     momentum_g = dynamics.group_hyperparameter(momentum, params, name="momentum", like=like)
     dynamics.check_lr(lr_g)
     dynamics.check_momentum(momentum_g)
-    if not isinstance(nesterov, bool):
-        raise invalid("nesterov", nesterov, "True or False")
+    nesterov = checks.flag("nesterov", nesterov)
+    start = dynamics.init_state(params).velocity if velocity is None else check_velocity(velocity, params)
     check_scalar_loss(train_loss(params, batch_list[0]), "train_loss(params, batch)")
-    start = dynamics.init_state(params).velocity if velocity is None else check_params(velocity, "velocity")
     return InnerProblem(train_loss, params, start, lr_g, momentum_g, steps, batch_list, nesterov)
 
 
@@ -100,10 +100,19 @@ def check_params(params: Params, name: str = "params") -> Params:
     return {key: value.detach() for key, value in params.items()}
 
 
+def check_velocity(velocity: Params, params: Params) -> Params:
+    """A velocity for ``params``: the same names, each tensor of its parameter's shape."""
+    velocity = check_params(velocity, "velocity")
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    given = {n: tuple(v.shape) for n, v in velocity.items()}
+    if given != shapes:
+        raise invalid("velocity", given, f"tensors shaped like params, {shapes}")
+    return velocity
+
+
 def check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise invalid("steps", steps, "an integer >= 1")
-    return steps
+    """T, an integer >= 1."""
+    return checks.positive_int("steps", steps)
 
 
 def check_batches(batches: Batches, steps: int) -> list[Batch]:

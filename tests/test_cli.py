@@ -47,7 +47,7 @@ def test_objectives_lists_every_registered_name(capsys):
     assert [line.split()[0] for line in lines[::2]] == sorted(objectives.names())
     assert all(line.split()[0] == "parameters:" for line in lines[1::2])
     quadratic = lines[2 * sorted(objectives.names()).index("quadratic") + 1]
-    assert quadratic.split("parameters: ")[1] == "dim=50, kappa=1000.0, rotation_seed=0, steps=300"
+    assert quadratic.split("parameters: ")[1] == "dim=50, kappa=1000.0, rotation_seed=0, steps=300, spectrum=log"
 
 
 def test_a_user_error_is_one_line_on_stderr_and_exit_code_two(capsys):

@@ -387,7 +387,7 @@ def test_bad_momentum(momentum: float) -> None:
     loss, params = quadratic(np.eye(4))
     with pytest.raises(ValueError, match=r"^momentum="):
         stability.estimate(loss, params, 0.1, momentum)
-    with pytest.raises(ValueError, match=r"^momentum="):
+    with pytest.raises(ValueError, match=r"^momentum\[1\]="):
         stability.spectral_radius(0.1, np.array([0.5, momentum]), [1.0])
     with pytest.raises(ValueError, match=r"^momentum="):
         stability.critical_lr(1.0, momentum)
@@ -418,7 +418,7 @@ def test_other_bad_arguments() -> None:
     loss, params = quadratic(np.eye(4))
     with pytest.raises(ValueError, match=r"^eigenvalues="):
         stability.spectral_radius(0.1, 0.5, [])
-    with pytest.raises(ValueError, match=r"^eigenvalues="):
+    with pytest.raises(ValueError, match=r"^eigenvalues\[1\]=inf"):
         stability.spectral_radius(0.1, 0.5, [1.0, math.inf])
     with pytest.raises(ValueError, match=r"^every="):
         stability.along_run(loss, params, 0.1, 0.5, steps=4, every=0)

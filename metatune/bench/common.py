@@ -12,8 +12,11 @@ from typing import Callable
 
 import torch
 
+from metatune._types import Params, TrainLoss, ValLoss
 
-def digits_mlp(hidden: tuple[int, ...], batch_size: int, steps: int, device: str = "cpu"):  # noqa: ANN201
+
+def digits_mlp(hidden: tuple[int, ...], batch_size: int, steps: int, device: str = "cpu",
+               ) -> tuple[torch.nn.Module, Params, TrainLoss, ValLoss, list[torch.Tensor]]:
     """(model, θ₀, train_loss, val_loss, batches): a tanh MLP 64-hidden-10 on digits, seeded."""
     from metatune import datasets
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -136,7 +136,7 @@ def measure(task: Task) -> dict:
 
 
 def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], *,
-         compile: bool = False, **common) -> list[Task]:  # noqa: A002, ANN003
+         compile: bool = False, **common: Any) -> list[Task]:  # noqa: A002
     """The tasks of ``metatune bench hypergrad``: our modes and the peers (each times its own SGD baseline)."""
     tasks = [Task("forward", t, **common) for t in steps_forward]
     tasks += [Task("forward", t, compile=True, **common) for t in steps_forward if compile]

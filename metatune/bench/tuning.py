@@ -146,9 +146,16 @@ def summary(rows: list[dict], reference: str, method: str, target: float) -> dic
             "target": target, "met": statistics.median(ratios) <= target, "seconds (median)": statistics.median(seconds)}
 
 
-def table(rows: list[dict]) -> str:
+def columns(rows: list[dict]) -> list[str]:
+    """The columns after "objective": the first row's keys, then any others in sorted order."""
     keys = [k for k in rows[0] if k != "objective"] if rows else []
-    lines = ["| objective | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    return keys + sorted({k for row in rows for k in row} - set(keys) - {"objective"})
+
+
+def table(rows: list[dict], *, header: bool = True) -> str:
+    """``rows`` as Markdown table lines; ``header=False`` continues a table printed before."""
+    keys = columns(rows)
+    lines = ["| objective | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"] if header else []
     for row in rows:
         lines.append(f"| {row['objective']} | " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |")
     return "\n".join(lines)
@@ -177,19 +184,22 @@ def main(args: argparse.Namespace) -> int:
     print(f"metatune bench tuning: {args.threads} thread(s); {machine()}", flush=True)
     seeds = list(range(args.seeds))
     fractions = [float(x) for x in args.fractions.split(",")]
-    targets = []
+    targets, shown = [], None  # a new table only when the columns change
     for name in _names(args.quadratics):
         rows = quadratic_rows(name, seeds, fractions[0])
-        print(table(rows), flush=True)
+        print(table(rows, header=columns(rows) != shown), flush=True)
+        shown = columns(rows)
         targets.append(summary(rows, "grid limit", f"metagrad ({fractions[0]:.0%})", 2.0))
     for name in _names(args.objectives):
         rows = scalar_rows(name, seeds, fractions)
-        print(table(rows), flush=True)
+        print(table(rows, header=columns(rows) != shown), flush=True)
+        shown = columns(rows)
         targets += [summary(rows, "tpe (100 trials)", f"metagrad ({f:.0%})", 1.02 if f <= 0.1 else 1.0)
                     for f in fractions]
     for name in _names(args.group_objectives):
         rows = group_rows(name, seeds, fractions[-1])
-        print(table(rows), flush=True)
+        print(table(rows, header=columns(rows) != shown), flush=True)
+        shown = columns(rows)
         targets.append(summary(rows, tuple(f"{m} (100 trials)" for m in BLACK_BOX), f"metagrad ({fractions[-1]:.0%})",
                                1.0))
     print("\nTargets (SGD-judged value of metagrad's best over the reference's; median [min, max] over seeds):")

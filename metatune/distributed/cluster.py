@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from metatune import checks
 from metatune.errors import invalid
 
 SOCKET_ROOM = 44
@@ -48,6 +49,10 @@ def ensure_ray(address: str | None = None, *, root: str | Path | None = None, nu
     """
     import ray
 
+    checks.instance("ray_address", address, str, "'host:port' of a running Ray cluster's head, or 'auto'",
+                    optional=True)
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        checks.integer(name, value, low=0, optional=True)
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

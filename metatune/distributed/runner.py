@@ -12,17 +12,16 @@ populations of up to 64 settings per Ray trial).
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from metatune import checks
 from metatune.errors import invalid
 from metatune.objectives import Objective, get
-from metatune.tuners import METHODS, Trial, TuneResult
+from metatune.tuners import METHODS, Trial, TuneResult, accepted_options
 from metatune.tuners.base import Tuner
 from metatune.tuners.optuna_base import OptunaTuner, told_value
 from metatune.distributed.cluster import default_root, ensure_ray
@@ -40,10 +39,9 @@ class Resources:
     gpu: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.cpu, numbers.Real) and 0 < self.cpu <= 1024):
-            raise invalid("resources.cpu", self.cpu, "CPUs per trial, a number in (0, 1024]")
-        if not (isinstance(self.gpu, numbers.Real) and 0 <= self.gpu <= 64):
-            raise invalid("resources.gpu", self.gpu, "GPUs per trial, a number in [0, 64] (0.25: four trials per GPU)")
+        checks.number("resources.cpu", self.cpu, low=0.0, high=1024.0, low_open=True, note="CPUs per trial")
+        checks.number("resources.gpu", self.gpu, low=0.0, high=64.0,
+                      note="GPUs per trial; 0.25: four trials per GPU")
 
     @classmethod
     def parse(cls, value: Resources | dict[str, float] | None) -> Resources:
@@ -54,16 +52,21 @@ class Resources:
         return cls(**value)
 
 
+RUN_OPTIONS = ("resources", "concurrency", "cancel", "ray_address", "storage", "max_retries", "reuse_actors",
+               "history")
+"""The keyword arguments :func:`run` takes for itself; the rest go to the method."""
+
+
 def build_tuner(objective: Objective, method: str, budget: float, seed: int,
                 callback: Callable[[Trial], None] | None, options: dict[str, Any]) -> Tuner:
     """The driver-side tuner of a Ray job (its ledger and, unless Optuna runs it, its strategy)."""
-    if method not in METHODS:
-        raise invalid("method", method, f"one of {sorted(METHODS)}")
+    checks.choice("method", method, sorted(METHODS))
     if not METHODS[method].distributable:
         choices = sorted(m for m, t in METHODS.items() if t.distributable)
         raise invalid("method", method, f"one of {choices} on Ray ({method!r} runs in-process only)")
     if options.get("groups") is not None:
         raise invalid("groups", options["groups"], "None on Ray: per-group spaces run with backend='local' for now")
+    checks.keywords(f"method {method!r} on Ray", options, accepted_options(method) + list(RUN_OPTIONS))
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options)
 
 
@@ -110,10 +113,11 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
     """
     objective = get(objective) if isinstance(objective, str) else objective
     resources = Resources.parse(resources)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise invalid("concurrency", concurrency, "an integer >= 1 (trials running at once)")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise invalid("max_retries", max_retries, "an integer >= 0")
+    concurrency = checks.positive_int("concurrency", concurrency, note="trials running at once")
+    max_retries = checks.integer("max_retries", max_retries, low=0)
+    reuse_actors = checks.flag("reuse_actors", reuse_actors)
+    if cancel is not None and not callable(cancel) and not hasattr(cancel, "is_set"):
+        raise invalid("cancel", cancel, "None, a threading.Event or a function returning True to stop")
     registered = is_registered(objective)
     if resources.gpu > 0 and not registered:
         raise invalid("resources.gpu", resources.gpu, "0 for an objective that is not registered (GPU trials "

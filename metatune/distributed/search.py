@@ -11,16 +11,17 @@ the next proposal with the same chains (:mod:`metatune.tuners.chains`) the tuner
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
-from metatune.errors import invalid
+from metatune import checks
 from metatune.objectives import SearchSpace
 from metatune.tuners.base import Tuner
-from metatune.tuners.chains import OUTER, MetagradChains, Step
+from metatune.tuners.chains import MetagradChains, Step, check_options
 from metatune.tuners.evaluation import Outcome, Proposal
 from metatune.distributed.trainable import METRIC, outcome_from_result
 
@@ -108,14 +109,14 @@ class MetagradSearch(DriverOnly, Searcher):
     def __init__(self, space: SearchSpace | None = None, starts: list[tuple[float, float]] | int = 2, *,
                  outer: str = "bfgs", meta_lr: float = 0.03, max_amplification: float = 1e8,
                  lr_cap: Any = None, metric: str = "value", seed: int = 0) -> None:
+        checks.instance("metric", metric, str, "the name of a reported metric, e.g. 'value'")
         super().__init__(metric=metric, mode="min")
-        space = space or SearchSpace()
-        if outer not in OUTER:
-            raise invalid("outer", outer, f"one of {OUTER}")
-        if isinstance(starts, int):
-            if isinstance(starts, bool) or starts < 1:
-                raise invalid("starts", starts, "an integer >= 1 or a list of (lr, momentum)")
-            starts = sobol_points(space, starts, seed)
+        space = checks.instance("space", space, SearchSpace, "a SearchSpace", optional=True) or SearchSpace()
+        check_options(outer, meta_lr, max_amplification)
+        seed = checks.integer("seed", seed, low=0)
+        if isinstance(starts, numbers.Integral):
+            count = checks.positive_int("starts", starts, note="or a list of (lr, momentum)")
+            starts = sobol_points(space, count, seed)
         self.chains = MetagradChains(space, list(starts), outer=outer, meta_lr=meta_lr, lr_cap=lr_cap,
                                      max_amplification=max_amplification)
         self.steps: dict[str, Step] = {}

@@ -1,7 +1,8 @@
 """Exact meta-gradients ∂ℓ_val(θ_T)/∂(η, β) through an unrolled momentum-SGD run.
 
 With h = (η, β) and state sₜ = (θₜ, vₜ), the sensitivity Sₜ = ∂sₜ/∂h obeys
-Sₜ₊₁ = Jₜ Sₜ + Bₜ (DESIGN.md §1). Three modes compute ∂ℓ_val/∂h = ∇ℓ_val(θ_T)ᵀ S_T:
+Sₜ₊₁ = Jₜ Sₜ + Bₜ, Jₜ the Jacobian of step t with respect to sₜ and Bₜ its
+derivative with respect to h. Three modes compute ∂ℓ_val/∂h = ∇ℓ_val(θ_T)ᵀ S_T:
 
 * ``forward``: propagate S with ``torch.func.jvp`` of each step, the k tangents batched
   by ``torch.func.vmap``; memory flat in T.
@@ -20,6 +21,7 @@ meta-gradient explodes; γ ≈ 0 (forward) or < 0 (reverse) when it settles.
 
 from __future__ import annotations
 
+from metatune import checks
 from metatune._types import Batches, HyperArg, Params, TrainLoss, ValLoss
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
@@ -77,15 +79,16 @@ def hypergrad(
     problem = prepare(train_loss, params, lr, momentum, steps, batches, nesterov, velocity)
     check_scalar_loss(val_loss(problem.params), "val_loss(params)")
     if mode == "auto":
-        if isinstance(memory_budget, bool) or not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
-            raise invalid("memory_budget", memory_budget, "a positive number of bytes")
+        checks.positive("memory_budget", memory_budget, note="bytes")
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None with mode='auto' (it chooses the checkpointing)")
         plan = choose(steps, stored_bytes_per_step(train_loss, problem.params, problem.batches[0]), memory_budget)
         mode, checkpoint = plan.mode, plan.checkpoint
     window = _window(mode, truncate, steps)
-    if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1):
-        raise invalid("checkpoint", checkpoint, "None or an integer >= 1 (steps between stored states)")
+    checkpoint = checks.positive_int("checkpoint", checkpoint, optional=True,
+                                     note="steps between stored states")
+    compile = checks.flag("compile", compile)  # noqa: A001
+    checks.instance("costs", costs, CostModel, "a CostModel (metatune.costs.measure gives one)")
     if mode == "forward":
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None in forward mode (its memory is already flat in T)")
@@ -96,16 +99,13 @@ def hypergrad(
 
 
 def _window(mode: str, truncate: int | None, steps: int) -> int:
-    if mode not in MODES:
-        raise invalid("mode", mode, f"one of {MODES}")
+    checks.choice("mode", mode, MODES)
     if mode != "truncated":
         if truncate is not None:
             raise invalid("truncate", truncate, "None unless mode='truncated'")
         return steps
-    if isinstance(truncate, bool) or not isinstance(truncate, int) or not 1 <= truncate <= steps:
-        raise invalid("truncate", truncate, f"an integer in [1, steps={steps}] for mode='truncated'")
-    return truncate
-
+    return checks.integer("truncate", truncate, low=1, high=steps,
+                          note=f"steps={steps}, for mode='truncated'")
 
 
 

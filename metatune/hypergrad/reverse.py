@@ -35,12 +35,14 @@ def reverse(
     A graph-free pass stores the state at each segment start; the segments are then
     rebuilt with a graph from last to first, each backpropagating the adjoint
     λ_b = ∂ℓ_val/∂s_b to λ_a and accumulating ∂ℓ_val/∂h (one segment: plain backprop).
+    The same backward pass also returns ∂ℓ_val/∂θₜ at the two probed steps of the growth
+    rate (the middle of the window and T): θₜ there is one more input of ``autograd.grad``.
     """
     keys = hyper_keys(problem)
     segments = _segments(problem.steps, window, every)
     stored, losses = _store_segment_starts(problem, [a for a, _ in segments])
-    probe = problem.steps - window // 2
-    norms: dict[int, list[Tensor]] = {probe: [], problem.steps: []}
+    probes = (problem.steps - window // 2, problem.steps)
+    norms: dict[int, float] = {}
     layout = layout_of(problem, keys)
     hyper_grads = torch.zeros_like(hyper_vector(problem, keys))
     step = make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
@@ -49,9 +51,10 @@ def reverse(
     for a, b in reversed(segments):
         start_params, start_velocity = _leaves(stored[a][0]), _leaves(stored[a][1])
         hyper = hyper_vector(problem, keys).requires_grad_()
+        probed: dict[int, Params] = {}
         end_params, end_state, segment_losses = run_steps(
             step, start_params, dynamics.MomentumState(start_velocity),
-            per_param(layout, hyper), problem.batches[a:b], _adjoint_probes(a, norms),
+            per_param(layout, hyper), problem.batches[a:b], _keep_params_at(a, probes, probed),
         )
         if adjoint is None:  # the last segment ends in the validation loss
             final = (end_params, end_state.velocity)
@@ -60,14 +63,15 @@ def reverse(
             losses = torch.cat([losses, segment_losses])
         else:
             terminal = _dot(adjoint[0], end_params) + _dot(adjoint[1], end_state.velocity)
-        for probed in (norms[t] for t in norms if a < t <= b):
-            probed.clear()  # the inner gradients of the forward pass fired the hooks too
         inputs = [*start_params.values(), *start_velocity.values(), hyper]
-        grads = torch.autograd.grad(terminal, inputs, allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(terminal, inputs + _flat(probed), allow_unused=True,
+                                    materialize_grads=True)
         n = len(start_params)
         adjoint = dict(zip(start_params, grads[:n])), dict(zip(start_velocity, grads[n : 2 * n]))
-        hyper_grads = hyper_grads + grads[-1]
-    growth = growth_rate(_norm(norms[problem.steps]), _norm(norms[probe]), problem.steps - probe)
+        hyper_grads = hyper_grads + grads[len(inputs) - 1]
+        norms.update(_probe_norms(probed, grads[len(inputs):]))
+    # the adjoints grow backwards in time: from λ_T to λ at the middle of the window
+    growth = growth_rate(norms[probes[1]], norms[probes[0]], probes[1] - probes[0])
     spent = costs.hypergrad(mode, problem.steps, len(keys), window, every)
     return build_result(problem, keys, value, hyper_grads, growth, spent, mode, window, losses, final)
 
@@ -86,22 +90,31 @@ def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dic
     return stored, torch.cat(losses)
 
 
-def _adjoint_probes(offset: int, norms: dict[int, list[Tensor]]) -> Callable[[int, Params, dynamics.MomentumState], None]:
-    """An ``on_step`` that hooks θ at the steps in ``norms`` to record ‖∂ℓ_val/∂θₜ‖²."""
+def _keep_params_at(offset: int, steps: tuple[int, ...], kept: dict[int, Params]
+                    ) -> Callable[[int, Params, dynamics.MomentumState], None]:
+    """An ``on_step`` that keeps θₜ (t counted from the run's start) at each of ``steps``."""
 
     def on_step(t: int, params: Params, state: dynamics.MomentumState) -> None:
-        bucket = norms.get(offset + t + 1)
-        if bucket is None:
-            return
-        for tensor in params.values():  # θ only: v's gradient would include the path through θ
-            if tensor.requires_grad:
-                tensor.register_hook(lambda g, bucket=bucket: bucket.append((g.detach().double() ** 2).sum()))
+        if offset + t + 1 in steps:
+            kept[offset + t + 1] = params
 
     return on_step
 
 
-def _norm(squares: list[Tensor]) -> float:
-    return math.sqrt(float(sum(squares))) if squares else 0.0
+def _flat(probed: dict[int, Params]) -> list[Tensor]:
+    return [tensor for params in probed.values() for tensor in params.values()]
+
+
+def _probe_norms(probed: dict[int, Params], grads: tuple[Tensor, ...]) -> dict[int, float]:
+    """‖∂ℓ_val/∂θₜ‖ at each probed t from the gradients of its θₜ (in :func:`_flat` order).
+
+    θ only: v's adjoint would include the path through θ."""
+    norms, position = {}, 0
+    for t, params in probed.items():
+        squares = [(g.detach().double() ** 2).sum() for g in grads[position : position + len(params)]]
+        norms[t] = math.sqrt(float(sum(squares)))
+        position += len(params)
+    return norms
 
 
 def _dot(a: Params, b: Params) -> Tensor:

@@ -16,20 +16,13 @@ from torch import Tensor, nn
 
 from metatune._types import Params
 from metatune.datasets import Split, minibatch_indices
-from metatune.errors import invalid
+from metatune import checks
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
 """``criterion(model output, targets) -> scalar``, e.g. ``torch.nn.functional.cross_entropy``."""
 
 Penalty = Callable[[Params], Tensor]
 """An extra term added to the training loss only, e.g. ½ wd ‖W‖²."""
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """``value`` when it is an integer >= 1 (bools refused), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(name, value, "an integer >= 1")
-    return value
 
 
 def seeded_init(build: Callable[[], nn.Module], dtype: torch.dtype, device: str | torch.device) -> Callable[[int], Params]:
@@ -63,7 +56,7 @@ class Supervised:
         self.model = model
         self.data = data
         self.criterion = criterion
-        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.batch_size = checks.positive_int("batch_size", batch_size)
         self.penalty = penalty
 
     def _loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:

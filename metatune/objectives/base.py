@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from metatune import checks
 from metatune._types import Batches, Params, TrainLoss, ValLoss
 from metatune.errors import invalid
 
@@ -33,10 +34,15 @@ class SearchSpace:
     lr_log: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.lr_low < self.lr_high:
-            raise invalid("space.lr", (self.lr_low, self.lr_high), "0 < low < high")
-        if not 0 <= self.momentum_low < self.momentum_high < 1:
-            raise invalid("space.momentum", (self.momentum_low, self.momentum_high), "0 <= low < high < 1")
+        lr_low = checks.learning_rate("lr_low", self.lr_low)
+        lr_high = checks.learning_rate("lr_high", self.lr_high)
+        momentum_low = checks.momentum("momentum_low", self.momentum_low)
+        momentum_high = checks.momentum("momentum_high", self.momentum_high)
+        checks.flag("lr_log", self.lr_log)
+        if not lr_low < lr_high:
+            raise invalid("space.lr", (lr_low, lr_high), "0 < low < high")
+        if not momentum_low < momentum_high:
+            raise invalid("space.momentum", (momentum_low, momentum_high), "0 <= low < high < 1")
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,12 @@ def register(name: str) -> Callable[[Factory], Factory]:
         ... def my_problem(*, scale: float = 1.0, dtype=torch.float64, device="cpu") -> Objective: ...
     """
 
+    if not isinstance(name, str) or not name:
+        raise invalid("name", name, "a non-empty string, the objective's registry name")
+
     def add(factory: Factory) -> Factory:
+        if not callable(factory):
+            raise invalid("factory", factory, "a function of keyword arguments returning an Objective")
         _FACTORIES[name] = factory
         return factory
 
@@ -137,24 +148,25 @@ def get(name: str, **params: Any) -> Objective:
         'quadratic'
     """
     factory = _factory(name)
-    allowed = parameters(name)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise invalid("objective_params", params, f"parameters of {name!r} among {sorted(allowed)}; unknown: {unknown}")
+    checks.keywords(f"objective {name!r}", params, parameters(name))
     return factory(**params)
 
 
 def _factory(name: str) -> Factory:
     _load_entry_points()
-    if name not in _FACTORIES:
-        raise invalid("objective", name, f"one of {sorted(_FACTORIES)}")
-    return _FACTORIES[name]
+    return _FACTORIES[checks.choice("objective", name, sorted(_FACTORIES))]
 
 
 def default_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """A dtype given as a torch dtype or its name ("float32", "float64")."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in ("float32", "float64"):
-        raise invalid("dtype", dtype, "'float32' or 'float64'")
-    return getattr(torch, dtype)
+        return checks.choice("dtype", dtype, (torch.float32, torch.float64))
+    return getattr(torch, checks.choice("dtype", dtype, ("float32", "float64")))
+
+
+def default_device(device: str | torch.device) -> torch.device:
+    """A device given as a ``torch.device`` or its name ("cpu", "cuda", "cuda:1")."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise invalid("device", device, "a torch device or its name, e.g. 'cpu' or 'cuda:0'") from None

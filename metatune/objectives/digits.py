@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metatune.datasets import digits
-from metatune.errors import invalid
-from metatune.objectives._supervised import Supervised, check_positive_int, seeded_init
-from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
+from metatune import checks
+from metatune.objectives._supervised import Supervised, seeded_init
+from metatune.objectives.base import Objective, SearchSpace, default_device, default_dtype, register
 
 N_FEATURES, N_CLASSES, SIDE = 64, 10, 8
 
@@ -32,8 +32,10 @@ def _classifier(
     data_seed: int, batch_size: int, steps: int, dtype: str, device: str, weight_decay: float = 0.0,
 ) -> Objective:
     """The :class:`Objective` training ``build()`` on the digits split of ``data_seed``."""
-    check_positive_int("steps", steps)
-    torch_dtype = default_dtype(dtype)
+    checks.positive_int("steps", steps)
+    checks.positive_int("batch_size", batch_size)
+    checks.integer("data_seed", data_seed, low=0)
+    torch_dtype, device = default_dtype(dtype), default_device(device)
     data = digits(seed=data_seed, dtype=torch_dtype, device=device)
     penalty = (lambda p: 0.5 * weight_decay * (p["weight"] ** 2).sum()) if weight_decay > 0 else None
     model = build().to(dtype=torch_dtype, device=device)
@@ -51,8 +53,7 @@ def logistic_digits(
     dtype: str = "float32", device: str = "cpu",
 ) -> Objective:
     """Multinomial logistic regression 64 → 10 (convex; ill-conditioned by correlated pixels)."""
-    if not weight_decay >= 0:
-        raise invalid("weight_decay", weight_decay, "a number >= 0")
+    checks.non_negative("weight_decay", weight_decay)
     return _classifier(
         "logistic-digits",
         f"multinomial logistic regression 64→10 on digits, batch {batch_size}, "
@@ -71,7 +72,7 @@ def mlp_digits(
     dtype: str = "float32", device: str = "cpu",
 ) -> Objective:
     """A one-hidden-layer tanh MLP 64 → ``hidden`` → 10."""
-    check_positive_int("hidden", hidden)
+    checks.positive_int("hidden", hidden)
     return _classifier(
         "mlp-digits",
         f"tanh MLP 64→{hidden}→10 on digits, batch {batch_size}, data seed {data_seed}",
@@ -103,7 +104,7 @@ def cnn_digits(
     dtype: str = "float32", device: str = "cpu",
 ) -> Objective:
     """A small CNN on the 8×8 images (``width`` and 2·``width`` channels); worth a GPU."""
-    check_positive_int("width", width)
+    checks.positive_int("width", width)
     return _classifier(
         "cnn-digits",
         f"tanh CNN 1→{width}→{2 * width} channels (3×3) + linear on 8×8 digits, batch {batch_size}, "

@@ -3,8 +3,8 @@
 λ is log-spaced over [1, κ] (``spectrum="log"``) or evenly spaced (``spectrum="linear"``:
 few small eigenvalues, the slow modes harder for Lanczos to resolve), Q a seeded random
 rotation, so the coordinates are coupled (not diagonal). Full-batch and deterministic: the training and validation losses are
-the same function, and heavy ball's rate-optimal (η*, β*) and ρ* = √β* are exact
-(DESIGN.md §1): a tuner's result can be compared with the physical limit.
+the same function, and heavy ball's rate-optimal η* = 4/(√κ + 1)², β* = ((√κ − 1)/(√κ + 1))²
+and ρ* = √β* are exact (λ from 1 to κ): a tuner's result can be compared with the physical limit.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from metatune.errors import invalid
-from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
+from metatune import checks
+from metatune.objectives.base import Objective, SearchSpace, default_device, default_dtype, register
 from metatune.stability import optimal_hyperparameters
 
 
@@ -27,13 +27,12 @@ def quadratic(
     spectrum: str = "log", dtype: str = "float64", device: str = "cpu",
 ) -> Objective:
     """Build the rotated quadratic of dimension ``dim`` and condition number ``kappa``."""
-    if not (isinstance(dim, int) and dim >= 2):
-        raise invalid("dim", dim, "an integer >= 2")
-    if not kappa >= 1:
-        raise invalid("kappa", kappa, "a condition number >= 1")
-    if spectrum not in SPECTRA:
-        raise invalid("spectrum", spectrum, f"one of {SPECTRA}")
-    torch_dtype = default_dtype(dtype)
+    dim = checks.integer("dim", dim, low=2)
+    checks.number("kappa", kappa, low=1.0, note="the condition number")
+    rotation_seed = checks.integer("rotation_seed", rotation_seed, low=0)
+    steps = checks.positive_int("steps", steps)
+    checks.choice("spectrum", spectrum, SPECTRA)
+    torch_dtype, device = default_dtype(dtype), default_device(device)
     generator = torch.Generator().manual_seed(rotation_seed)
     rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
     eigenvalues = (torch.logspace(0.0, math.log10(kappa), dim, dtype=torch.float64) if spectrum == "log"

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from metatune.datasets import Split
-from metatune.objectives._supervised import Supervised, check_positive_int, seeded_init
-from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
+from metatune import checks
+from metatune.objectives._supervised import Supervised, seeded_init
+from metatune.objectives.base import Objective, SearchSpace, default_device, default_dtype, register
 from metatune.objectives.sequence import squared_error
 
 INPUTS = 8
@@ -51,9 +52,12 @@ def mlp_regression(
     batch_size: int = 64, steps: int = 200, dtype: str = "float32", device: str = "cpu",
 ) -> Objective:
     """Build the regression problem and an 8-``hidden``-``hidden``-1 tanh network."""
-    for name, value in (("hidden", hidden), ("n_train", n_train), ("n_val", n_val), ("steps", steps)):
-        check_positive_int(name, value)
-    torch_dtype = default_dtype(dtype)
+    sizes = {"hidden": hidden, "n_train": n_train, "n_val": n_val, "batch_size": batch_size, "steps": steps}
+    for name, value in sizes.items():
+        checks.positive_int(name, value)
+    checks.non_negative("noise", noise, note="the deviation of the targets' noise")
+    checks.integer("data_seed", data_seed, low=0)
+    torch_dtype, device = default_dtype(dtype), default_device(device)
     data = regression_split(n_train=n_train, n_val=n_val, noise=float(noise), seed=data_seed, dtype=torch_dtype,
                             device=device)
     problem = Supervised(_network(hidden).to(dtype=torch_dtype, device=device), data, squared_error, batch_size)

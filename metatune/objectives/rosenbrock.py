@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from metatune._types import Params
-from metatune.errors import invalid
-from metatune.objectives._supervised import check_positive_int
-from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
+from metatune import checks
+from metatune.objectives.base import Objective, SearchSpace, default_device, default_dtype, register
 
 CLASSIC_START = (-1.2, 1.0)
 """Rosenbrock's own starting point, repeated along the coordinates for dim > 2."""
@@ -43,14 +42,12 @@ def rosenbrock(
 
     ``init_params(seed)`` adds ``jitter`` · N(0, 1) noise (seeded) to the classic start.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-        raise invalid("dim", dim, "an integer >= 2")
-    if not b > 0:
-        raise invalid("b", b, "a number > 0 (the steepness of the valley walls)")
-    if not jitter >= 0:
-        raise invalid("jitter", jitter, "a number >= 0")
-    check_positive_int("steps", steps)
-    torch_dtype = default_dtype(dtype)
+    dim = checks.integer("dim", dim, low=2)
+    checks.number("a", a, note="the valley floor's position")
+    checks.positive("b", b, note="the steepness of the valley walls")
+    checks.non_negative("jitter", jitter, note="the deviation of the seeded start")
+    steps = checks.positive_int("steps", steps)
+    torch_dtype, device = default_dtype(dtype), default_device(device)
     start = torch.tensor([CLASSIC_START[i % 2] for i in range(dim)], dtype=torch.float64)
 
     def loss(params: Params, batch: None = None) -> Tensor:

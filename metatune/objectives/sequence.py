@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from metatune.datasets import Split
-from metatune.errors import invalid
-from metatune.objectives._supervised import Supervised, check_positive_int, seeded_init
-from metatune.objectives.base import Objective, SearchSpace, default_dtype, register
+from metatune import checks
+from metatune.objectives._supervised import Supervised, seeded_init
+from metatune.objectives.base import Objective, SearchSpace, default_device, default_dtype, register
 
 
 class TanhRNN(nn.Module):
@@ -83,11 +83,12 @@ def rnn_sequence(
     batch_size: int = 64, steps: int = 200, dtype: str = "float32", device: str = "cpu",
 ) -> Objective:
     """Build the adding problem with sequences of ``length`` and a tanh RNN of ``hidden`` units."""
-    for name, value in (("hidden", hidden), ("n_train", n_train), ("n_val", n_val), ("steps", steps)):
-        check_positive_int(name, value)
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise invalid("length", length, "an integer >= 2 (one marker in each half)")
-    torch_dtype = default_dtype(dtype)
+    sizes = {"hidden": hidden, "n_train": n_train, "n_val": n_val, "batch_size": batch_size, "steps": steps}
+    for name, value in sizes.items():
+        checks.positive_int(name, value)
+    length = checks.integer("length", length, low=2, note="one marker in each half")
+    data_seed = checks.integer("data_seed", data_seed, low=0)
+    torch_dtype, device = default_dtype(dtype), default_device(device)
     data = adding_split(length=length, n_train=n_train, n_val=n_val, seed=data_seed, dtype=torch_dtype, device=device)
     model = TanhRNN(2, hidden).to(dtype=torch_dtype, device=device)
     problem = Supervised(model, data, squared_error, batch_size)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from metatune._types import Batch, Batches, Params, TrainLoss
-from metatune.errors import NonFiniteCurvatureError, invalid
+from metatune import checks
+from metatune._types import Batch, Batches, Params, Scalar, TrainLoss
+from metatune.errors import NonFiniteCurvatureError
 from metatune.stability.spectrum import HessianOperator, extreme_eigenvalues, hessian_vector_product
 from metatune.stability.theory import (
     Regime,
-    _checked_bool,
     _checked_lr,
     _checked_momentum,
     critical_lr,
@@ -54,8 +54,8 @@ class StabilityReport:
 def estimate(
     train_loss: TrainLoss,
     params: Params,
-    lr: Any,
-    momentum: Any,
+    lr: Scalar,
+    momentum: Scalar,
     batch: Batch = None,
     nesterov: bool = False,
     *,
@@ -90,9 +90,9 @@ def estimate(
     params = check_params(params)
     eta = float(_checked_lr(lr, scalar=True))
     beta = float(_checked_momentum(momentum, scalar=True))
-    nesterov = _checked_bool(nesterov, "nesterov")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
-        raise invalid("tol", tol, "a finite tolerance >= 0 (0: machine precision)")
+    nesterov = checks.flag("nesterov", nesterov)
+    tol = checks.non_negative("tol", tol, note="the Lanczos tolerance; 0: machine precision")
+    seed = checks.integer("seed", seed, low=0, note="the seed of the Lanczos start vector")
     check_scalar_loss(train_loss(params, batch), "train_loss(params, batch)")
     operator = HessianOperator(hessian_vector_product(train_loss, params, batch), params)
     low, high = extreme_eigenvalues(operator, tol=tol, seed=seed)
@@ -148,8 +148,8 @@ class RunStability:
 def along_run(
     train_loss: TrainLoss,
     params: Params,
-    lr: Any,
-    momentum: Any,
+    lr: Scalar,
+    momentum: Scalar,
     steps: int,
     batches: Batches = None,
     nesterov: bool = False,
@@ -170,8 +170,7 @@ def along_run(
         ([0, 2, 4], True)
     """
     batch_list = check_batches(batches, check_steps(steps))
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise invalid("every", every, "an integer >= 1")
+    every = checks.positive_int("every", every, note="steps between stability checks")
     check = functools.partial(
         estimate, train_loss, lr=lr, momentum=momentum, nesterov=nesterov, tol=tol, seed=seed
     )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from metatune import checks
 from metatune._types import Batch, Params, TrainLoss
 from metatune.errors import NonFiniteCurvatureError
 from metatune.unroll import check_params
@@ -52,6 +53,8 @@ class HessianOperator(LinearOperator):
     """
 
     def __init__(self, hvp: HessianVectorProduct, params: Params) -> None:
+        checks.function("hvp", hvp, "a function v -> H v (stability.hessian_vector_product gives one)")
+        params = check_params(params)
         self._hvp, self._params = hvp, params
         self._device = next(iter(params.values())).device
         self._sizes = [p.numel() for p in params.values()]
@@ -76,10 +79,17 @@ class HessianOperator(LinearOperator):
 
 def largest_eigenvalue(operator: HessianOperator, *, tol: float = 1e-6, seed: int = 0) -> float:
     """λ_max of ``operator``: Lanczos ``which="LA"`` from a seeded start (dense for small n)."""
+    tol, seed = _check_lanczos(operator, tol, seed)
     n = operator.shape[0]
     if n <= DENSE_MAX_DIM:
         return extreme_eigenvalues(operator, tol=tol, seed=seed)[1]
     return _top(operator, tol, np.random.default_rng(seed).standard_normal(n))[0]
+
+
+def _check_lanczos(operator: HessianOperator, tol: float, seed: int) -> tuple[float, int]:
+    checks.instance("operator", operator, HessianOperator, "a metatune.stability.HessianOperator")
+    return (checks.non_negative("tol", tol, note="the Lanczos tolerance; 0: machine precision"),
+            checks.integer("seed", seed, low=0, note="the seed of the Lanczos start vector"))
 
 
 def _top(operator: HessianOperator, tol: float, start: np.ndarray) -> tuple[float, bool]:
@@ -111,6 +121,7 @@ def extreme_eigenvalues(
     accuracy of a λ_min near zero. A random v₀ that H maps onto itself means H = cI,
     where Lanczos breaks down; then (c, c) is returned.
     """
+    tol, seed = _check_lanczos(operator, tol, seed)
     n = operator.shape[0]
     if n <= DENSE_MAX_DIM:
         dense = np.column_stack([operator.matvec(column) for column in np.eye(n)])
@@ -145,6 +156,8 @@ def spectrum_ends(
         >>> [round(x, 6) for x in spectrum_ends(operator)]
         [1.0, 9.0]
     """
+    tol, seed = _check_lanczos(operator, tol, seed)
+    max_steps = checks.positive_int("max_steps", max_steps, note="Lanczos steps, one HVP each")
     n = operator.shape[0]
     vector = np.random.default_rng(seed).standard_normal(n)
     basis = [vector / np.linalg.norm(vector)]

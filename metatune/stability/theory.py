@@ -12,18 +12,25 @@ and ρ = max |μ| over the spectrum decides convergence (ρ < 1). For λ > 0, 0 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from collections.abc import Sequence
+from typing import Literal, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from metatune import checks
+from metatune._types import Scalar
 from metatune.errors import invalid
+
+ArrayLike = Union[Scalar, np.ndarray, Sequence[float]]
+"""A number, a tensor, a numpy array or a (nested) sequence of numbers."""
 
 Regime = Literal["underdamped", "critically damped", "overdamped"]
 
 
-def spectral_radius(lr: Any, momentum: Any, eigenvalues: Any, nesterov: bool = False) -> float | np.ndarray:
+def spectral_radius(lr: ArrayLike, momentum: ArrayLike, eigenvalues: ArrayLike,
+                    nesterov: bool = False) -> float | np.ndarray:
     """ρ = max over λ of the largest |μ| solving the characteristic equation above.
 
     The root formula is cancellation-free and uses a complex square root, so any real λ
@@ -49,7 +56,7 @@ def spectral_radius(lr: Any, momentum: Any, eigenvalues: Any, nesterov: bool = F
     if lam.size == 0:
         raise invalid("eigenvalues", eigenvalues, "at least one Hessian eigenvalue")
     eta, beta = np.broadcast_arrays(eta, beta)
-    b, c = _coefficients(eta[..., None], beta[..., None], lam, _checked_bool(nesterov, "nesterov"))
+    b, c = _coefficients(eta[..., None], beta[..., None], lam, checks.flag("nesterov", nesterov))
     rho = _largest_root_modulus(b, c).max(axis=-1)
     return float(rho) if rho.ndim == 0 else rho
 
@@ -74,7 +81,7 @@ def _largest_root_modulus(b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.abs(b + np.where(b >= 0, 1.0, -1.0) * root) / 2.0
 
 
-def critical_lr(lambda_max: Any, momentum: Any, nesterov: bool = False) -> float:
+def critical_lr(lambda_max: Scalar, momentum: Scalar, nesterov: bool = False) -> float:
     """The largest stable η for curvature λ_max: 2(1+β)/λ_max, Nesterov 2(1+β)/((1+2β)λ_max).
 
     Returns inf when λ_max ≤ 0 (no positive curvature to diverge along).
@@ -88,12 +95,13 @@ def critical_lr(lambda_max: Any, momentum: Any, nesterov: bool = False) -> float
     if lam <= 0:
         return math.inf
     bound = 2.0 * (1.0 + beta)
-    if _checked_bool(nesterov, "nesterov"):
+    if checks.flag("nesterov", nesterov):
         bound /= 1.0 + 2.0 * beta
     return bound / lam
 
 
-def regime(lr: Any, momentum: Any, eigenvalue: Any, nesterov: bool = False, *, rtol: float = 1e-9) -> Regime:
+def regime(lr: Scalar, momentum: Scalar, eigenvalue: Scalar, nesterov: bool = False, *,
+           rtol: float = 1e-9) -> Regime:
     """How the mode of eigenvalue λ moves: by the sign of the discriminant b² − 4c.
 
     Complex roots are "underdamped" (heavy ball: |μ| = √β), a double root (|b² − 4c| ≤
@@ -106,14 +114,15 @@ def regime(lr: Any, momentum: Any, eigenvalue: Any, nesterov: bool = False, *, r
     eta = _checked_lr(lr, scalar=True)
     beta = _checked_momentum(momentum, scalar=True)
     lam = _checked_finite(eigenvalue, "eigenvalue", scalar=True)
-    b, c = (float(x) for x in _coefficients(eta, beta, lam, _checked_bool(nesterov, "nesterov")))
+    rtol = checks.non_negative("rtol", rtol, note="the relative width of 'critically damped'")
+    b, c = (float(x) for x in _coefficients(eta, beta, lam, checks.flag("nesterov", nesterov)))
     discriminant = b * b - 4.0 * c
     if abs(discriminant) <= rtol * max(b * b, 4.0 * abs(c)):
         return "critically damped"
     return "underdamped" if discriminant < 0 else "overdamped"
 
 
-def damping_ratio(lr: Any, momentum: Any, eigenvalue: Any) -> float:
+def damping_ratio(lr: Scalar, momentum: Scalar, eigenvalue: Scalar) -> float:
     """ζ = (1 − β)/(2√(ηλ)), the damping ratio of the continuous-time limit of heavy ball.
 
     ζ < 1 oscillates, ζ > 1 creeps; the exact discrete boundary is :func:`regime`'s
@@ -132,7 +141,7 @@ def damping_ratio(lr: Any, momentum: Any, eigenvalue: Any) -> float:
     return math.inf if lam == 0 else (1.0 - beta) / (2.0 * math.sqrt(eta * lam))
 
 
-def optimal_hyperparameters(lambda_min: Any, lambda_max: Any) -> tuple[float, float]:
+def optimal_hyperparameters(lambda_min: Scalar, lambda_max: Scalar) -> tuple[float, float]:
     """Heavy ball's (η*, β*) minimising ρ over [μ, L] = [λ_min, λ_max] (Polyak, 1964).
 
     κ = L/μ, β* = ((√κ − 1)/(√κ + 1))², η* = 4/(√L + √μ)², giving ρ = √β*. (The
@@ -159,10 +168,12 @@ def optimal_hyperparameters(lambda_min: Any, lambda_max: Any) -> tuple[float, fl
 # --- argument checks ----------------------------------------------------------------------
 
 
-def _as_array(value: Any, name: str, scalar: bool) -> np.ndarray:
+def _as_array(value: ArrayLike, name: str, scalar: bool) -> np.ndarray:
     if isinstance(value, Tensor):
         value = value.detach().to("cpu", torch.float64).numpy()
     try:
+        if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind not in "iuf":
+            raise TypeError(type(value))  # strings, flags, complex numbers, objects
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise invalid(name, value, "a real number or an array of them") from None
@@ -171,32 +182,20 @@ def _as_array(value: Any, name: str, scalar: bool) -> np.ndarray:
     return array.reshape(()) if scalar else array
 
 
-def _checked(
-    value: Any, name: str, ok: Callable[[np.ndarray], np.ndarray], expected: str, scalar: bool
-) -> np.ndarray:
-    array = _as_array(value, name, scalar)
-    with np.errstate(invalid="ignore"):
-        bad = ~ok(array)
-    if bad.any():
-        raise invalid(name, float(array[bad].flat[0]), expected)
-    return array
+def _checked(value: ArrayLike, name: str, interval: checks.Interval, scalar: bool) -> np.ndarray:
+    return interval.check_all(name, _as_array(value, name, scalar))
 
 
-def _checked_lr(value: Any, scalar: bool = False) -> np.ndarray:
-    return _checked(value, "lr", lambda x: np.isfinite(x) & (x > 0), "a finite learning rate > 0", scalar)
+def _checked_lr(value: ArrayLike, scalar: bool = False) -> np.ndarray:
+    return _checked(value, "lr", checks.LEARNING_RATE, scalar)
 
 
-def _checked_momentum(value: Any, scalar: bool = False) -> np.ndarray:
-    return _checked(value, "momentum", lambda x: (x >= 0) & (x < 1), "a momentum in [0, 1)", scalar)
+def _checked_momentum(value: ArrayLike, scalar: bool = False) -> np.ndarray:
+    return _checked(value, "momentum", checks.MOMENTUM, scalar)
 
 
-def _checked_finite(value: Any, name: str, scalar: bool = False) -> np.ndarray:
-    return _checked(value, name, np.isfinite, "finite real values", scalar)
+def _checked_finite(value: ArrayLike, name: str, scalar: bool = False) -> np.ndarray:
+    return _checked(value, name, FINITE, scalar)
 
 
-def _checked_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise invalid(name, value, "True or False")
-    return value
-
-
+FINITE = checks.Interval(what="a finite real value")

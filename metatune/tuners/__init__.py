@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metatune.errors import invalid
+from metatune import checks
 from metatune.objectives import Objective, get
 from metatune.tuners.base import Callback, Trial, Tuner, TuneResult
 from metatune.tuners.cmaes import CmaEsTuner
@@ -23,6 +23,20 @@ METHODS: dict[str, type[Tuner]] = {
 BACKENDS = ("local", "ray")
 
 
+def accepted_options(method: str) -> list[str]:
+    """The keyword options ``tune(objective, method, ...)`` passes to ``method`` (``steps``,
+    ``space`` and the method's own, e.g. metagrad's ``mode``).
+
+    Example:
+        >>> options = accepted_options("online")  # online fixes metagrad's mode, outer, screen, starts
+        >>> "horizon" in options, "steps" in options, "mode" in options
+        (True, True, False)
+    """
+    tuner = METHODS[checks.choice("method", method, sorted(METHODS))]
+    fixed = {"objective", "budget", "seed", "callback", *getattr(tuner, "fixed_options", ())}
+    return sorted(set(checks.constructor_keywords(tuner)) - fixed)
+
+
 def tune(objective: Objective | str, method: str = "metagrad", budget: float = 20_000, seed: int = 0,
          *, callback: Callback | None = None, backend: str = "local", **options: Any) -> TuneResult:
     """Search (η, β) for ``objective`` with ``method`` within ``budget`` gradient evaluations.
@@ -37,7 +51,12 @@ def tune(objective: Objective | str, method: str = "metagrad", budget: float = 2
         backend: "local" (every trial in this process) or "ray" (trials on Ray Tune through
             :func:`metatune.distributed.run`, which also takes ``resources``, ``concurrency``,
             ``cancel``, ``ray_address``, ``storage`` and ``max_retries``).
-        options: passed to the method (e.g. ``steps``, ``space``, metagrad's ``mode``).
+        options: passed to the method (:func:`accepted_options`: ``steps``, ``space``,
+            metagrad's ``mode``, …).
+
+    Raises:
+        ValueError: a bad argument, or an option the method does not take (the message
+            lists those it does).
 
     Example:
         >>> res = tune("quadratic", method="random", budget=3_000, seed=0, steps=50)
@@ -46,15 +65,14 @@ def tune(objective: Objective | str, method: str = "metagrad", budget: float = 2
     """
     if isinstance(objective, str):
         objective = get(objective)
-    if method not in METHODS:
-        raise invalid("method", method, f"one of {sorted(METHODS)}")
-    if backend not in BACKENDS:
-        raise invalid("backend", backend, f"one of {BACKENDS}")
+    checks.choice("method", method, sorted(METHODS))
+    checks.choice("backend", backend, BACKENDS)
     if backend == "ray":
         from metatune.distributed import run
 
         return run(objective, method, budget, seed, callback=callback, **options)
+    checks.keywords(f"tune(method={method!r})", options, accepted_options(method))
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options).run()
 
 
-__all__ = ["BACKENDS", "METHODS", "Trial", "TuneResult", "Tuner", "tune"]
+__all__ = ["BACKENDS", "METHODS", "Trial", "TuneResult", "Tuner", "accepted_options", "tune"]

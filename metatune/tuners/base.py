@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 import time
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
+from metatune import checks
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
@@ -77,19 +77,16 @@ class Tuner(abc.ABC):
         self, objective: Objective, *, budget: float, seed: int = 0, space: SearchSpace | None = None,
         steps: int | None = None, groups: str | Sequence[str] | None = None, callback: Callback | None = None,
     ) -> None:
-        if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
-            raise invalid("budget", budget, "a positive number of gradient evaluations")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise invalid("seed", seed, "an integer")
-        self.objective, self.budget, self.seed = objective, float(budget), int(seed)
-        self.space = space or objective.space
-        self.steps = objective.steps if steps is None else steps
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise invalid("steps", self.steps, "an integer >= 1")
+        self.objective = checks.instance("objective", objective, Objective, "a metatune.objectives.Objective")
+        self.budget = checks.positive("budget", budget, note="gradient evaluations")
+        self.seed = checks.integer("seed", seed, low=0)
+        self.space = checks.instance("space", space, SearchSpace, "a SearchSpace", optional=True) \
+            or objective.space
+        self.steps = checks.positive_int("steps", objective.steps if steps is None else steps)
         if self.budget < self.trial_cost():
             raise invalid("budget", budget, f"at least one training run: {self.trial_cost():g} gradient evaluations "
                                             f"for T={self.steps}")
-        self.callback = callback
+        self.callback = checks.function("callback", callback, "a function of one Trial", optional=True)
         self.context = Context.build(objective, self.seed, self.steps)
         self.params, self.batches, self.costs = self.context.params, self.context.batches, self.context.costs
         self.initial_value = self.context.initial_value

@@ -27,11 +27,39 @@ from typing import Callable
 
 import numpy as np
 
+from metatune import checks
 from metatune.errors import invalid
 from metatune.objectives import SearchSpace
 from metatune.tuners.groups import Hyper, hyper_of, values_of
 
 OUTER = ("bfgs", "adam")
+
+
+def check_options(outer: str, meta_lr: float, max_amplification: float) -> tuple[str, float, float]:
+    """The outer optimiser's options, checked (shared by the tuner, the chains and the Ray searcher)."""
+    return (checks.choice("outer", outer, OUTER),
+            checks.positive("meta_lr", meta_lr, note="the first step length in (log lr, log(1 - momentum))"),
+            checks.number("max_amplification", max_amplification, low=1.0, low_open=True, finite=False))
+
+
+def check_starts(starts: list[tuple[Hyper, Hyper]]) -> list[tuple[Hyper, Hyper]]:
+    """At least one (lr, momentum) pair, each a valid learning rate and momentum (or a dict of
+    them by group)."""
+    if isinstance(starts, (str, bytes)) or not isinstance(starts, (list, tuple)) or not starts:
+        raise invalid("starts", starts, "a non-empty list of (lr, momentum) pairs")
+    checked = []
+    for i, start in enumerate(starts):
+        if not isinstance(start, (list, tuple)) or len(start) != 2:
+            raise invalid(f"starts[{i}]", start, "an (lr, momentum) pair")
+        checked.append((_each_group(checks.learning_rate, f"starts[{i}][0]", start[0]),
+                        _each_group(checks.momentum, f"starts[{i}][1]", start[1])))
+    return checked
+
+
+def _each_group(check: Callable[[str, float], float], name: str, value: Hyper) -> Hyper:
+    if isinstance(value, dict):
+        return {group: check(f"{name}[{group!r}]", number) for group, number in value.items()}
+    return check(name, value)
 
 
 def decode(u: np.ndarray, groups: tuple[str, ...] = ()) -> tuple[Hyper, Hyper]:
@@ -145,16 +173,12 @@ class MetagradChains:
     def __init__(self, space: SearchSpace, starts: list[tuple[float, float]], *, outer: str = "bfgs",
                  meta_lr: float = 0.03, lr_cap: Callable[[float], float] | None = None,
                  max_amplification: float = 1e8, groups: tuple[str, ...] = ()) -> None:
-        if outer not in OUTER:
-            raise invalid("outer", outer, f"one of {OUTER}")
-        if not (isinstance(meta_lr, (int, float)) and meta_lr > 0):
-            raise invalid("meta_lr", meta_lr, "a step size > 0")
-        if not (isinstance(max_amplification, (int, float)) and max_amplification > 1):
-            raise invalid("max_amplification", max_amplification, "a number > 1")
-        if not starts:
-            raise invalid("starts", starts, "at least one (lr, momentum) start")
-        self.space, self.outer, self.meta_lr = space, outer, float(meta_lr)
-        self.max_amplification, self._lr_cap, self.groups = float(max_amplification), lr_cap, tuple(groups)
+        checks.instance("space", space, SearchSpace, "a metatune.objectives.SearchSpace")
+        checks.function("lr_cap", lr_cap, "a function momentum -> the largest lr allowed", optional=True)
+        outer, meta_lr, max_amplification = check_options(outer, meta_lr, max_amplification)
+        starts = check_starts(starts)
+        self.space, self.outer, self.meta_lr = space, outer, meta_lr
+        self.max_amplification, self._lr_cap, self.groups = max_amplification, lr_cap, tuple(groups)
         self.starts = [Start(self.project(encode(lr, m, self.groups)), index=i) for i, (lr, m) in enumerate(starts)]
 
     def project(self, u: np.ndarray) -> np.ndarray:

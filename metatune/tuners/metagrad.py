@@ -15,9 +15,8 @@ meta-gradient costs a whole training run, so few are taken: on the quadratic, BF
 2× the finite-horizon limit in 5 where Adam stalls at 7× (BENCHMARKS.md).
 
 Stability guard: λ_max of the training loss at θ₀ (Lanczos, charged to the budget) caps
-η at (1 − margin) · 2(1 + β)/λ_max where θ₀ is convex (``guard="auto"``); where it has
-negative curvature (networks) the cap says little about the run and is lifted. The rate-optimal η* sits at κ/(κ + 1) of that cap
-(DESIGN.md §1), so the default margin is small. A step is accepted only if its loss is
+η at (1 − margin) · 2(1 + β)/λ_max. The rate-optimal η* = 4/(√L + √μ)² (L = λ_max, μ = λ_min)
+sits at κ/(κ + 1) of the cap at its β*, so the default margin is small. A step is accepted only if its loss is
 lower than the last accepted one and its run neither diverged nor amplified the
 sensitivities more than ``max_amplification``; otherwise the tuner stays at the last
 accepted point and halves its step.
@@ -38,14 +37,15 @@ screening points differ per group.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from metatune.errors import invalid
-from metatune.hypergrad import MODES
+from metatune import checks
+from metatune.objectives import Objective
 from metatune.stability import critical_lr, optimal_hyperparameters
 from metatune.tuners.base import Tuner, is_diverged
-from metatune.tuners.chains import OUTER, MetagradChains, decode, encode, project
+from metatune.tuners.chains import OUTER, MetagradChains, check_options, decode, encode, project
 from metatune.tuners.evaluation import Outcome, Proposal
 from metatune.tuners.groups import Hyper, hyper_of
 
@@ -79,26 +79,16 @@ class MetagradTuner(Tuner):
 
     name = "metagrad"
 
-    def __init__(self, objective, *, mode: str = "auto", outer: str = "bfgs", meta_lr: float = 0.03,  # noqa: ANN001
-                 margin: float = 1e-4, guard: bool | str = "auto", screen: int | None = None, starts: int = 2,
-                 max_amplification: float = 1e8, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, objective: Objective, *, mode: str = "auto", outer: str = "bfgs",
+                 meta_lr: float = 0.03, margin: float = 1e-4, guard: bool | str = "auto", screen: int | None = None,
+                 starts: int = 2, max_amplification: float = 1e8, **kwargs: Any) -> None:
         super().__init__(objective, **kwargs)
-        if mode not in MODES or mode == "truncated":
-            raise invalid("mode", mode, "'auto', 'forward' or 'reverse'")
-        if outer not in OUTER:
-            raise invalid("outer", outer, f"one of {OUTER}")
-        if not (isinstance(meta_lr, (int, float)) and meta_lr > 0):
-            raise invalid("meta_lr", meta_lr, "a step size > 0")
-        if not (isinstance(margin, (int, float)) and 0 <= margin < 1):
-            raise invalid("margin", margin, "a fraction in [0, 1)")
-        if not (isinstance(guard, bool) or guard == "auto"):
-            raise invalid("guard", guard, "True, False or 'auto'")
-        if screen is not None and (isinstance(screen, bool) or not isinstance(screen, int) or screen < 0):
-            raise invalid("screen", screen, "None or an integer >= 0")
-        if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
-            raise invalid("starts", starts, "an integer >= 1")
-        if not (isinstance(max_amplification, (int, float)) and max_amplification > 1):
-            raise invalid("max_amplification", max_amplification, "a number > 1")
+        mode = checks.choice("mode", mode, ("auto", "forward", "reverse"))
+        outer, meta_lr, max_amplification = check_options(outer, meta_lr, max_amplification)
+        margin = checks.fraction("margin", margin, note="of the critical lr the guard keeps below")
+        guard = checks.flag("guard", guard, also=("auto",))
+        screen = checks.integer("screen", screen, low=0, optional=True, note="the screening population")
+        starts = checks.positive_int("starts", starts, note="chains taking outer steps")
         self.outer, self.meta_lr, self.margin = outer, meta_lr, margin
         self.plan = self.context.plan(mode)
         self.mode = self.plan.mode

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, ClassVar
 
 import numpy as np
 
-from metatune.errors import invalid
+from metatune import checks
 from metatune.hypergrad import hypergrad
+from metatune.objectives import Objective
 from metatune.tuners.chains import Start, adam_direction
 from metatune.tuners.metagrad import MetagradTuner
 
@@ -32,10 +34,15 @@ class OnlineTuner(MetagradTuner):
     supports_groups = False
     distributable = False  # each run starts where the last one ended: one sequential chain
 
-    def __init__(self, objective, *, horizon: int = 10, meta_lr: float = 0.05, **kwargs) -> None:  # noqa: ANN001, ANN003
+    fixed_options: ClassVar[tuple[str, ...]] = ("mode", "outer", "screen", "starts")
+    """metagrad's options this method sets itself (reverse mode, Adam, one chain, no screening)."""
+
+    def __init__(self, objective: Objective, *, horizon: int = 10, meta_lr: float = 0.05,
+                 **kwargs: Any) -> None:
+        accepted = set(checks.constructor_keywords(OnlineTuner)) - set(self.fixed_options)
+        checks.keywords("method 'online'", kwargs, accepted)
+        horizon = checks.positive_int("horizon", horizon, note="steps between hyperparameter updates")
         super().__init__(objective, meta_lr=meta_lr, mode="reverse", outer="adam", screen=0, starts=1, **kwargs)
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise invalid("horizon", horizon, "an integer >= 1 (steps between hyperparameter updates)")
         self.horizon = min(horizon, self.steps)
 
     def run_cost(self) -> float:
