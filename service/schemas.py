@@ -66,7 +66,7 @@ class MetagradOptions(Strict):
     outer: Literal["bfgs", "adam"] = "bfgs"
     meta_lr: float = Field(default=0.03, gt=0, le=10)
     margin: float = Field(default=1e-4, ge=0, lt=1)
-    guard: bool | Literal["auto"] = "auto"
+    guard: bool | Literal["auto"] = True
     screen: int | None = Field(default=None, ge=0, le=1024)
     starts: int = Field(default=2, ge=1, le=64)
     max_amplification: float = Field(default=1e8, gt=1)

@@ -147,9 +147,9 @@ def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
 def test_automatic_guard_holds_where_theta0_is_convex_and_lifts_where_it_is_not(quadratic):
     """guard="auto": λ_min = 1 > 0 found at θ₀ → capped at 2(1 + β)/100 · (1 − margin);
     λ_min not positive (NaN) → only the space's 0.1 binds."""
-    convex = MetagradTuner(quadratic, budget=BUDGET)
+    convex = MetagradTuner(quadratic, budget=BUDGET, guard="auto")
     convex._curvature = Curvature(1.0, 100.0, 0.0)
-    saddle = _with_curvature(MetagradTuner(quadratic, budget=BUDGET), 100.0)
+    saddle = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard="auto"), 100.0)
     assert convex.lr_cap(0.5) == pytest.approx(0.03 * (1 - convex.margin), rel=1e-12)
     assert saddle.lr_cap(0.5) == pytest.approx(0.1, rel=1e-12)
 
