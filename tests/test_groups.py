@@ -182,3 +182,17 @@ def test_compare_and_plane_plot_show_each_group(tiny, tmp_path):
     scatter = [c for c in captured["fig"].axes[0].collections if isinstance(c, PathCollection)]
     trials = [t for runs in cmp.results.values() for t in runs[0].trials]
     assert sum(len(c.get_offsets()) for c in scatter) == 3 * len(trials)
+
+
+def test_minibatch_objectives_start_at_no_more_than_condition_100(tiny):
+    """On minibatches the theory point assumes κ ≤ 100 whatever Lanczos finds: told λ_min =
+    10⁻⁴, λ_max = 2 at T = 200 (which alone would allow κ_T = (200/5)² = 1600), it starts at
+    heavy ball's optimum on [0.02, 2]: β* = (9/11)² = 81/121, η* = 4/(√2 + √0.02)² = 4/2.42,
+    for every group."""
+    from metatune.tuners.base import Curvature
+
+    tuner = MetagradTuner(tiny, budget=100_000, seed=0, steps=200, groups="layers", mode="reverse")
+    tuner._curvature = Curvature(1e-4, 2.0, 0.0)
+    lr, momentum = tuner.decode_point(tuner.theory_point())
+    assert lr == pytest.approx({"hidden": 4 / 2.42, "out": 4 / 2.42}, rel=1e-12)
+    assert momentum == pytest.approx({"hidden": 81 / 121, "out": 81 / 121}, rel=1e-12)
