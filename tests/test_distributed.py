@@ -67,6 +67,21 @@ def test_ray_at_concurrency_one_picks_the_same_points_as_in_process(ray_results,
     assert on_ray.gradient_evals == local.gradient_evals
 
 
+@pytest.mark.parametrize("method", ["tpe", "metagrad", "random"])
+def test_per_group_spaces_on_ray_pick_the_same_points_as_in_process(ray_cluster, method):
+    """An η and a β per layer (6 hyperparameters): Ray trials carry dict points and per-group
+    meta-gradients through Ray's flat results, and at concurrency 1 the search is the
+    in-process one."""
+    objective = objectives.get("mlp-regression", hidden=8, steps=20)
+    on_ray = distributed.run(objective, method, 600, seed=0, groups="layers", storage=ray_cluster / "groups")
+    local = mt.tune(objective, method, 600, seed=0, groups="layers")
+    assert len(on_ray.trials) == len(local.trials) > 5
+    assert all(set(t.lr) == set(t.momentum) == {"0", "2", "4"} for t in on_ray.trials)
+    assert [(t.lr, t.momentum) for t in on_ray.trials] == [(t.lr, t.momentum) for t in local.trials]
+    assert [t.value for t in on_ray.trials] == pytest.approx([t.value for t in local.trials], rel=1e-6)
+    assert [t.spectral_radius for t in on_ray.trials] == pytest.approx([t.spectral_radius for t in local.trials])
+
+
 def test_tune_backend_ray_and_its_errors(ray_cluster, quadratic):
     result = mt.tune(quadratic, "random", budget=31 * 3, seed=1, backend="ray", storage=ray_cluster / "r")
     assert len(result.trials) == 3 and result.method == "random"

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from metatune.distributed.runner import build_tuner
 from metatune.objectives import Objective, SearchSpace
 from metatune.tuners import METHODS, tune
 from metatune.tuners.chains import encode, log_loss_gradient
@@ -146,11 +145,6 @@ def test_metagrad_moves_groups_apart(tiny):
 def test_methods_without_group_spaces_say_so(tiny, method):
     with pytest.raises(ValueError, match=f"groups.*{method}"):
         tune(tiny, method, budget=BUDGET, seed=0, groups="layers")
-
-
-def test_ray_refuses_group_spaces_before_starting(tiny):
-    with pytest.raises(ValueError, match="groups.*backend='local'"):
-        build_tuner(tiny, "tpe", BUDGET, 0, None, {"groups": "layers"})
 
 
 def test_compare_and_plane_plot_show_each_group(tiny, tmp_path):

@@ -17,7 +17,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from metatune.distributed.search import DriverOnly
-from metatune.distributed.trainable import outcome_from_result
+from metatune.distributed.trainable import outcome_from_result, reports_a_point
 from metatune.tuners.base import Tuner
 from metatune.tuners.evaluation import Outcome, Proposal
 
@@ -37,11 +37,11 @@ class TrialRecorder(DriverOnly, Callback):
         self._record(trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.last_result and "lr" in trial.last_result:
+        if reports_a_point(trial.last_result):
             self._record(trial, trial.last_result)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        proposal = Proposal.from_config(trial.config, default_cost=self.tuner.trial_cost())
+        proposal = Proposal.from_config(trial.config, default_cost=self.tuner.trial_cost(), groups=self.tuner.groups)
         error = _error_text(trial)
         seen = self.seen.setdefault(trial.trial_id, set())
         share = proposal.cost / len(proposal.points)
@@ -56,7 +56,7 @@ class TrialRecorder(DriverOnly, Callback):
             return
         seen.add(index)
         start = int(result.get("start", -1))
-        self.tuner.record_outcome(outcome_from_result(result), float(result["gradient_evals"]),
+        self.tuner.record_outcome(outcome_from_result(result, self.tuner.groups), float(result["gradient_evals"]),
                                   None if start < 0 else start)
 
 

@@ -23,6 +23,7 @@ from metatune.errors import invalid
 from metatune.objectives import Objective, get
 from metatune.tuners import METHODS, Trial, TuneResult, accepted_options
 from metatune.tuners.base import Tuner
+from metatune.tuners.groups import flat_point
 from metatune.tuners.optuna_base import OptunaTuner, told_value
 from metatune.distributed.cluster import default_root, ensure_ray
 from metatune.distributed.recorder import Cancel, CancelStopper, TrialRecorder
@@ -64,8 +65,6 @@ def build_tuner(objective: Objective, method: str, budget: float, seed: int,
     if not METHODS[method].distributable:
         choices = sorted(m for m, t in METHODS.items() if t.distributable)
         raise invalid("method", method, f"one of {choices} on Ray ({method!r} runs in-process only)")
-    if options.get("groups") is not None:
-        raise invalid("groups", options["groups"], "None on Ray: per-group spaces run with backend='local' for now")
     checks.keywords(f"method {method!r} on Ray", options, accepted_options(method) + list(RUN_OPTIONS))
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options)
 
@@ -78,7 +77,7 @@ def search_for(tuner: Tuner, history: Sequence[Trial] = ()) -> tuple[Any, int]:
 
         tuner.keep(list(history))
         told = [t for t in history if t.status != "failed"]
-        points = [{"lr": t.lr, "momentum": t.momentum} for t in told]
+        points = [flat_point(t.lr, t.momentum) for t in told]
         rewards = [told_value(t.value, tuner.initial_value) for t in told]
         samples = int((tuner.remaining() + 1e-9) // tuner.trial_cost())
         return OptunaSearch(space=tuner.distributions(), sampler=tuner.make_sampler(), metric=METRIC, mode="min",
@@ -126,7 +125,8 @@ def run(objective: Objective | str, method: str = "metagrad", budget: float = 20
     tuner.curvature()  # for ρ in reports: outside the timed run, as in-process
     began = time.perf_counter()
     tuner.spent += tuner.prepare()
-    job = Job(uuid.uuid4().hex, objective, registered, tuner.seed, tuner.steps, tuple(tuner.curvature().eigenvalues))
+    job = Job(uuid.uuid4().hex, objective, registered, tuner.seed, tuner.steps, tuple(tuner.curvature().eigenvalues),
+              tuner.groups)
     ensure_ray(ray_address)
     stopper = CancelStopper(cancel)
     searcher, samples = search_for(tuner, history)

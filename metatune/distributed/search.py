@@ -23,7 +23,7 @@ from metatune.objectives import SearchSpace
 from metatune.tuners.base import Tuner
 from metatune.tuners.chains import MetagradChains, Step, check_options
 from metatune.tuners.evaluation import Outcome, Proposal
-from metatune.distributed.trainable import METRIC, outcome_from_result
+from metatune.distributed.trainable import METRIC, outcome_from_result, reports_a_point
 
 
 class DriverOnly:
@@ -70,8 +70,8 @@ class TunerSearch(DriverOnly, Searcher):
         return proposal.to_config()
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in self.outcomes and "lr" in result:
-            self.outcomes[trial_id][int(result.get("point", 0))] = outcome_from_result(result)
+        if trial_id in self.outcomes and reports_a_point(result):
+            self.outcomes[trial_id][int(result.get("point", 0))] = outcome_from_result(result, self.tuner.groups)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id not in self.proposals:

@@ -20,9 +20,9 @@ import torch
 
 from metatune import objectives
 from metatune.objectives import Objective
-from metatune.stability import spectral_radius
 from metatune.tuners.base import is_diverged
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
+from metatune.tuners.groups import flat_point, largest_spectral_radius, point_from_flat
 from metatune.tuners.optuna_base import told_value
 
 METRIC = "objective"
@@ -41,6 +41,7 @@ class Job:
     seed: int
     steps: int
     eigenvalues: tuple[float, ...]
+    groups: tuple[str, ...] = ()
 
 
 def is_registered(objective: Objective) -> bool:
@@ -73,9 +74,9 @@ def context_for(job: Job, device: str) -> Context:
 def result_metrics(outcome: Outcome, index: int, evals: float, context: Context, job: Job,
                    start: int | None) -> dict[str, Any]:
     """One point's report: the names Ray's ResultGrid and TensorBoard show."""
-    rho = float(spectral_radius(outcome.lr, outcome.momentum, list(job.eigenvalues)))
+    rho = largest_spectral_radius(outcome.lr, outcome.momentum, job.eigenvalues, job.groups)
     return {
-        "point": index, "lr": outcome.lr, "momentum": outcome.momentum, "value": outcome.value,
+        "point": index, **flat_point(outcome.lr, outcome.momentum), "value": outcome.value,
         METRIC: told_value(outcome.value, context.initial_value),
         "diverged": is_diverged(outcome.value, context.initial_value), "spectral_radius": rho,
         "stable": rho < 1.0, "gradient_evals": evals, "wall_time": outcome.seconds,
@@ -88,18 +89,25 @@ def evaluate_trial(config: dict[str, Any], job: Job) -> None:
     from ray import tune
 
     context = context_for(job, assigned_device())
-    proposal = Proposal.from_config(config, default_cost=context.trial_cost())
+    proposal = Proposal.from_config(config, default_cost=context.trial_cost(), groups=job.groups)
     share = proposal.cost / len(proposal.points)
     for index, outcome in enumerate(evaluate(context, proposal)):
         tune.report(result_metrics(outcome, index, share, context, job, proposal.start))
 
 
 OUTCOME_METRICS = ("final_train_loss", "dvalue_dlr", "dvalue_dmomentum", "growth_rate", "amplification")
-"""The method-specific metrics an :class:`Outcome` carries back from a report."""
+"""The method-specific metrics an :class:`Outcome` carries back from a report (per group also
+``dvalue_dlr[<prefix>]`` and ``dvalue_dmomentum[<prefix>]``)."""
 
 
-def outcome_from_result(result: dict[str, Any]) -> Outcome:
+def outcome_from_result(result: dict[str, Any], groups: tuple[str, ...] = ()) -> Outcome:
     """The :class:`Outcome` a trial reported (inverse of :func:`result_metrics`)."""
-    metrics = {k: float(result[k]) for k in OUTCOME_METRICS if k in result}
-    return Outcome(float(result["lr"]), float(result["momentum"]), float(result.get("value", math.nan)),
-                   float(result.get("wall_time", 0.0)), metrics)
+    per_group = tuple(f"{name}[" for name in OUTCOME_METRICS[1:3])
+    metrics = {k: float(v) for k, v in result.items() if k in OUTCOME_METRICS or k.startswith(per_group)}
+    lr, momentum = point_from_flat(result, groups)
+    return Outcome(lr, momentum, float(result.get("value", math.nan)), float(result.get("wall_time", 0.0)), metrics)
+
+
+def reports_a_point(result: dict[str, Any] | None) -> bool:
+    """Whether ``result`` is one of :func:`result_metrics`' reports (not Ray's bookkeeping)."""
+    return bool(result) and METRIC in result

@@ -25,7 +25,7 @@ from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import HessianOperator, hessian_vector_product, spectral_radius, spectrum_ends
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
-from metatune.tuners.groups import Hyper, point_key, resolve_groups, values_of
+from metatune.tuners.groups import Hyper, largest_spectral_radius, plain, point_key, resolve_groups
 from metatune.tuners.records import DIVERGENCE_FACTOR, STATUSES, Trial, TuneResult, is_diverged
 
 __all__ = ["DIVERGENCE_FACTOR", "STATUSES", "BudgetExhausted", "Callback", "Curvature", "Trial", "TuneResult",
@@ -227,7 +227,7 @@ class Tuner(abc.ABC):
         status = "failed" if error is not None else "diverged" if diverged else "completed"
         rho = self.spectral_radius(lr, momentum)
         trial = Trial(
-            number=len(self.trials), lr=_plain(lr), momentum=_plain(momentum),
+            number=len(self.trials), lr=plain(lr), momentum=plain(momentum),
             value=float(value) if status == "completed" else math.inf, diverged=diverged, gradient_evals=evals,
             cumulative_evals=self.spent, wall_time=seconds, spectral_radius=rho, stable=rho < 1.0,
             metrics={k: float(v) for k, v in metrics.items()}, status=status, error=error,
@@ -246,7 +246,7 @@ class Tuner(abc.ABC):
 
     def points(self, points: list[tuple[Hyper, Hyper]]) -> Proposal:
         """A proposal to train ``points`` at fixed (η, β), T + 1 gradient evaluations each."""
-        return Proposal(tuple((_plain(lr), _plain(m)) for lr, m in points), self.trial_cost() * len(points))
+        return Proposal(tuple((plain(lr), plain(m)) for lr, m in points), self.trial_cost() * len(points))
 
     def curvature(self) -> Curvature:
         """λ_min, λ_max at θ₀ on the first batch, estimated (:func:`estimate_curvature`)."""
@@ -259,14 +259,7 @@ class Tuner(abc.ABC):
         ρ ≥ 1 means the mode of largest curvature diverges. Per group, the largest ρ of any
         group's (η_g, β_g) over that spectrum: exact when the top mode lies in one group's
         parameters, a bound of that form otherwise."""
-        eigenvalues = self.curvature().eigenvalues
-        pairs = zip(values_of(lr, self.groups), values_of(momentum, self.groups))
-        return max(float(spectral_radius(g_lr, g_momentum, eigenvalues)) for g_lr, g_momentum in pairs)
-
-
-def _plain(value: Hyper) -> Hyper:
-    """A float, or a dict of floats by group."""
-    return {g: float(v) for g, v in value.items()} if isinstance(value, dict) else float(value)
+        return largest_spectral_radius(lr, momentum, self.curvature().eigenvalues, self.groups)
 
 
 def _outcome_of(trial: Trial) -> Outcome:

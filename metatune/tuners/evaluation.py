@@ -16,7 +16,7 @@ from metatune.costs import CostModel, measure
 from metatune.hypergrad import Plan, choose, hypergrad, stored_bytes_per_step
 from metatune.objectives import Objective
 from metatune.population import train_population
-from metatune.tuners.groups import Hyper
+from metatune.tuners.groups import Hyper, flat_point, plain, point_from_flat
 from metatune.unroll import is_finite, unroll
 
 
@@ -42,17 +42,19 @@ class Proposal:
         config: dict[str, Any] = {"points": [list(p) for p in self.points], "cost": self.cost,
                                   "hypergrad": self.hypergrad, "start": self.start, "checkpoint": self.checkpoint}
         if len(self.points) == 1:
-            config["lr"], config["momentum"] = self.points[0]
+            config.update(flat_point(*self.points[0]))
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], default_cost: float = math.nan) -> Proposal:
-        """Inverse of :meth:`to_config`; a bare ``{"lr", "momentum"}`` (Optuna's) is one point."""
+    def from_config(cls, config: dict[str, Any], default_cost: float = math.nan,
+                    groups: tuple[str, ...] = ()) -> Proposal:
+        """Inverse of :meth:`to_config`; a bare ``{"lr", "momentum"}`` (Optuna's; per group
+        ``{"lr[g]", "momentum[g]"}``) is one point."""
         if "points" in config:
-            points = tuple((float(lr), float(m)) for lr, m in config["points"])
+            points = tuple((plain(lr), plain(m)) for lr, m in config["points"])
             return cls(points, float(config["cost"]), config.get("hypergrad"), config.get("start"),
                        checkpoint=config.get("checkpoint"))
-        return cls(((float(config["lr"]), float(config["momentum"])),), default_cost)
+        return cls((point_from_flat(config, groups),), default_cost)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,37 @@ def hyper_of(values: Sequence[float], groups: tuple[str, ...]) -> Hyper:
     return {g: float(v) for g, v in zip(groups, values)}
 
 
+def flat_point(lr: Hyper, momentum: Hyper) -> dict[str, float]:
+    """{"lr", "momentum"}, or {"lr[g]", "momentum[g]"} per group: the flat names Optuna's
+    distributions and Ray's results use (Ray flattens nested results)."""
+    if isinstance(lr, Mapping):
+        return {**{f"lr[{g}]": float(v) for g, v in lr.items()},
+                **{f"momentum[{g}]": float(v) for g, v in momentum.items()}}  # type: ignore[union-attr]
+    return {"lr": float(lr), "momentum": float(momentum)}  # type: ignore[arg-type]
+
+
+def point_from_flat(values: Mapping[str, float], groups: tuple[str, ...]) -> tuple[Hyper, Hyper]:
+    """Inverse of :func:`flat_point`."""
+    if not groups:
+        return float(values["lr"]), float(values["momentum"])
+    return ({g: float(values[f"lr[{g}]"]) for g in groups}, {g: float(values[f"momentum[{g}]"]) for g in groups})
+
+
+def largest_spectral_radius(lr: Hyper, momentum: Hyper, eigenvalues: Sequence[float],
+                            groups: tuple[str, ...]) -> float:
+    """ρ over ``eigenvalues`` at (η, β), or the largest of the groups' ρ at their (η_g, β_g):
+    exact when the top mode lies in one group's parameters, a bound of that form otherwise."""
+    from metatune.stability import spectral_radius
+
+    pairs = zip(values_of(lr, groups), values_of(momentum, groups))
+    return max(float(spectral_radius(g_lr, g_momentum, list(eigenvalues))) for g_lr, g_momentum in pairs)
+
+
+def plain(value: Hyper) -> Hyper:
+    """A float, or a dict of floats by group (numpy scalars and tensors made Python floats)."""
+    return {g: float(v) for g, v in value.items()} if isinstance(value, Mapping) else float(value)
+
+
 def point_key(lr: Hyper, momentum: Hyper) -> tuple:
     """A hashable key for the point (lr, momentum), scalar or per group."""
     return (_frozen(lr), _frozen(momentum))

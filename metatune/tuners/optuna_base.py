@@ -20,7 +20,7 @@ import optuna
 
 from metatune.tuners.base import DIVERGENCE_FACTOR, Tuner, is_diverged
 from metatune.tuners.evaluation import Outcome, Proposal
-from metatune.tuners.groups import Hyper, point_key
+from metatune.tuners.groups import Hyper, point_from_flat, point_key
 
 
 def told_value(value: float, initial_value: float) -> float:
@@ -58,9 +58,7 @@ class OptunaTuner(Tuner):
 
     def point(self, values: dict[str, float]) -> tuple[Hyper, Hyper]:
         """The (η, β) of an Optuna trial's params (:meth:`distributions`)."""
-        if not self.groups:
-            return values["lr"], values["momentum"]
-        return ({g: values[f"lr[{g}]"] for g in self.groups}, {g: values[f"momentum[{g}]"] for g in self.groups})
+        return point_from_flat(values, self.groups)
 
     def prepare(self) -> float:
         self.study = quiet_study(self.make_sampler())
