@@ -101,9 +101,3 @@ def point_key(lr: Hyper, momentum: Hyper) -> tuple:
 def _frozen(value: Hyper) -> object:
     return tuple(sorted(value.items())) if isinstance(value, Mapping) else float(value)
 
-
-def describe(value: Hyper, digits: int = 4) -> str:
-    """``0.01`` or ``{0: 0.01, 2: 0.3}`` for tables and messages."""
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {v:.{digits}g}" for k, v in value.items()) + "}"
-    return f"{value:.{digits}g}"
