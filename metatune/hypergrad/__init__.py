@@ -25,7 +25,7 @@ from metatune import checks
 from metatune._types import Batches, HyperArg, Params, TrainLoss, ValLoss
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
-from metatune.hypergrad.auto import DEFAULT_MEMORY_BUDGET, Plan, choose, stored_bytes_per_step
+from metatune.hypergrad.auto import DEFAULT_MEMORY_BUDGET, Plan, choose, resolve, stored_bytes_per_step
 from metatune.hypergrad.forward import forward
 from metatune.hypergrad.result import HypergradResult
 from metatune.hypergrad.reverse import reverse
@@ -82,7 +82,7 @@ def hypergrad(
         checks.positive("memory_budget", memory_budget, note="bytes")
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None with mode='auto' (it chooses the checkpointing)")
-        plan = choose(steps, stored_bytes_per_step(train_loss, problem.params, problem.batches[0]), memory_budget)
+        plan = resolve(mode, train_loss, problem.params, steps, problem.batches[0], memory_budget)
         mode, checkpoint = plan.mode, plan.checkpoint
     window = _window(mode, truncate, steps)
     checkpoint = checks.positive_int("checkpoint", checkpoint, optional=True,
@@ -109,4 +109,5 @@ def _window(mode: str, truncate: int | None, steps: int) -> int:
 
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MODES", "HypergradResult", "Plan", "choose", "hypergrad", "stored_bytes_per_step"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "MODES", "HypergradResult", "Plan", "choose", "hypergrad", "resolve",
+           "stored_bytes_per_step"]

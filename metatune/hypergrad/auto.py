@@ -69,6 +69,15 @@ def stored_bytes_per_step(train_loss: TrainLoss, params: Params, batch: Batch = 
     return sum(size for pointer, size in saved.items() if pointer not in first)
 
 
+def resolve(mode: str, train_loss: TrainLoss, params: Params, steps: int, batch: Batch = None,
+            memory_budget: float = DEFAULT_MEMORY_BUDGET) -> Plan:
+    """``mode`` as it will run: "auto" resolved by :func:`choose` on the graph of a step
+    measured on ``batch``; any other mode as given (no checkpointing)."""
+    if mode != "auto":
+        return Plan(mode)
+    return choose(steps, stored_bytes_per_step(train_loss, params, batch), memory_budget)
+
+
 def choose(steps: int, bytes_per_step: int, memory_budget: float = DEFAULT_MEMORY_BUDGET) -> Plan:
     """The cheapest mode whose memory fits ``memory_budget`` (module docstring).
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metatune.costs import CostModel, measure
-from metatune.hypergrad import Plan, choose, hypergrad, stored_bytes_per_step
+from metatune.hypergrad import Plan, hypergrad, resolve
 from metatune.objectives import Objective
 from metatune.population import train_population
 from metatune.tuners.groups import Hyper, flat_point, plain, point_from_flat
@@ -24,8 +24,9 @@ from metatune.unroll import is_finite, unroll
 class Proposal:
     """What a method asks to evaluate next, and what that costs in gradient evaluations.
 
-    ``points``: (η, β) pairs (floats, or dicts by group prefix), each trained T steps from θ₀ (several at once as one vmapped
-    population); with ``hypergrad`` set (a mode), one point whose meta-gradient is taken.
+    ``points``: (η, β) pairs (floats, or dicts by group prefix), each trained T steps from θ₀
+    (several at once as one vmapped population); with ``hypergrad`` set (a mode), one point
+    whose meta-gradient is taken.
     ``checkpoint``: reverse mode's segment length (None: store every step).
     ``start`` names the metagrad chain a meta-gradient belongs to.
     """
@@ -95,10 +96,8 @@ class Context:
 
     def plan(self, mode: str) -> Plan:
         """``mode`` as run: "auto" resolved by measuring reverse mode's graph on the first batch."""
-        if mode != "auto":
-            return Plan(mode)
         batch = None if self.batches is None else self.batches[0]
-        return choose(self.steps, stored_bytes_per_step(self.objective.train_loss, self.params, batch))
+        return resolve(mode, self.objective.train_loss, self.params, self.steps, batch)
 
     def hypergrad_cost(self, plan: Plan) -> float:
         return self.costs.hypergrad(plan.mode, self.steps, checkpoint=plan.checkpoint)
