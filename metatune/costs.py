@@ -4,23 +4,20 @@ Three multiples of one gradient evaluation, counted in matmul/conv FLOPs by :fun
 (``torch.utils.flop_counter``: deterministic, unlike wall time), so tuners charge each
 objective what its meta-gradients cost:
 
-* ``primal``: the gradient itself as computed inside a ``jvp``, paid once per step whatever
-  the number k of tangents: between 1 and 2, since ``torch.func.jvp`` computes twice each
-  product one of whose factors carries no tangent (a layer times its data: 2 for a linear
-  model) and once any other (conv layers, products of two parameters: 1).
-* ``tangent``: each of the k tangents carried through the gradient (forward mode).
-* ``backward_step``: a backward pass through one gradient evaluation (reverse mode).
+* ``backward_step``: a backward pass through one gradient evaluation. Reverse mode pays it
+  once a step; forward mode once a step per tangent, since it gets H s for each tangent s
+  as a backward pass through the gradient (H is symmetric; :mod:`metatune.hypergrad.forward`).
+* ``primal`` and ``tangent``: the gradient as computed inside a ``jvp``, and one tangent
+  carried through it: what a Hessian-vector product by forward-over-reverse costs (the
+  curvature estimates of :mod:`metatune.stability`). ``primal`` lies between 1 and 2, since
+  ``torch.func.jvp`` computes twice each product one of whose factors carries no tangent
+  (a layer times its data: 2 for a linear model) and once any other (conv layers, products
+  of two parameters: 1).
 
-Decision on the recomputed primal: it is charged, because forward mode executes it
-(:func:`metatune.hypergrad.forward.tangent_step` is this vmapped jvp) and the budget compares
-methods by the work they do; ``compile=True`` may fuse part of it away, and is charged the
-eager count all the same. It is charged to the step, not to the tangent, since it is paid
-once whatever k: spread over k = 2 tangents (as before issue 10) it over-charged a step with
-k = 4 (per-group η, β: 7 gradients charged, 6 executed on a linear layer) and under-charged
-an HVP (2.5 charged, 3 executed). tests/test_costs.py checks the charges against the FLOPs
-the runs execute.
+``compile=True`` may fuse part of the work away and is charged the eager count all the same.
+tests/test_costs.py checks the charges against the FLOPs the runs execute.
 
-    forward:   T (primal + k · tangent) + 1
+    forward:   T (1 + k · backward_step) + 1                       (k hyperparameters)
     reverse:   T + (W − last segment) + W · backward_step + 1     (window W, checkpoint segments)
     HVP (an unbatched jvp of the gradient): primal + tangent
 
@@ -63,7 +60,7 @@ class CostModel:
         checks.integer("window", window, low=1, high=steps, optional=True)
         checks.positive_int("checkpoint", checkpoint, optional=True)
         if mode == "forward":
-            return steps * (self.primal + hyperparameters * self.tangent) + 1.0
+            return steps * (1.0 + hyperparameters * self.backward_step) + 1.0
         window = steps if window is None else window
         last = (window - 1) % (checkpoint or window) + 1
         return steps + (window - last) + window * self.backward_step + 1.0

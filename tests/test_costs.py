@@ -190,8 +190,8 @@ def test_worked_examples_of_the_charges():
     """The documented formulas on numbers worked by hand, for their constant terms (the
     validation gradient, the recomputed segments), which the differences above cancel."""
     costs = CostModel(tangent=1.5, backward_step=0.5, primal=2.0)
-    assert costs.hypergrad("forward", 10) == 51.0  # 10 steps × (2 + 2 × 1.5) + 1 validation gradient
-    assert costs.hypergrad("forward", 10, hyperparameters=4) == 81.0  # 10 × (2 + 4 × 1.5) + 1
+    assert costs.hypergrad("forward", 10) == 21.0  # 10 steps × (1 + 2 × 0.5) + 1 validation gradient
+    assert costs.hypergrad("forward", 10, hyperparameters=4) == 31.0  # 10 × (1 + 4 × 0.5) + 1
     assert costs.hypergrad("reverse", 10) == 16.0  # 10 forward + 10 × 0.5 backward + 1
     assert costs.hypergrad("truncated", 10, window=4) == 13.0  # 10 + 4 × 0.5 + 1
     # segments [0,3) [3,6) [6,9) [9,10): the last is kept from the forward pass, 9 steps run again

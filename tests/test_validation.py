@@ -86,8 +86,6 @@ ENGINE = [
          "hypergrad-checkpoint-forward"),
     case(lambda: mt.hypergrad(**HYPERGRAD, compile="yes"), "compile", "'yes'", "True or False",
          "hypergrad-compile-flag"),
-    case(lambda: mt.hypergrad(**HYPERGRAD, mode="reverse", compile=True), "compile", "True",
-         "False unless mode='forward'", "hypergrad-compile-reverse"),
     case(lambda: mt.hypergrad(**HYPERGRAD, costs=2.0), "costs", "2.0", "CostModel", "hypergrad-costs"),
     case(lambda: mt.hypergrad(**HYPERGRAD | {"val_loss": lambda p: p["w"]}), "val_loss(params)", "(3,)",
          "scalar (0-d) tensor", "hypergrad-val-loss"),

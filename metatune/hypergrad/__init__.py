@@ -4,8 +4,9 @@ With h = (η, β) and state sₜ = (θₜ, vₜ), the sensitivity Sₜ = ∂sₜ
 Sₜ₊₁ = Jₜ Sₜ + Bₜ, Jₜ the Jacobian of step t with respect to sₜ and Bₜ its
 derivative with respect to h. Three modes compute ∂ℓ_val/∂h = ∇ℓ_val(θ_T)ᵀ S_T:
 
-* ``forward``: propagate S with ``torch.func.jvp`` of each step, the k tangents batched
-  by ``torch.func.vmap``; memory flat in T.
+* ``forward``: propagate the k tangents S through each step, H Sθ by one backward pass
+  through the step's gradient per tangent (:mod:`metatune.hypergrad.forward`); memory
+  flat in T.
 * ``reverse``: backpropagate through the unroll; ``checkpoint=K`` stores the state
   every K steps and recomputes each segment, trading time for memory.
 * ``truncated``: reverse through the last ``truncate`` steps only (short-horizon bias);
@@ -63,8 +64,9 @@ def hypergrad(
         checkpoint: for "reverse"/"truncated", keep the state every K steps and recompute.
         velocity: initial velocity (default zeros), to differentiate a stretch of a longer run.
         costs: the multiples used for ``gradient_evals`` (:func:`metatune.costs.measure`).
-        compile: forward mode only: run each step through ``torch.compile`` (one-time
-            compilation of tens of seconds, then several times faster on small models).
+        compile: run each step through ``torch.compile``, in every mode: a one-time
+            compilation (tens of seconds on a CPU; ``metatune bench hypergrad --compile``
+            reports it), then faster steps where dispatch, not arithmetic, bounds them.
 
     Returns:
         :class:`HypergradResult`; a diverging run is flagged ``diverged``, never raised.
@@ -93,9 +95,7 @@ def hypergrad(
         if checkpoint is not None:
             raise invalid("checkpoint", checkpoint, "None in forward mode (its memory is already flat in T)")
         return forward(problem, val_loss, compile, costs)
-    if compile:
-        raise invalid("compile", compile, "False unless mode='forward'")
-    return reverse(problem, val_loss, window, checkpoint or window, mode, costs)
+    return reverse(problem, val_loss, window, checkpoint or window, mode, costs, compile)
 
 
 def _window(mode: str, truncate: int | None, steps: int) -> int:

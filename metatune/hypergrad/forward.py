@@ -1,4 +1,18 @@
-"""Forward mode: carry k tangents Sₜ = ∂sₜ/∂h through every step; memory flat in T."""
+"""Forward mode: carry k tangents Sₜ = ∂sₜ/∂h through every step; memory flat in T.
+
+For momentum SGD, sₜ₊₁ = rule(θₜ, vₜ, g(θₜ), h), so the tangents obey
+
+    Sₜ₊₁ = ∂rule/∂(θ, v) · (Sθ, Sv) + ∂rule/∂g · H Sθ + ∂rule/∂h,    H = ∇²ℓ(θₜ; bₜ).
+
+The only costly term is H Sθ, one Hessian-vector product per tangent. Since H is
+symmetric, H s = (sᵀH)ᵀ is a vector-Jacobian product of the gradient: each step builds the
+gradient once with a graph and backpropagates each of the k tangents through it
+(reverse-over-reverse), 1 + k · ``backward_step`` gradients a step. A jvp of the gradient
+(forward-over-reverse) would also compute the gradient inside the jvp, where
+``torch.func`` evaluates twice every product with a factor that carries no tangent, and
+runs 1.5–2× slower in eager mode (``metatune bench hypergrad``). The rule's own part is
+elementwise, written out in :func:`advance`.
+"""
 
 from __future__ import annotations
 
@@ -24,39 +38,96 @@ from metatune.hypergrad.layout import (
 from metatune.hypergrad.result import HypergradResult, build_result
 from metatune.unroll import InnerProblem, LossRecord
 
+State = tuple[Params, Params, Tensor]
+"""(θ, v, h): parameters, velocity and the k hyperparameters as one vector."""
+Tangents = tuple[Params, Params, Tensor]
+"""(Sθ, Sv, Sh), each with a leading axis of k (Sh = I: tangent i moves hyperparameter i)."""
+StepOut = tuple[Params, Params, Params, Params, Tensor]
+"""θ', v', Sθ', Sv' and ℓ(θ; batch)."""
 
-def tangent_step(
-    train_loss: TrainLoss,
-    rule: dynamics.UpdateRule,
-    layout: Layout,
-    state: tuple[Params, Params, Tensor],
-    tangents: tuple[Params, Params, Tensor],
-    batch: Batch,
-) -> tuple[Params, Params, Params, Params, Tensor]:
-    """One step of (θ, v) and of its k tangents: Sₜ₊₁ = Jₜ Sₜ + Bₜ, by a jvp vmapped over k.
 
-    ``state`` is (θ, v, h), ``tangents`` (Sθ, Sv, Sh) with a leading axis of k
-    (Sh = I: tangent i moves hyperparameter i). Returns θ', v', Sθ', Sv', ℓ(θ; batch).
+def gradient_and_hvps(train_loss: TrainLoss, params: Params, directions: Params, batch: Batch,
+                      ) -> tuple[Params, Params, Tensor]:
+    """g = ∇ℓ(θ; batch), H s for each of the k directions s (leading axis of ``directions``), ℓ.
+
+    One gradient with a graph, then one backward pass through it per direction.
     """
-    grad_fn = torch.func.grad_and_value(train_loss)
+    leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+    names = list(leaves)
+    with torch.enable_grad():
+        loss = train_loss(leaves, batch)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    k = next(iter(directions.values())).shape[0]
+    # a gradient that does not depend on θ (a loss linear in a parameter) has no graph: H s = 0 there
+    linked = [i for i, g in enumerate(grads) if g.requires_grad]
+    columns: list[dict[str, Tensor]] = []
+    for i in range(k):
+        products = (torch.autograd.grad([grads[j] for j in linked], list(leaves.values()),
+                                        grad_outputs=[directions[names[j]][i] for j in linked],
+                                        retain_graph=i + 1 < k, allow_unused=True, materialize_grads=True)
+                    if linked else [torch.zeros_like(p) for p in leaves.values()])
+        columns.append(dict(zip(names, products)))
+    hvps = {n: torch.stack([column[n] for column in columns]) for n in names}
+    return {n: g.detach() for n, g in zip(names, grads)}, hvps, loss.detach()
 
-    def step(p: Params, v: Params, h: Tensor) -> tuple[Params, Params, Tensor]:
-        grads, loss = grad_fn(p, batch)
-        new_p, new_state = rule(p, dynamics.MomentumState(v), grads, per_param(layout, h))
-        return new_p, new_state.velocity, loss
 
-    def push(sp: Params, sv: Params, sh: Tensor) -> tuple:
-        return torch.func.jvp(step, state, (sp, sv, sh))
+def advance(nesterov: bool, layout: Layout, state: State, tangents: Tangents, grads: Params,
+            hvps: Params) -> tuple[Params, Params, Params, Params]:
+    """The step of (θ, v) and of its k tangents given g and H Sθ (``dynamics``' rules).
 
-    out_dims = ((None, None, None), (0, 0, 0))
-    (params, velocity, loss), (s_params, s_velocity, _) = torch.func.vmap(push, out_dims=out_dims)(*tangents)
-    return params, velocity, s_params, s_velocity, loss
+    Heavy ball, v' = βv + g, θ' = θ − ηv':
+        Sv' = β Sv + H Sθ + Sβ v,            Sθ' = Sθ − η Sv' − Sη v'
+    Nesterov, θ' = θ − η(g + βv'):
+        Sθ' = Sθ − η(H Sθ + β Sv' + Sβ v') − Sη (g + βv')
+    where Sη, Sβ pick tangent i for a parameter whose η (β) is hyperparameter i (Sh = I), so
+    those terms touch one row each. Written out, since a jvp of the rule vmapped over k costs
+    as much again as the products here (``tests/test_hypergrad.py`` checks it against one).
+    """
+    params, velocity, hyper = state
+    s_params, s_velocity, _ = tangents
+    rule = dynamics.update_rule(nesterov)
+    new_params, new_state = rule(params, dynamics.MomentumState(velocity), grads, per_param(layout, hyper))
+    new_velocity = new_state.velocity
+    s_params_out, s_velocity_out = {}, {}
+    for name, i, j in layout:
+        lr, momentum = hyper[i], hyper[j]
+        s_v = momentum * s_velocity[name] + hvps[name]
+        s_v[j] += velocity[name]
+        if nesterov:
+            s_p = s_params[name] - lr * (hvps[name] + momentum * s_v)
+            s_p[j] -= lr * new_velocity[name]
+            s_p[i] -= grads[name] + momentum * new_velocity[name]
+        else:
+            s_p = s_params[name] - lr * s_v
+            s_p[i] -= new_velocity[name]
+        s_params_out[name], s_velocity_out[name] = s_p, s_v
+    return new_params, new_velocity, s_params_out, s_velocity_out
+
+
+def tangent_step(train_loss: TrainLoss, nesterov: bool, layout: Layout, state: State,
+                 tangents: Tangents, batch: Batch) -> StepOut:
+    """One step of (θ, v) and of its k tangents (eager): autograd's double backward for H Sθ."""
+    grads, hvps, loss = gradient_and_hvps(train_loss, state[0], tangents[0], batch)
+    return (*advance(nesterov, layout, state, tangents, grads, hvps), loss)
+
+
+def functional_tangent_step(train_loss: TrainLoss, nesterov: bool, layout: Layout, state: State,
+                            tangents: Tangents, batch: Batch) -> StepOut:
+    """:func:`tangent_step` in ``torch.func`` terms (a vjp of the gradient, vmapped over the
+    k tangents), which ``torch.compile`` traces whole."""
+
+    def gradient(p: Params) -> tuple[Params, Tensor]:
+        return torch.func.grad_and_value(train_loss)(p, batch)
+
+    grads, vjp, loss = torch.func.vjp(gradient, state[0], has_aux=True)
+    (hvps,) = torch.func.vmap(vjp)(tangents[0])
+    return (*advance(nesterov, layout, state, tangents, grads, hvps), loss)
 
 
 @functools.cache
-def compiled_tangent_step() -> Callable[..., tuple[Params, Params, Params, Params, Tensor]]:
-    """:func:`tangent_step` through ``torch.compile`` (compiled once per loss function)."""
-    return torch.compile(tangent_step, dynamic=False)
+def compiled_tangent_step() -> Callable[..., StepOut]:
+    """:func:`functional_tangent_step` through ``torch.compile`` (compiled once per loss function)."""
+    return torch.compile(functional_tangent_step, dynamic=False)
 
 
 def forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool, costs: CostModel) -> HypergradResult:
@@ -64,7 +135,7 @@ def forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool, costs: Cos
     keys = hyper_keys(problem)
     hyper = hyper_vector(problem, keys)
     layout = layout_of(problem, keys)
-    advance = compiled_tangent_step() if compile_ else tangent_step
+    step = compiled_tangent_step() if compile_ else tangent_step
     params, velocity = problem.params, problem.velocity
     s_params = {n: torch.zeros((len(keys), *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
     s_velocity = {n: torch.zeros_like(s) for n, s in s_params.items()}
@@ -73,8 +144,8 @@ def forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool, costs: Cos
     norm_probe = torch.zeros((), dtype=torch.float64)
     losses = LossRecord(problem.steps, like=next(iter(params.values())))
     for t, batch in enumerate(problem.batches):
-        params, velocity, s_params, s_velocity, loss = advance(
-            problem.train_loss, problem.rule, layout, (params, velocity, hyper), (s_params, s_velocity, s_hyper), batch
+        params, velocity, s_params, s_velocity, loss = step(
+            problem.train_loss, problem.nesterov, layout, (params, velocity, hyper), (s_params, s_velocity, s_hyper), batch
         )
         losses.record(t, loss)
         if t + 1 == probe:
@@ -84,6 +155,4 @@ def forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool, costs: Cos
     growth = growth_rate(math.sqrt(float(norm_probe)), math.sqrt(float(squared_norm(s_params))), problem.steps - probe)
     spent = costs.hypergrad("forward", problem.steps, len(keys))
     return build_result(problem, keys, value, grads, growth, spent, "forward", problem.steps, losses.tensor,
-                   (params, velocity))
-
-
+                        (params, velocity))

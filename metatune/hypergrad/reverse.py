@@ -3,6 +3,7 @@ mode differentiates only the last K steps."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from metatune import dynamics
-from metatune._types import Params, ValLoss
+from metatune._types import Batch, Params, TrainLoss, ValLoss
 from metatune.costs import CostModel
 from metatune.hypergrad.layout import growth_rate, hyper_keys, hyper_vector, layout_of, per_param
 from metatune.hypergrad.result import HypergradResult, build_result
@@ -27,13 +28,31 @@ def _leaves(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {n: t.detach().requires_grad_() for n, t in tensors.items()}
 
 
+def differentiable_step(train_loss: TrainLoss, nesterov: bool, params: Params, state: dynamics.MomentumState,
+                        hyper: dynamics.Hyperparameters, batch: Batch) -> tuple[Params, dynamics.MomentumState, Tensor]:
+    """One inner step whose gradient comes from ``torch.func.grad``, so that ``torch.compile``
+    traces it whole; autograd differentiates the compiled step (through its gradient) as it
+    would the eager one."""
+    grads, loss = torch.func.grad_and_value(train_loss)(params, batch)
+    new_params, new_state = dynamics.update_rule(nesterov)(params, state, grads, hyper)
+    return new_params, new_state, loss
+
+
+@functools.cache
+def compiled_differentiable_step() -> Callable[..., tuple[Params, dynamics.MomentumState, Tensor]]:
+    """:func:`differentiable_step` through ``torch.compile`` (compiled once per loss function)."""
+    return torch.compile(differentiable_step, dynamic=False)
+
+
 def reverse(
-    problem: InnerProblem, val_loss: ValLoss, window: int, every: int, mode: str, costs: CostModel
+    problem: InnerProblem, val_loss: ValLoss, window: int, every: int, mode: str, costs: CostModel,
+    compile_: bool = False,
 ) -> HypergradResult:
     """Reverse mode through the last ``window`` steps, in segments of ``every`` steps.
 
     A graph-free pass stores the state at each segment start; the segments are then
-    rebuilt with a graph from last to first, each backpropagating the adjoint
+    rebuilt with a graph (each step compiled if ``compile_``) from last to first, each
+    backpropagating the adjoint
     λ_b = ∂ℓ_val/∂s_b to λ_a and accumulating ∂ℓ_val/∂h (one segment: plain backprop).
     The same backward pass also returns ∂ℓ_val/∂θₜ at the two probed steps of the growth
     rate (the middle of the window and T): θₜ there is one more input of ``autograd.grad``.
@@ -45,7 +64,13 @@ def reverse(
     norms: dict[int, float] = {}
     layout = layout_of(problem, keys)
     hyper_grads = torch.zeros_like(hyper_vector(problem, keys))
-    step = make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
+    if compile_:
+        compiled = compiled_differentiable_step()
+
+        def step(params, state, hyper, batch):  # noqa: ANN001, ANN202
+            return compiled(problem.train_loss, problem.nesterov, params, state, hyper, batch)
+    else:
+        step = make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
     adjoint: tuple[Params, Params] | None = None
     value = torch.tensor(math.nan)
     for a, b in reversed(segments):
