@@ -11,6 +11,7 @@ from metatune.bench import hypergrad as bench_hypergrad
 from metatune.bench.common import digits_mlp, measure_in_child
 from metatune.bench.tuning import grid_minimum
 from metatune.cli import main
+from metatune.costs import measure
 
 
 def _saved_bytes(steps: int) -> int:
@@ -46,7 +47,10 @@ def test_forward_memory_is_flat_and_reverse_memory_grows_with_the_horizon():
 
 
 def test_hypergrad_bench_prints_one_row_per_task(capsys):
-    """Exit code 0; one row per planned task; × SGD loop = seconds / (T × SGD ms/step)."""
+    """Exit code 0; one row per planned task; × SGD loop = seconds / (T × SGD ms/step);
+    × floor = seconds / (T × floor × gradient ms), the floor 1 + 2 · (the cheaper of a tangent and
+    a backward step) for forward mode and 1 + a backward step for reverse, from costs.measure on
+    the same model; no floor for truncated mode."""
     code = main(["bench", "hypergrad", "--forward-steps", "4", "--reverse-steps", "4", "--truncate", "2",
                  "--peer-steps", "", "--hidden", "8"])
     assert code == 0
@@ -55,25 +59,39 @@ def test_hypergrad_bench_prints_one_row_per_task(capsys):
             if line.startswith("| ") and "method" not in line]
     assert [row[:4] for row in rows] == [["forward", "4", "", ""], ["reverse", "4", "", ""],
                                          ["truncated", "4", "2", ""]]
-    for row in rows:  # seconds and ms printed to 2 decimals: the ratio lies within their rounding
-        seconds, sgd_ms, ratio = float(row[4]), float(row[5]), float(row[6])
+    _, params, train_loss, _, batches = digits_mlp((8,), 256, 1)
+    costs = measure(train_loss, params, batches[0])
+    floors = {"forward": 1 + 2 * min(costs.tangent, costs.backward_step), "reverse": 1 + costs.backward_step}
+    for row in rows:  # seconds and ms printed to 2 decimals: each ratio lies within their rounding
+        seconds, sgd_ms, ratio, gradient_ms = float(row[4]), float(row[6]), float(row[7]), float(row[8])
         assert sgd_ms > 0.005
-        low = (seconds - 0.005) / (4 * (sgd_ms + 0.005) / 1e3)
-        high = (seconds + 0.005) / (4 * (sgd_ms - 0.005) / 1e3)
-        assert low - 0.005 <= ratio <= high + 0.005
+        assert _within_rounding(ratio, seconds, 4 * sgd_ms / 1e3, 4 * 0.005 / 1e3)
+        if row[0] in floors:
+            assert float(row[9]) == pytest.approx(floors[row[0]], abs=0.005)
+            assert _within_rounding(float(row[10]), seconds, 4 * floors[row[0]] * gradient_ms / 1e3,
+                                    4 * floors[row[0]] * 0.005 / 1e3)
+        else:
+            assert row[9:11] == ["", ""]
+
+
+def _within_rounding(ratio: float, seconds: float, denominator: float, slack: float) -> bool:
+    """ratio (printed to 2 decimals) = seconds / denominator, each of them rounded."""
+    low = (seconds - 0.005) / (denominator + slack)
+    high = (seconds + 0.005) / max(denominator - slack, 1e-12)
+    return low - 0.005 <= ratio <= high + 0.005
 
 
 def test_cost_bench_prints_the_hand_counted_multiples(capsys):
     """Exit code 0. quadratic (n = 50): a gradient 4n² + 2n = 10,100 FLOPs; under a jvp
     8n² + 2n = 20,100 (1.99), a tangent 4n² + 4n = 10,200 (1.01), a backward step 4n² (0.99);
-    a step with two tangents 4.01. logistic-digits, a linear layer on data: 2, 1, 1 and 4
-    (tests/test_costs.py derives both)."""
+    a forward step with two tangents, a gradient and two backward steps, 2.98. logistic-digits,
+    a linear layer on data: 2, 1, 1 and 3 (tests/test_costs.py derives both)."""
     assert main(["bench", "cost", "--objectives", "quadratic,logistic-digits"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:6]] for line in lines[1:]}
-    assert rows["quadratic"] == pytest.approx([20100 / 10100, 10200 / 10100, 10000 / 10100, 40500 / 10100],
+    assert rows["quadratic"] == pytest.approx([20100 / 10100, 10200 / 10100, 10000 / 10100, 30100 / 10100],
                                               abs=0.005)
-    assert rows["logistic-digits"] == pytest.approx([2.0, 1.0, 1.0, 4.0], abs=0.005)
+    assert rows["logistic-digits"] == pytest.approx([2.0, 1.0, 1.0, 3.0], abs=0.005)
 
 
 def test_grid_minimum_is_below_the_rate_optimal_point():
