@@ -214,3 +214,95 @@ def test_final_state_and_resuming_velocity_match_unroll(mlp, mode):
     values = [float(mlp.val_loss(mt.unroll(mlp.train_loss, first.params, 0.3 + s * eps, 0.9, 5, mlp.batches[7:],
                                            velocity=first.velocity).params)) for s in (1, -1)]
     assert _relative(hg.lr, (values[0] - values[1]) / (2 * eps)) <= 1e-6
+
+
+# --- the pieces of forward mode against independent references --------------------------------
+
+
+def test_hessian_vector_products_by_double_backward_equal_the_explicit_hessian():
+    """gradient_and_hvps against torch.autograd.functional.hessian, including a parameter the
+    loss is linear in (its gradient has no graph: H s = 0 in its rows and columns)."""
+    from metatune.hypergrad.forward import gradient_and_hvps
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+
+    def loss(p, batch=None):  # noqa: ANN001, ANN202
+        return torch.tanh(a @ p["w"]).pow(2).sum() + (p["w"] ** 2).sum() * p["s"] + 3.0 * p["c"].sum()
+
+    params = {"w": torch.randn(3, generator=gen, dtype=torch.float64), "s": torch.tensor(0.7, dtype=torch.float64),
+              "c": torch.randn(2, generator=gen, dtype=torch.float64)}
+    directions = {n: torch.randn((2, *p.shape), generator=gen, dtype=torch.float64) for n, p in params.items()}
+    grads, hvps, value = gradient_and_hvps(loss, params, directions, None)
+
+    flat = torch.cat([p.reshape(-1) for p in params.values()])
+    sizes = [p.numel() for p in params.values()]
+
+    def flat_loss(x):  # noqa: ANN001, ANN202
+        return loss({n: piece.view_as(p) for (n, p), piece in zip(params.items(), x.split(sizes))})
+
+    hessian = torch.autograd.functional.hessian(flat_loss, flat)
+    expected_grad = torch.func.grad(flat_loss)(flat)
+    assert torch.allclose(torch.cat([g.reshape(-1) for g in grads.values()]), expected_grad, rtol=1e-12, atol=1e-12)
+    assert float(value) == pytest.approx(float(flat_loss(flat)), rel=1e-14)
+    for i in range(2):
+        s = torch.cat([d[i].reshape(-1) for d in directions.values()])
+        got = torch.cat([h[i].reshape(-1) for h in hvps.values()])
+        assert torch.allclose(got, hessian @ s, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_written_out_tangent_step_equals_a_jvp_of_the_update_rule(nesterov):
+    """advance against torch.func.jvp of dynamics' rule in (θ, v, g, h), per-group: parameter
+    "a" takes η₀, β₂ and "b" η₁, β₃ of h = (η₀, η₁, β₂, β₃)."""
+    from metatune import dynamics
+    from metatune.hypergrad.forward import advance
+    from metatune.hypergrad.layout import per_param
+
+    gen = torch.Generator().manual_seed(1)
+
+    def randn(*shape):  # noqa: ANN001, ANN202
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    layout = (("a", 0, 2), ("b", 1, 3))
+    params, velocity, grads = ({"a": randn(3, 2), "b": randn(4)} for _ in range(3))
+    hyper = torch.tensor([0.1, 0.05, 0.9, 0.5], dtype=torch.float64)
+    s_params, s_velocity, hvps = ({"a": randn(4, 3, 2), "b": randn(4, 4)} for _ in range(3))
+    s_hyper = torch.eye(4, dtype=torch.float64)
+    rule = dynamics.update_rule(nesterov)
+
+    def update(p, v, g, h):  # noqa: ANN001, ANN202
+        new_p, new_state = rule(p, dynamics.MomentumState(v), g, per_param(layout, h))
+        return new_p, new_state.velocity
+
+    new_p, new_v, got_sp, got_sv = advance(nesterov, layout, (params, velocity, hyper), (s_params, s_velocity, s_hyper),
+                                           grads, hvps)
+    for i in range(4):
+        pick = {n: t[i] for n, t in s_params.items()}, {n: t[i] for n, t in s_velocity.items()}
+        (p_ref, v_ref), (sp_ref, sv_ref) = torch.func.jvp(
+            update, (params, velocity, grads, hyper), (*pick, {n: t[i] for n, t in hvps.items()}, s_hyper[i]))
+        for n in params:
+            assert torch.allclose(new_p[n], p_ref[n], rtol=0, atol=1e-15)
+            assert torch.allclose(new_v[n], v_ref[n], rtol=0, atol=1e-15)
+            assert torch.allclose(got_sp[n][i], sp_ref[n], rtol=1e-13, atol=1e-14)
+            assert torch.allclose(got_sv[n][i], sv_ref[n], rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, kwargs", [("forward", {}), ("reverse", {}), ("reverse", {"checkpoint": 7})])
+def test_compiled_meta_gradients_equal_the_eager_ones(mlp, mode, kwargs):
+    """compile=True (torch.compile of each step) gives eager's meta-gradient and growth rate
+    in float64 on the MLP's own minibatches, heavy ball and per-group."""
+    args = (mlp.train_loss, mlp.val_loss, mlp.params)
+    groups = {name: 0.3 if name.startswith("0") else 0.2 for name in mlp.params}
+    for lr in (0.3, groups):
+        eager = mt.hypergrad(*args, lr, 0.9, 12, mlp.batches, mode=mode, **kwargs)
+        compiled = mt.hypergrad(*args, lr, 0.9, 12, mlp.batches, mode=mode, compile=True, **kwargs)
+        for which in ("lr", "momentum"):
+            a, b = getattr(eager, which), getattr(compiled, which)
+            for key in (a if isinstance(a, dict) else {"": a}):
+                x = a[key] if isinstance(a, dict) else a
+                y = b[key] if isinstance(b, dict) else b
+                assert _relative(y, x) <= 1e-10, (which, key)
+        assert compiled.value == pytest.approx(eager.value, rel=1e-12)
+        assert compiled.growth_rate == pytest.approx(eager.growth_rate, rel=1e-8, abs=1e-12)

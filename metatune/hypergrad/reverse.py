@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -68,7 +69,9 @@ def reverse(
         compiled = compiled_differentiable_step()
 
         def step(params, state, hyper, batch):  # noqa: ANN001, ANN202
-            return compiled(problem.train_loss, problem.nesterov, params, state, hyper, batch)
+            with warnings.catch_warnings():  # dynamo reads .grad of the non-leaf inputs as it guards them
+                warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+                return compiled(problem.train_loss, problem.nesterov, params, state, hyper, batch)
     else:
         step = make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
     adjoint: tuple[Params, Params] | None = None
