@@ -52,7 +52,7 @@ def test_hypergrad_bench_prints_one_row_per_task(capsys):
     a backward step) for forward mode and 1 + a backward step for reverse, from costs.measure on
     the same model; no floor for truncated mode."""
     code = main(["bench", "hypergrad", "--forward-steps", "4", "--reverse-steps", "4", "--truncate", "2",
-                 "--peer-steps", "", "--hidden", "8"])
+                 "--peer-steps", "", "--hidden", "8", "--repeat", "1"])
     assert code == 0
     out = capsys.readouterr().out
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
@@ -63,15 +63,16 @@ def test_hypergrad_bench_prints_one_row_per_task(capsys):
     costs = measure(train_loss, params, batches[0])
     floors = {"forward": 1 + 2 * min(costs.tangent, costs.backward_step), "reverse": 1 + costs.backward_step}
     for row in rows:  # seconds and ms printed to 2 decimals: each ratio lies within their rounding
-        seconds, sgd_ms, ratio, gradient_ms = float(row[4]), float(row[6]), float(row[7]), float(row[8])
+        seconds, sgd_ms, ratio, gradient_ms = float(row[4]), float(row[6]), float(row[7]), float(row[9])
+        assert row[8] == f"{ratio:.2f}–{ratio:.2f}"  # one run: its own range
         assert sgd_ms > 0.005
         assert _within_rounding(ratio, seconds, 4 * sgd_ms / 1e3, 4 * 0.005 / 1e3)
         if row[0] in floors:
-            assert float(row[9]) == pytest.approx(floors[row[0]], abs=0.005)
-            assert _within_rounding(float(row[10]), seconds, 4 * floors[row[0]] * gradient_ms / 1e3,
+            assert float(row[10]) == pytest.approx(floors[row[0]], abs=0.005)
+            assert _within_rounding(float(row[11]), seconds, 4 * floors[row[0]] * gradient_ms / 1e3,
                                     4 * floors[row[0]] * 0.005 / 1e3)
         else:
-            assert row[9:11] == ["", ""]
+            assert row[10:12] == ["", ""]
 
 
 def _within_rounding(ratio: float, seconds: float, denominator: float, slack: float) -> bool:
@@ -105,3 +106,10 @@ def test_grid_minimum_is_below_the_rate_optimal_point():
     assert best <= at_optimum
     again = mt.unroll(objective.train_loss, params, lr, momentum, objective.steps)
     assert float(objective.val_loss(again.params)) == pytest.approx(best, rel=1e-6)
+
+
+def test_the_bench_shows_the_median_run_with_the_range_of_all():
+    runs = [{"ratio": r, "seconds": s} for r, s in ((3.0, 1.0), (2.0, 2.0), (5.0, 3.0), (4.0, 4.0))]
+    row = bench_hypergrad.median_row(runs[:3])
+    assert (row["ratio"], row["seconds"], row["ratio_min"], row["ratio_max"], row["runs"]) == (3.0, 1.0, 2.0, 5.0, 3)
+    assert bench_hypergrad.median_row(runs)["ratio"] == 3.0  # even count: the lower middle

@@ -306,3 +306,28 @@ def test_compiled_meta_gradients_equal_the_eager_ones(mlp, mode, kwargs):
                 assert _relative(y, x) <= 1e-10, (which, key)
         assert compiled.value == pytest.approx(eager.value, rel=1e-12)
         assert compiled.growth_rate == pytest.approx(eager.growth_rate, rel=1e-8, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_reverse_mode_keeps_no_more_for_its_backward_than_eager():
+    """Bytes of the tensors kept for the backward pass (each storage once), counted by
+    saved_tensors_hooks, on the bench's narrow MLP (64-128-10, batch 256): the compiled steps
+    recompute part of what eager autograd stores, so they keep at most as much (at the
+    partitioner's default they kept 30 % more; reverse.ACTIVATION_MEMORY_BUDGET)."""
+    from metatune.bench.common import digits_mlp
+
+    _, params, train_loss, val_loss, batches = digits_mlp((128,), 256, 20)
+
+    def kept(compile_: bool) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            mt.hypergrad(train_loss, val_loss, params, 0.05, 0.9, 20, batches, mode="reverse", compile=compile_)
+        return sum(storages.values())
+
+    mt.hypergrad(train_loss, val_loss, params, 0.05, 0.9, 2, batches, mode="reverse", compile=True)  # compile
+    assert kept(True) <= kept(False)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import torch
 
+from metatune import checks
 from metatune.bench.common import PeakSampler, digits_mlp, resident_bytes, ints, machine, measure_in_child, write_json
 
 NAME, HELP = "hypergrad", "meta-gradient time and memory against a plain torch.optim.SGD loop"
@@ -196,6 +197,14 @@ def measure(task: Task) -> dict:
             "peak_mb": peak / 2**20, "peak_resident_mb": (start_resident + peak) / 2**20}
 
 
+def median_row(runs: list[dict]) -> dict:
+    """The run with the median × SGD loop (the lower middle one for an even count), with the
+    smallest and largest × SGD loop of all runs beside it."""
+    ordered = sorted(runs, key=lambda r: r["ratio"])
+    return {**ordered[(len(ordered) - 1) // 2], "ratio_min": ordered[0]["ratio"], "ratio_max": ordered[-1]["ratio"],
+            "runs": len(runs)}
+
+
 def plan(steps_forward: list[int], steps_reverse: list[int], truncate: int, peers: list[int], *,
          compile: bool = False, **common: Any) -> list[Task]:  # noqa: A002
     """The tasks of ``metatune bench hypergrad``: our modes (and, with ``compile``, forward and
@@ -214,15 +223,16 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """Rows as a Markdown table (module docstring for each ratio)."""
-    lines = ["| method | T | K | compile | seconds | first call s | SGD ms/step | × SGD loop | gradient ms "
-             "| floor (gradients/step) | × floor | peak MB above start | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Rows as a Markdown table (module docstring for each ratio; the range is over the runs)."""
+    lines = ["| method | T | K | compile | seconds | first call s | SGD ms/step | × SGD loop | (min–max) "
+             "| gradient ms | floor (gradients/step) | × floor | peak MB above start | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['steps']} | {row['truncate'] or ''} | {'yes' if row['compile'] else ''} "
             f"| {row['seconds']:.2f} | {row['first_call_seconds']:.1f} | {1e3 * row['sgd_seconds_per_step']:.2f} "
-            f"| {row['ratio']:.2f} | {1e3 * row['gradient_seconds']:.2f} | {_number(row['floor_gradients'], 2)} "
+            f"| {row['ratio']:.2f} | {row.get('ratio_min', row['ratio']):.2f}–{row.get('ratio_max', row['ratio']):.2f} "
+            f"| {1e3 * row['gradient_seconds']:.2f} | {_number(row['floor_gradients'], 2)} "
             f"| {_number(row['floor_ratio'], 2)} | {row['peak_mb']:.1f} | {row['peak_resident_mb']:.0f} |"
         )
     return "\n".join(lines)
@@ -250,6 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", default="512,128", help="hidden widths of the digits MLP (64-…-10)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="also forward and reverse mode through torch.compile")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="fresh processes per task; the row with the median × SGD loop is shown")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -262,7 +274,10 @@ def main(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in digits_mlp(common["hidden"], 1, 1)[1].values())
     print(f"metatune bench hypergrad: MLP 64-{'-'.join(map(str, common['hidden']))}-10 ({n_params} parameters), "
           f"digits, batch {args.batch_size}, float32, {args.device}, {args.threads} thread(s); {machine()}", flush=True)
-    rows = [measure_in_child(measure, task) for task in tqdm(tasks, desc="bench", unit="run")]
+    repeat = checks.positive_int("repeat", args.repeat)
+    runs = [[measure_in_child(measure, task) for _ in range(repeat)]
+            for task in tqdm(tasks, desc="bench", unit="task")]
+    rows = [median_row(task_runs) for task_runs in runs]
     print(table(rows))
     if any(r["method"] in PEERS for r in rows):
         print()
