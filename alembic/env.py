@@ -25,6 +25,11 @@ def run_migrations() -> None:
 
 
 def _run(connection) -> None:  # noqa: ANN001
+    if connection.dialect.name == "sqlite" and not connection.in_transaction():
+        # batch mode recreates a table by DROP and rename: with foreign keys on, dropping `trials`
+        # would cascade to its metrics (the pragma is a no-op inside a transaction)
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
     context.configure(connection=connection, target_metadata=Base.metadata, version_table=VERSION_TABLE,
                       render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
     with context.begin_transaction():

@@ -54,6 +54,11 @@ def _parse_value(text: str) -> object:
     return text
 
 
+def parse_groups(text: str | None) -> str | list[str] | None:
+    """``--groups``: None, "layers", "tensors", or comma-separated prefixes (a list)."""
+    return text if text in (None, "layers", "tensors") else [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _compare(args: argparse.Namespace) -> int:
     """Equal-budget comparison with a progress bar, a table, JSON and plots."""
     import os
@@ -71,11 +76,6 @@ def _compare(args: argparse.Namespace) -> int:
     if args.server:
         from metatune.service_cli import compare_on_server
 
-        if args.groups is not None:
-            from metatune.errors import invalid
-
-            raise invalid("--groups", args.groups, "no --groups with --server: the service takes scalar spaces for now")
-
         return compare_on_server(args, params, methods)
     objective = objectives.get(args.objective, **params)
     seeds = list(range(args.seeds))
@@ -90,9 +90,8 @@ def _compare(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{method} seed {seed} best {trial.value:.3g}")
             bar.update(trial.gradient_evals)
 
-        groups = args.groups if args.groups in (None, "layers", "tensors") else args.groups.split(",")
         cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options,
-                      groups=groups, backend=args.backend, backend_options=backend_options)
+                      groups=parse_groups(args.groups), backend=args.backend, backend_options=backend_options)
     print(cmp.table())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"compare-{objective.name}")

@@ -135,11 +135,24 @@ def submit_command(args: argparse.Namespace) -> int:
     if args.wait:
         job = follow(client, job)
         best = job["best_trial"]
+        shown = (f", best lr {shown_hyper(best['lr'], '.4g')} momentum {shown_hyper(best['momentum'], '.3f')} "
+                 f"value {best['value']:.4g}") if best else ""
         print(f"job {job['id']} {job['status']}: {job['trials']} trials, {job['gradient_evals']:.0f} gradient "
-              f"evaluations" + (f", best lr {best['lr']:.4g} momentum {best['momentum']:.3f} value {best['value']:.4g}"
-                                if best else "") + (f", error: {job['error']}" if job["error"] else ""))
+              f"evaluations" + shown + (f", error: {job['error']}" if job["error"] else ""))
         return 0 if job["status"] == "succeeded" else 1
     return 0
+
+
+def shown_hyper(value: float | dict[str, float], spec: str) -> str:
+    """η or β as printed: one number, or ``{prefix: number, …}`` per group.
+
+    Example:
+        >>> shown_hyper({"0": 0.1, "2": 0.25}, ".2f"), shown_hyper(0.5, ".1f")
+        ('{0: 0.10, 2: 0.25}', '0.5')
+    """
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{group}: {v:{spec}}" for group, v in value.items()) + "}"
+    return f"{value:{spec}}"
 
 
 def follow(client: Client, job: dict) -> dict:
@@ -172,14 +185,20 @@ def jobs_command(args: argparse.Namespace) -> int:
 
 def compare_on_server(args: argparse.Namespace, params: dict, methods: list[str]) -> int:
     """``metatune compare … --server URL``: the same comparison, run by the service."""
-    from tqdm import tqdm
-
     from service.client import Client
 
-    client = Client(args.server, args.token)
+    with Client(args.server, args.token) as client:
+        return _compare_with(client, args, params, methods)
+
+
+def _compare_with(client: Client, args: argparse.Namespace, params: dict, methods: list[str]) -> int:
+    from tqdm import tqdm
+
+    from metatune.cli import parse_groups
+
     body = {"objective": args.objective, "objective_params": params, "methods": methods, "seeds": args.seeds,
             "budget": {"gradient_evals": args.budget}, "resources": {"cpu": args.cpu, "gpu": args.gpu},
-            "concurrency": args.concurrency}
+            "concurrency": args.concurrency, "space": {"groups": parse_groups(args.groups)}}
     if args.metagrad_mode and "metagrad" in methods:
         body["options"] = {"metagrad": {"mode": args.metagrad_mode}}
     created = client.compare(body)

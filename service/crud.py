@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
@@ -17,6 +18,8 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from metatune.tuners.base import Trial as LibraryTrial
+from metatune.tuners.groups import Hyper
+from metatune.tuners.metagrad import derivative
 from service.core.db import Database
 from service.models import FINAL_STATUSES, ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
 
@@ -181,11 +184,30 @@ def release_job(db: Database, *, job_id: str, worker: str, error: str | None) ->
 # -- trials -----------------------------------------------------------------------------------------
 
 
+def hyper_columns(name: str, value: Hyper) -> dict[str, Any]:
+    """The two columns of one η, β or derivative ``name``: ``{name: v, name_groups: None}`` for a
+    float, ``{name: None, name_groups: {prefix: v}}`` per group (inf and NaN as NULL/null)."""
+    if isinstance(value, Mapping):
+        return {name: None, f"{name}_groups": {g: _finite(float(v)) for g, v in value.items()}}
+    return {name: _finite(float(value)), f"{name}_groups": None}
+
+
+def hyper_value(scalar: float | None, groups: dict[str, float] | None) -> Hyper:
+    """Inverse of :func:`hyper_columns`: the per-group dict where stored, else the float."""
+    return dict(groups) if groups is not None else scalar
+
+
+def point_of(row: Trial | MetagradStep) -> tuple[Hyper, Hyper]:
+    """(η, β) of a stored trial or metagrad step: floats, or dicts by group prefix."""
+    return hyper_value(row.lr, row.lr_groups), hyper_value(row.momentum, row.momentum_groups)
+
+
 def trial_row(job_id: str, trial: LibraryTrial, lambda_max: float | None) -> dict[str, Any]:
     """The ``trials`` row of a library Trial (inf and NaN stored as NULL)."""
     return {
-        "job_id": job_id, "number": trial.number, "lr": trial.lr, "momentum": trial.momentum,
-        "status": trial.status, "value": _finite(trial.value), "spectral_radius": _finite(trial.spectral_radius),
+        "job_id": job_id, "number": trial.number, **hyper_columns("lr", trial.lr),
+        **hyper_columns("momentum", trial.momentum), "status": trial.status, "value": _finite(trial.value),
+        "spectral_radius": _finite(trial.spectral_radius),
         "stable": trial.stable, "lambda_max": lambda_max, "gradient_evals": trial.gradient_evals,
         "cumulative_evals": trial.cumulative_evals, "wall_seconds": trial.wall_time, "error": trial.error,
         "start": int(trial.metrics["start"]) if "start" in trial.metrics else None,
@@ -222,7 +244,7 @@ def write_trials(db: Database, *, job_id: str, worker: str, trials: Sequence[Lib
 def _add_metagrad_steps(session: Session, job_id: str, trials: Sequence[LibraryTrial]) -> None:
     """One row per meta-gradient trial. A step is accepted when it improved on its chain's
     best so far (the chains' rule, less the amplification check, which the growth rate shows)."""
-    steps = [t for t in trials if "dvalue_dlr" in t.metrics]
+    steps = [t for t in trials if "growth_rate" in t.metrics]  # hypergrad_metrics: the meta-gradient's trials
     chains: dict[int, list[float]] = {}
     for start in {int(t.metrics.get("start", 0)) for t in steps}:
         count, best = session.execute(select(func.count(), func.min(MetagradStep.value))
@@ -233,14 +255,20 @@ def _add_metagrad_steps(session: Session, job_id: str, trials: Sequence[LibraryT
         chain = chains[int(trial.metrics.get("start", 0))]
         accepted = trial.status == "completed" and trial.value < chain[1]
         rows.append({"job_id": job_id, "trial_number": trial.number, "start": int(trial.metrics.get("start", 0)),
-                     "step": chain[0], "lr": trial.lr, "momentum": trial.momentum, "value": _finite(trial.value),
-                     "dvalue_dlr": trial.metrics.get("dvalue_dlr"),
-                     "dvalue_dmomentum": trial.metrics.get("dvalue_dmomentum"),
+                     "step": chain[0], "value": _finite(trial.value), **_step_hyper_columns(trial),
                      "growth_rate": trial.metrics.get("growth_rate"), "accepted": accepted})
         chain[0] += 1
         chain[1] = min(chain[1], trial.value) if accepted else chain[1]
     if rows:
         session.execute(insert(MetagradStep), rows)
+
+
+def _step_hyper_columns(trial: LibraryTrial) -> dict[str, Any]:
+    """η, β and the meta-gradient ∂ℓ/∂η, ∂ℓ/∂β of a metagrad trial, as floats or per group."""
+    groups = tuple(trial.lr) if isinstance(trial.lr, Mapping) else ()
+    dlr, dmomentum = (derivative(trial.metrics, name, groups) for name in ("dvalue_dlr", "dvalue_dmomentum"))
+    return {**hyper_columns("lr", trial.lr), **hyper_columns("momentum", trial.momentum),
+            **hyper_columns("dvalue_dlr", dlr), **hyper_columns("dvalue_dmomentum", dmomentum)}
 
 
 def list_trials(db: Database, *, job_id: str, after: int = -1, limit: int = 1000) -> list[Trial]:
@@ -268,12 +296,18 @@ def library_trials(db: Database, *, job_id: str) -> list[LibraryTrial]:
     """The job's recorded trials as library Trials (how a resumed job rebuilds its tuner)."""
     rows = list_trials(db, job_id=job_id, limit=10**9)
     metrics = trial_metrics(db, trial_ids=[r.id for r in rows])
-    return [LibraryTrial(number=r.number, lr=r.lr, momentum=r.momentum,
-                         value=r.value if r.value is not None else math.inf, diverged=r.status == "diverged",
-                         gradient_evals=r.gradient_evals, cumulative_evals=r.cumulative_evals,
-                         wall_time=r.wall_seconds, spectral_radius=r.spectral_radius or math.nan,
-                         stable=bool(r.stable), metrics={k: v for k, v in metrics[r.id].items() if v is not None},
-                         status=r.status, error=r.error) for r in rows]
+    return [library_trial(r, metrics[r.id]) for r in rows]
+
+
+def library_trial(row: Trial, metrics: dict[str, float | None]) -> LibraryTrial:
+    """The library Trial a stored row stands for (NULL value: inf; NULL metrics left out)."""
+    lr, momentum = point_of(row)
+    return LibraryTrial(number=row.number, lr=lr, momentum=momentum,
+                        value=row.value if row.value is not None else math.inf, diverged=row.status == "diverged",
+                        gradient_evals=row.gradient_evals, cumulative_evals=row.cumulative_evals,
+                        wall_time=row.wall_seconds, spectral_radius=row.spectral_radius or math.nan,
+                        stable=bool(row.stable), metrics={k: v for k, v in metrics.items() if v is not None},
+                        status=row.status, error=row.error)
 
 
 # -- comparisons ------------------------------------------------------------------------------------

@@ -73,14 +73,28 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
 
 
+GroupValues = JSON(none_as_null=True)
+"""Per-group values ``{prefix: float}`` (a non-finite derivative as ``null``); Python None is SQL
+NULL, not JSON ``null``, so that "not per group" is one test (``IS NULL``)."""
+
+
 class Trial(Base):
+    """One evaluated (η, β) of a job.
+
+    η and β are stored in one of two forms, never both: ``lr``/``momentum`` (floats) for a
+    scalar space, and NULL there with ``lr_groups``/``momentum_groups`` (JSON ``{prefix: value}``
+    in the space's group order) for a per-group space (the job's ``spec.space.groups``).
+    """
+
     __tablename__ = "trials"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    lr: Mapped[float] = mapped_column(Float)
-    momentum: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    momentum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
+    momentum_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     spectral_radius: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -112,7 +126,12 @@ class TrialMetric(Base):
 
 
 class MetagradStep(Base):
-    """One outer step of a metagrad chain: where, what it gave, and whether it was accepted."""
+    """One outer step of a metagrad chain: where, what it gave, and whether it was accepted.
+
+    As in :class:`Trial`, a per-group step holds NULL in ``lr``, ``momentum``, ``dvalue_dlr`` and
+    ``dvalue_dmomentum`` and its values in the ``*_groups`` columns (``{prefix: value}``; a
+    derivative that was not finite is null there).
+    """
 
     __tablename__ = "metagrad_steps"
 
@@ -121,11 +140,15 @@ class MetagradStep(Base):
     trial_number: Mapped[int] = mapped_column(Integer)
     start: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(Integer)
-    lr: Mapped[float] = mapped_column(Float)
-    momentum: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    momentum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
+    momentum_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     dvalue_dlr: Mapped[float | None] = mapped_column(Float, nullable=True)
     dvalue_dmomentum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dvalue_dlr_groups: Mapped[dict[str, float | None] | None] = mapped_column(GroupValues, nullable=True)
+    dvalue_dmomentum_groups: Mapped[dict[str, float | None] | None] = mapped_column(GroupValues, nullable=True)
     growth_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     accepted: Mapped[bool] = mapped_column(Boolean)
 

@@ -8,7 +8,7 @@ Nothing in a spec is code: objectives and methods are names the server knows.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,9 +43,21 @@ class MomentumRange(Strict):
         return self
 
 
+Groups = Union[Annotated[str, Field(max_length=80)], Annotated[list[Annotated[str, Field(max_length=80)]],
+                                                                Field(max_length=1024)]]
+"""An η and a β per parameter group, as ``mt.tune(groups=…)`` takes them: "layers" (one group
+per module), "tensors" (one per parameter tensor) or parameter-name prefixes. Only the shape
+is checked here; the values by :func:`metatune.tuners.check_groups` (the Python API's check)."""
+
+Hyper = Union[float, dict[str, float]]
+"""η or β: one float, or one per group keyed by prefix (a per-group space)."""
+
+
 class Space(Strict):
     lr: LrRange | None = None
     momentum: MomentumRange | None = None
+    groups: Groups | None = Field(default=None, description="None: one (η, β) for every parameter; 'layers', "
+                                                            "'tensors' or prefixes: an (η, β) per group")
 
 
 class Budget(Strict):
@@ -103,8 +115,8 @@ class ComparisonCreate(Strict):
 
 class TrialSummary(BaseModel):
     number: int
-    lr: float
-    momentum: float
+    lr: Hyper
+    momentum: Hyper
     value: float | None
     status: str
 
@@ -116,6 +128,7 @@ class JobPublic(BaseModel):
     objective: str
     method: str
     seed: int
+    groups: Groups | None = Field(default=None, description="the job's space.groups, as submitted")
     spec: dict
     created_at: datetime
     started_at: datetime | None
@@ -136,9 +149,11 @@ class JobList(BaseModel):
 
 
 class TrialPublic(BaseModel):
+    """A trial; ``lr`` and ``momentum`` are floats, or ``{prefix: value}`` in a per-group space."""
+
     number: int
-    lr: float
-    momentum: float
+    lr: Hyper
+    momentum: Hyper
     status: str
     value: float | None
     spectral_radius: float | None

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from metatune import objectives
+from metatune import objectives, tuners
 from service.core.config import Settings
 from service.schemas import JobCreate, MetagradOptions, NoOptions
 
@@ -63,6 +63,20 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
                         f"{sorted(model.model_fields) or 'none'})") from None
 
 
+def check_groups(method: str, groups: str | list[str] | None, objective: objectives.Objective,
+                 seed: int) -> str | list[str] | None:
+    """``groups`` as submitted, once the library accepts them for ``method`` and the objective's
+    parameters (:func:`metatune.tuners.check_groups`: prefixes that cover θ₀, a method that
+    searches per-group spaces)."""
+    if groups is None:
+        return None
+    try:
+        tuners.check_groups(method, groups, objective.init_params(seed))
+    except ValueError as error:
+        raise SpecError(f"space.groups: {error}") from None
+    return groups
+
+
 def normalise(job: JobCreate, settings: Settings) -> dict[str, Any]:
     """The stored spec of ``job``, or SpecError."""
     objective = check_objective(job.objective, job.objective_params, settings.max_objective_size)
@@ -86,19 +100,27 @@ def normalise(job: JobCreate, settings: Settings) -> dict[str, Any]:
                         f"(cpu <= {settings.max_cpu_per_trial:g}, gpu <= {settings.max_gpu_per_trial:g})")
     if job.concurrency > settings.max_concurrency:
         raise SpecError(f"concurrency={job.concurrency} exceeds this server's limit {settings.max_concurrency}")
+    groups = check_groups(job.method, job.space.groups, objective, job.seed)
     space = objective.space
     lr = job.space.lr.model_dump() if job.space.lr else {"low": space.lr_low, "high": space.lr_high, "log": space.lr_log}
     momentum = (job.space.momentum.model_dump() if job.space.momentum
                 else {"low": space.momentum_low, "high": space.momentum_high})
     return {
         "objective": job.objective, "objective_params": params, "method": job.method,
-        "options": check_options(job.method, job.options), "space": {"lr": lr, "momentum": momentum},
+        "options": check_options(job.method, job.options),
+        "space": {"lr": lr, "momentum": momentum, "groups": groups},
         "budget": {"gradient_evals": float(evals), "inner_steps": steps}, "resources": resources.model_dump(),
         "seed": job.seed, "concurrency": job.concurrency,
     }
 
 
 def space_of(spec: dict[str, Any]) -> objectives.SearchSpace:
+    """The search box of a stored spec (its groups apart: :func:`groups_of`)."""
     lr, momentum = spec["space"]["lr"], spec["space"]["momentum"]
     return objectives.SearchSpace(lr_low=lr["low"], lr_high=lr["high"], lr_log=lr["log"],
                                   momentum_low=momentum["low"], momentum_high=momentum["high"])
+
+
+def groups_of(spec: dict[str, Any]) -> str | list[str] | None:
+    """The stored spec's ``space.groups`` (None in specs stored before per-group spaces)."""
+    return spec["space"].get("groups")

@@ -25,7 +25,7 @@ from service import crud
 from service.core.config import Settings
 from service.core.db import Database
 from service.models import Job
-from service.validation import space_of
+from service.validation import groups_of, space_of
 
 log = logging.getLogger("metatune.worker")
 
@@ -121,7 +121,7 @@ class Worker:
             objective, spec["method"], spec["budget"]["gradient_evals"], spec["seed"],
             resources=spec["resources"], concurrency=spec["concurrency"], callback=writer, cancel=cancel,
             ray_address=self.settings.ray_address, storage=self.settings.output_dir / "ray", history=history,
-            space=space_of(spec), **spec["options"],
+            space=space_of(spec), groups=groups_of(spec), **spec["options"],
         )
 
     def _heartbeat(self, job_id: str, cancel: threading.Event, done: threading.Event,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from metatune import checks
+from metatune._types import Params
 from metatune.objectives import Objective, get
 from metatune.tuners.base import Callback, Trial, Tuner, TuneResult
 from metatune.tuners.cmaes import CmaEsTuner
@@ -35,6 +37,19 @@ def accepted_options(method: str) -> list[str]:
     tuner = METHODS[checks.choice("method", method, sorted(METHODS))]
     fixed = {"objective", "budget", "seed", "callback", *getattr(tuner, "fixed_options", ())}
     return sorted(set(checks.constructor_keywords(tuner)) - fixed)
+
+
+def check_groups(method: str, groups: str | Sequence[str] | None, params: Params) -> tuple[str, ...]:
+    """The parameter groups ``tune(objective, method, groups=groups)`` searches for ``params``
+    (θ₀ of the objective): () for None, else the prefixes; a ValueError naming ``groups`` where
+    they do not fit ``params`` or ``method`` searches one η and one β (grid, online).
+
+    Example:
+        >>> import torch
+        >>> check_groups("tpe", "layers", {"0.weight": torch.ones(1), "2.bias": torch.ones(1)})
+        ('0', '2')
+    """
+    return METHODS[checks.choice("method", method, sorted(METHODS))].check_groups(groups, params)
 
 
 def tune(objective: Objective | str, method: str = "metagrad", budget: float = 20_000, seed: int = 0,
@@ -75,4 +90,4 @@ def tune(objective: Objective | str, method: str = "metagrad", budget: float = 2
     return METHODS[method](objective, budget=budget, seed=seed, callback=callback, **options).run()
 
 
-__all__ = ["BACKENDS", "METHODS", "Trial", "TuneResult", "Tuner", "accepted_options", "tune"]
+__all__ = ["BACKENDS", "METHODS", "Trial", "TuneResult", "Tuner", "accepted_options", "check_groups", "tune"]

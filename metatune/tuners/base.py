@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
 from metatune import checks
+from metatune._types import Params
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
@@ -90,13 +91,20 @@ class Tuner(abc.ABC):
         self.context = Context.build(objective, self.seed, self.steps)
         self.params, self.batches, self.costs = self.context.params, self.context.batches, self.context.costs
         self.initial_value = self.context.initial_value
-        self.groups = resolve_groups(groups, self.params)
-        if self.groups and not self.supports_groups:
-            raise invalid("groups", groups, f"None: {self.name} searches one η and one β")
+        self.groups = self.check_groups(groups, self.params)
         self.trials: list[Trial] = []
         self.spent = 0.0
         self._curvature: Curvature | None = None
         self._partial: dict[int, tuple[Proposal, list[Outcome]]] = {}
+
+    @classmethod
+    def check_groups(cls, groups: str | Sequence[str] | None, params: Params) -> tuple[str, ...]:
+        """The prefixes of ``groups`` for ``params`` (:func:`~metatune.tuners.groups.resolve_groups`),
+        refused unless None for a method that searches one η and one β."""
+        resolved = resolve_groups(groups, params)
+        if resolved and not cls.supports_groups:
+            raise invalid("groups", groups, f"None: {cls.name} searches one η and one β")
+        return resolved
 
     # -- the strategy: what each method implements ------------------------------------------
 

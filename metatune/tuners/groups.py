@@ -14,7 +14,7 @@ from typing import Union
 
 from metatune._types import Params
 from metatune.dynamics import group_hyperparameter
-from metatune.errors import invalid
+from metatune.errors import InvalidArgumentError, invalid
 
 Hyper = Union[float, dict[str, float]]
 """A point's η or β: one float, or one per group keyed by prefix."""
@@ -44,7 +44,10 @@ def resolve_groups(groups: str | Sequence[str] | None, params: Params) -> tuple[
     if not prefixes or not all(isinstance(p, str) for p in prefixes) or len(set(prefixes)) != len(prefixes):
         raise invalid("groups", groups, "distinct parameter-name prefixes (strings)")
     like = next(iter(params.values()))
-    group_hyperparameter(dict.fromkeys(prefixes, 1.0), params, name="groups", like=like)  # covers, each used
+    try:  # the prefixes cover every parameter and each matches one
+        group_hyperparameter(dict.fromkeys(prefixes, 1.0), params, name="groups", like=like)
+    except InvalidArgumentError as error:  # shown with the value as given, not the probe dict
+        raise invalid("groups", groups, str(error).partition(" is invalid: expected ")[2]) from None
     return prefixes
 
 

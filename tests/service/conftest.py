@@ -18,6 +18,7 @@ from service.core.config import Settings  # noqa: E402
 from service.core.db import Database  # noqa: E402
 from service.core.migrations import upgrade  # noqa: E402
 from service.main import create_app  # noqa: E402
+from service.worker import Worker  # noqa: E402
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 TOKENS = "alice:token-alice,bob:token-bob"
@@ -126,3 +127,24 @@ def migrated(database_url) -> Database:
     db = Database(database_url)
     yield db
     db.dispose()
+
+
+@pytest.fixture
+def worker(served, ray_cluster):
+    """A worker thread running the served database's jobs on the session's Ray."""
+    stop = threading.Event()
+    thread = threading.Thread(target=Worker(served.db, served.settings).run, args=(stop,), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=60)
+
+
+def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")

@@ -1,16 +1,22 @@
-"""Alembic: upgrade → downgrade → upgrade, models and migrations agree, outdated databases refused."""
+"""Alembic: upgrade → downgrade → upgrade, models and migrations agree, outdated databases refused,
+0001 rows kept through 0002 and back."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
+from metatune.tuners.base import Trial as LibraryTrial
+from service import crud
 from service.core.db import Database
 from service.core.migrations import (VERSION_TABLE, OutdatedDatabase, current_revision, downgrade, head_revision,
                                      prepare, upgrade)
-from service.models import Base
+from service.models import Base, MetagradStep, Trial
 
 TABLES = {"jobs", "trials", "trial_metrics", "metagrad_steps", "comparisons", "api_tokens"}
 
@@ -81,3 +87,70 @@ def test_serve_refuses_an_outdated_database_in_one_line(sqlite_url, capsys, monk
     assert main(["serve", "--no-worker"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metatune db upgrade" in err and "Traceback" not in err
+
+
+def insert_0001_rows(db: Database) -> None:
+    """A scalar job of revision 0001 with a trial, its metric and a metagrad step (raw SQL: the
+    models describe head)."""
+    now = "2026-01-01 00:00:00"
+    with db.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO jobs (id, owner, status, spec, method, objective, seed, created_at, gradient_evals, "
+            "cancel_requested, attempts) VALUES ('old', 'alice', 'succeeded', :spec, 'metagrad', 'quadratic', 0, "
+            ":now, 31.0, false, 1)"), {"spec": json.dumps({"space": {"lr": {}, "momentum": {}}}), "now": now})
+        connection.execute(text(
+            "INSERT INTO trials (job_id, number, lr, momentum, status, value, gradient_evals, cumulative_evals, "
+            "wall_seconds, created_at) VALUES ('old', 0, 0.1, 0.9, 'completed', 0.5, 31.0, 31.0, 0.1, :now)"),
+            {"now": now})
+        connection.execute(text("INSERT INTO trial_metrics (trial_id, step, name, value) "
+                                "SELECT id, 0, 'dvalue_dlr', 2.0 FROM trials"))
+        connection.execute(text(
+            "INSERT INTO metagrad_steps (job_id, trial_number, start, step, lr, momentum, value, dvalue_dlr, "
+            "dvalue_dmomentum, accepted) VALUES ('old', 0, 0, 0, 0.1, 0.9, 0.5, 2.0, -1.0, true)"))
+
+
+def per_group_trial(number: int) -> LibraryTrial:
+    lr, momentum = {"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9}
+    metrics = {"growth_rate": 1.0, "dvalue_dlr[0]": 1.0, "dvalue_dlr[2]": math.nan, "dvalue_dmomentum[0]": 3.0,
+               "dvalue_dmomentum[2]": 4.0}
+    return LibraryTrial(number=number, lr=lr, momentum=momentum, value=0.25, diverged=False, gradient_evals=31.0,
+                        cumulative_evals=31.0, wall_time=0.1, spectral_radius=0.5, stable=True, metrics=metrics)
+
+
+def test_0002_keeps_0001_rows_and_its_downgrade_removes_only_per_group_jobs(database_url):
+    upgrade(database_url, "0001")
+    db = Database(database_url)
+    try:
+        insert_0001_rows(db)
+        upgrade(database_url)
+        (old,) = crud.library_trials(db, job_id="old")
+        assert (old.lr, old.momentum, old.value, old.metrics) == (0.1, 0.9, 0.5, {"dvalue_dlr": 2.0})
+        with db.read() as session:
+            (step,) = session.scalars(select(MetagradStep)).all()
+        assert crud.point_of(step) == (0.1, 0.9) and step.lr_groups is None and step.dvalue_dlr == 2.0
+        spec = {"method": "metagrad", "objective": "mlp-regression", "seed": 0, "space": {"groups": ["0", "2"]}}
+        (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
+        crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3)
+        assert crud.write_trials(db, job_id=job.id, worker="w", trials=[per_group_trial(0)], lambda_max=None)
+        (new,) = crud.library_trials(db, job_id=job.id)
+        assert (new.lr, new.momentum) == ({"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9})
+        with db.read() as session:
+            stored = session.scalar(select(Trial).where(Trial.job_id == job.id))
+            step = session.scalar(select(MetagradStep).where(MetagradStep.job_id == job.id))
+        assert stored.lr is None and stored.momentum is None and stored.lr_groups == {"0": 0.1, "2": 0.2}
+        assert step.lr is None and step.dvalue_dlr_groups == {"0": 1.0, "2": None}  # NaN stored as null
+        assert step.dvalue_dmomentum_groups == {"0": 3.0, "2": 4.0}
+        downgrade(database_url, "0001")
+        columns = {c["name"]: c for c in inspect(db.engine).get_columns("trials")}
+        assert "lr_groups" not in columns and not columns["lr"]["nullable"] and not columns["momentum"]["nullable"]
+        step_columns = {c["name"] for c in inspect(db.engine).get_columns("metagrad_steps")}
+        assert not {c for c in step_columns if c.endswith("_groups")}
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT id FROM jobs")).scalars().all() == ["old"]
+            assert connection.execute(text("SELECT job_id, lr, momentum FROM trials")).all() == [("old", 0.1, 0.9)]
+            assert connection.execute(text("SELECT name, value FROM trial_metrics")).all() == [("dvalue_dlr", 2.0)]
+            assert connection.execute(text("SELECT job_id FROM metagrad_steps")).scalars().all() == ["old"]
+        upgrade(database_url)
+        assert current_revision(db.engine) == head_revision()
+    finally:
+        db.dispose()

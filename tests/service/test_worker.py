@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -21,32 +20,11 @@ from service.core.config import Settings
 from service.core.db import Database
 from service.core.migrations import upgrade
 from service.models import MetagradStep
-from service.worker import Worker
 
-from .conftest import TOKENS, free_port
+from .conftest import TOKENS, free_port, wait_for
 
 QUAD = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}, "method": "tpe",
         "budget": {"inner_steps": 30, "trials": 8}}
-
-
-@pytest.fixture
-def worker(served, ray_cluster):
-    stop = threading.Event()
-    thread = threading.Thread(target=Worker(served.db, served.settings).run, args=(stop,), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=60)
-
-
-def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
 
 
 @pytest.mark.parametrize("method", ["tpe", "metagrad"])

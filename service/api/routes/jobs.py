@@ -16,7 +16,7 @@ from service.api.deps import DatabaseDep, OwnerDep, SettingsDep
 from service.core.db import Database
 from service.models import FINAL_STATUSES, Job, Trial
 from service.schemas import JobCreate, JobList, JobPublic, JobStatus, Method, TrialList, TrialPublic, TrialSummary
-from service.validation import SpecError, normalise
+from service.validation import SpecError, groups_of, normalise
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PAGE = 1000
@@ -29,15 +29,21 @@ def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None 
         id=job.id, status=job.status, owner=job.owner, objective=job.objective, method=job.method, seed=job.seed,
         spec=job.spec, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         error=job.error, trials=trials, gradient_evals=job.gradient_evals, budget=job.spec["budget"]["gradient_evals"],
-        attempts=job.attempts, comparison_id=job.comparison_id,
-        best_trial=None if best is None else TrialSummary(number=best.number, lr=best.lr, momentum=best.momentum,
-                                                          value=best.value, status=best.status),
+        attempts=job.attempts, comparison_id=job.comparison_id, groups=groups_of(job.spec),
+        best_trial=None if best is None else trial_summary(best),
     )
 
 
+def trial_summary(trial: Trial) -> TrialSummary:
+    lr, momentum = crud.point_of(trial)
+    return TrialSummary(number=trial.number, lr=lr, momentum=momentum, value=trial.value, status=trial.status)
+
+
 def trial_public(trial: Trial, metrics: dict | None = None) -> TrialPublic:
-    fields = {k: getattr(trial, k) for k in TrialPublic.model_fields if k != "metrics"}
-    return TrialPublic(**fields, metrics=metrics or {})
+    """The trial as the API shows it: η and β floats, or dicts by group in a per-group space."""
+    lr, momentum = crud.point_of(trial)
+    fields = {k: getattr(trial, k) for k in TrialPublic.model_fields if k not in ("lr", "momentum", "metrics")}
+    return TrialPublic(**fields, lr=lr, momentum=momentum, metrics=metrics or {})
 
 
 def owned_job(db: Database, job_id: str, owner: str) -> Job:
