@@ -11,7 +11,7 @@ would otherwise run or show them as scalar ones); every other row is kept.
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-12-02
+Create Date: 2026-11-23
 """
 from __future__ import annotations
 
