@@ -1,27 +1,23 @@
-"""What a meta-gradient costs, in gradient evaluations, and how those multiples are measured.
+"""What a meta-gradient costs, in gradient evaluations, and how that is measured.
 
-Three multiples of one gradient evaluation, counted in matmul/conv FLOPs by :func:`measure`
-(``torch.utils.flop_counter``: deterministic, unlike wall time), so tuners charge each
-objective what its meta-gradients cost:
+Everything metatune differentiates goes through a gradient: a meta-gradient through the
+gradients of the inner steps, a Hessian-vector product through one gradient
+(:mod:`metatune.hessian`). Its cost is one multiple of a gradient evaluation, counted in
+matmul/conv FLOPs by :func:`measure` (``torch.utils.flop_counter``: deterministic, unlike
+wall time), so that tuners charge each objective what its meta-gradients cost:
 
 * ``backward_step``: a backward pass through one gradient evaluation. Reverse mode pays it
-  once a step; forward mode once a step per tangent, since it gets H s for each tangent s
-  as a backward pass through the gradient (H is symmetric; :mod:`metatune.hypergrad.forward`).
-* ``primal`` and ``tangent``: the gradient as computed inside a ``jvp``, and one tangent
-  carried through it: what a Hessian-vector product by forward-over-reverse costs (the
-  curvature estimates of :mod:`metatune.stability`). ``primal`` lies between 1 and 2, since
-  ``torch.func.jvp`` computes twice each product one of whose factors carries no tangent
-  (a layer times its data: 2 for a linear model) and once any other (conv layers, products
-  of two parameters: 1).
+  once a step; forward mode once a step per tangent (H s for each tangent s, H symmetric);
+  a Hessian-vector product once, after the gradient is built with its graph.
 
 ``compile=True`` may fuse part of the work away and is charged the eager count all the same.
 tests/test_costs.py checks the charges against the FLOPs the runs execute.
 
     forward:   T (1 + k · backward_step) + 1                       (k hyperparameters)
     reverse:   T + (W − last segment) + W · backward_step + 1     (window W, checkpoint segments)
-    HVP (an unbatched jvp of the gradient): primal + tangent
+    n HVPs at one θ:  1 + n · backward_step
 
-The + 1 is the validation gradient.
+The + 1 of a meta-gradient is the validation gradient.
 """
 
 from __future__ import annotations
@@ -38,17 +34,14 @@ from metatune.unroll import check_params
 
 @dataclass(frozen=True)
 class CostModel:
-    """Multiples of one gradient evaluation: a tangent, a backward step, the gradient under a jvp.
+    """The gradient evaluations a backward pass through one gradient costs (``backward_step``).
 
-    The defaults are :data:`DEFAULT`'s.
+    The default is :data:`DEFAULT`'s.
     """
 
-    tangent: float = 2.0
     backward_step: float = 2.0
-    primal: float = 1.0
 
     def __post_init__(self) -> None:
-        checks.non_negative("tangent", self.tangent, note="gradient evaluations per tangent and step")
         checks.non_negative("backward_step", self.backward_step, note="gradient evaluations per step")
 
     def hypergrad(self, mode: str, steps: int, hyperparameters: int = 2, window: int | None = None,
@@ -65,21 +58,20 @@ class CostModel:
         last = (window - 1) % (checkpoint or window) + 1
         return steps + (window - last) + window * self.backward_step + 1.0
 
-    @property
-    def hvp(self) -> float:
-        """One Hessian-vector product by forward-over-reverse (it computes the gradient too)."""
-        return self.primal + self.tangent
+    def hvps(self, count: int) -> float:
+        """``count`` Hessian-vector products at one θ: the gradient with its graph once, then a
+        backward pass through it per product (nothing when ``count`` is 0)."""
+        count = checks.integer("count", count, low=0, note="Hessian-vector products")
+        return 0.0 if count == 0 else 1.0 + count * self.backward_step
 
 
 DEFAULT = CostModel()
-"""The multiples of a product of two parameter matrices, ℓ = ‖A B‖², counted by hand (and
-checked in tests/test_costs.py): tangent 2, backward step 2, primal 1. Conv and recurrent
+"""The multiple of a product of two parameter matrices, ℓ = ‖A B‖², counted by hand (and
+checked in tests/test_costs.py): a backward step costs 2 gradients. Conv and recurrent
 networks come close to it and no registered objective measures above it (``metatune bench
-cost``, table in BENCHMARKS.md: tangent / backward step / primal 1.98 / 1.99 / 1.02 on
-cnn-digits, 1.96 / 1.96 / 1.04 on rnn-sequence); a product with data costs 1 / 1 / 2, a step
-of 2 + k ≤ 1 + 2k gradients for k ≥ 1. It is charged where the counter sees no matmul or
-conv (rosenbrock: elementwise ops only) and by :func:`metatune.hypergrad` unless ``costs=``
-is given."""
+cost``, table in BENCHMARKS.md: 1.99 on cnn-digits, 1.96 on rnn-sequence); a product with
+data costs 1. It is charged where the counter sees no matmul or conv (rosenbrock:
+elementwise ops only) and by :func:`metatune.hypergrad` unless ``costs=`` is given."""
 
 
 def _mv_flops(matrix_shape, vector_shape, *args, **kwargs) -> int:  # noqa: ANN001, ARG001
@@ -100,40 +92,27 @@ def _flops(fn) -> int:  # noqa: ANN001
 
 
 def measure(train_loss: TrainLoss, params: Params, batch: Batch = None) -> CostModel:
-    """Count matmul/conv FLOPs of one gradient, of one and of two tangents carried through it
-    by a vmapped jvp, and of a double backward, and return their ratios (:data:`DEFAULT`
-    when the loss has no counted ops).
-
-    tangent = (F₂ − F₁)/G, primal = F₁/G − tangent, backward_step = F_bwd/G − 1, with G the
-    FLOPs of a gradient and F_k those of the jvp carrying k tangents.
+    """Count the matmul/conv FLOPs G of one gradient and F of a gradient built with its graph
+    followed by one backward pass through it, and return backward_step = F/G − 1
+    (:data:`DEFAULT` when the loss has no counted ops).
 
     Example:
         >>> loss = lambda p, b: (p["w"] @ torch.ones(3, 4)).pow(2).sum()
         >>> measure(loss, {"w": torch.ones(2, 3)})
-        CostModel(tangent=1.0, backward_step=1.0, primal=2.0)
+        CostModel(backward_step=1.0)
     """
     checks.function("train_loss", train_loss, "a function (params, batch) -> scalar tensor")
     params = check_params(params)
     gradient = _flops(lambda: torch.func.grad(train_loss)(params, batch))
     if gradient == 0:
         return DEFAULT
-    grad_fn = torch.func.grad(train_loss)
-
-    def push(tangent: Params) -> Params:
-        return torch.func.jvp(lambda p: grad_fn(p, batch), (params,), (tangent,))[1]
-
-    def carrying(k: int) -> int:
-        tangents = {n: torch.ones((k, *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
-        return _flops(lambda: torch.func.vmap(push)(tangents))
-
-    one, two = carrying(1), carrying(2)
     backward = _flops(lambda: _double_backward(train_loss, params, batch))
-    tangent = max(two - one, 0) / gradient
-    return CostModel(tangent=tangent, backward_step=max(backward / gradient - 1.0, 0.0),
-                     primal=max(one / gradient - tangent, 0.0))
+    return CostModel(backward_step=max(backward / gradient - 1.0, 0.0))
 
 
 def _double_backward(train_loss: TrainLoss, params: Params, batch: Batch) -> None:
-    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
-    grads = torch.autograd.grad(train_loss(leaves, batch), tuple(leaves.values()), create_graph=True)
-    torch.autograd.grad(grads, tuple(leaves.values()), grad_outputs=[torch.ones_like(g) for g in grads])
+    """The gradient with its graph and one backward pass through it (what a step of reverse
+    mode, a tangent of forward mode and an HVP execute)."""
+    from metatune.hessian import GradientGraph
+
+    GradientGraph(train_loss, params, batch).hvp({n: torch.ones_like(p) for n, p in params.items()}, keep=False)

@@ -163,7 +163,7 @@ def test_divergence_is_flagged_not_raised(mode):
 
 
 def test_cost_is_counted_in_gradient_evaluations(mlp):
-    """Without ``costs=`` the default multiples apply (tangent 2, backward step 2, primal 1;
+    """Without ``costs=`` the default multiple applies (backward step 2;
     tests/test_costs.py checks measured multiples against executed FLOPs). Worked for T = 25:"""
     args = (mlp.train_loss, mlp.val_loss, mlp.params, 0.3, 0.9, STEPS, mlp.batches)
     assert mt.hypergrad(*args, mode="forward").gradient_evals == 126  # 25 × (1 + 2 × 2) + 1 (validation)
@@ -222,7 +222,7 @@ def test_final_state_and_resuming_velocity_match_unroll(mlp, mode):
 def test_hessian_vector_products_by_double_backward_equal_the_explicit_hessian():
     """gradient_and_hvps against torch.autograd.functional.hessian, including a parameter the
     loss is linear in (its gradient has no graph: H s = 0 in its rows and columns)."""
-    from metatune.hypergrad.forward import gradient_and_hvps
+    from metatune.hessian import gradient_and_hvps
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(4, 3, generator=gen, dtype=torch.float64)

@@ -304,7 +304,7 @@ FACTORIES = [
 ]
 
 COSTS = [
-    case(lambda: costs.CostModel(tangent=-1.0), "tangent", "-1.0", ">= 0", "cost-tangent"),
+    case(lambda: costs.CostModel().hvps(-1), "count", "-1", ">= 0", "cost-hvps"),
     case(lambda: costs.CostModel(backward_step=math.nan), "backward_step", "nan", ">= 0", "cost-backward"),
     case(lambda: costs.CostModel().hypergrad("sideways", 10), "mode", "'sideways'", "'forward'", "cost-mode"),
     case(lambda: costs.CostModel().hypergrad("forward", 0), "steps", "0", ">= 1", "cost-steps"),

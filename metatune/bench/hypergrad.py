@@ -7,8 +7,8 @@ warm-up call on 3 steps (which also compiles, with ``--compile``; its seconds ar
   data and batches, timed in the same process right before (the faster of ``foreach=True``
   and the for-loop implementation, so a slow baseline cannot flatter a ratio);
 * × floor: wall time over T × the arithmetic floor of a step, in gradients (forward:
-  1 + k · the cheaper of a tangent and a backward step through the gradient; reverse:
-  1 + a backward step; FLOP multiples from :func:`metatune.costs.measure` on this model)
+  1 + k · backward step, a backward pass through the gradient per tangent; reverse:
+  1 + backward step; the FLOP multiple from :func:`metatune.costs.measure` on this model)
   times a warm plain gradient's wall time;
 * peak memory above the resident size at the start of the run (CPU: RSS sampled every
   2 ms; CUDA: ``torch.cuda.max_memory_allocated``).
@@ -171,7 +171,7 @@ def floor_gradients(task: Task) -> float | None:
     _, params, train_loss, _, batches = digits_mlp(task.hidden, task.batch_size, 1, task.device)
     costs = measure_costs(train_loss, params, batches[0])
     if task.method == "forward":
-        return 1.0 + HYPERPARAMETERS * min(costs.tangent, costs.backward_step)
+        return 1.0 + HYPERPARAMETERS * costs.backward_step
     return 1.0 + costs.backward_step
 
 

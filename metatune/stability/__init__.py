@@ -10,8 +10,8 @@ and the spectral radius ρ = max |μ| over the spectrum decides convergence (ρ 
 λ > 0 and 0 ≤ β < 1, ρ < 1 iff ηλ < 2(1 + β) (heavy ball) or ηλ < 2(1 + β)/(1 + 2β)
 (Nesterov). A negative λ gives ρ > 1 by escape from a saddle, which is reported apart
 from curvature-driven divergence. The extreme eigenvalues of the true Hessian come
-from Lanczos (``scipy.sparse.linalg.eigsh``) on forward-over-reverse Hessian-vector
-products.
+from Lanczos (``scipy.sparse.linalg.eigsh``) on Hessian-vector products, each a backward
+pass through the gradient (:mod:`metatune.hessian`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The Hessian's extreme eigenvalues from Hessian-vector products and a library Lanczos.
 
-H v comes from forward-over-reverse differentiation (``jvp`` of ``grad``); λ_max and
-λ_min from ``scipy.sparse.linalg.eigsh`` on a ``LinearOperator`` wrapping it.
+H v comes from a backward pass through the gradient, built once per θ
+(:mod:`metatune.hessian`); λ_max and λ_min from ``scipy.sparse.linalg.eigsh`` on a
+``LinearOperator`` wrapping it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from metatune import checks
 from metatune._types import Batch, Params, TrainLoss
 from metatune.errors import NonFiniteCurvatureError
+from metatune.hessian import GradientGraph
 from metatune.unroll import check_params
 
 HessianVectorProduct = Callable[[Params], Params]
@@ -27,7 +29,9 @@ Krylov basis (ncv = min(n, 20)) would span the whole space twice over, so Lanczo
 def hessian_vector_product(
     train_loss: TrainLoss, params: Params, batch: Batch = None
 ) -> HessianVectorProduct:
-    """v ↦ H v with H = ∇²ℓ(θ; batch), by forward-over-reverse: ``jvp(grad(ℓ), (θ,), (v,))``.
+    """v ↦ H v with H = ∇²ℓ(θ; batch): the gradient is built with its graph at the first
+    product and kept; each product is one backward pass through it (:class:`GradientGraph`).
+    n products cost 1 + n · ``backward_step`` gradients (``CostModel.hvps``).
 
     Example:
         >>> loss = lambda p, b: (p["x"] ** 3).sum()
@@ -36,11 +40,12 @@ def hessian_vector_product(
         tensor([ 6., 12.])
     """
     params = check_params(params)
-    gradient = torch.func.grad(lambda p: train_loss(p, batch))
+    built: list[GradientGraph] = []
 
     def hvp(vector: Params) -> Params:
-        tangent = {n: vector[n].to(dtype=p.dtype, device=p.device) for n, p in params.items()}
-        return torch.func.jvp(gradient, (params,), (tangent,))[1]
+        if not built:
+            built.append(GradientGraph(train_loss, params, batch))
+        return built[0].hvp({n: vector[n].to(dtype=p.dtype, device=p.device) for n, p in params.items()})
 
     return hvp
 

@@ -279,10 +279,10 @@ def _outcome_of(trial: Trial) -> Outcome:
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:
     """The ends of the training-loss Hessian's spectrum at ``params`` on the first batch, from
     one Lanczos run (:func:`~metatune.stability.spectrum_ends`: λ_max to 1e-3, λ_min as far as
-    40 products resolve it, NaN when that end is ≤ 0, as for most networks). Each
-    Hessian-vector product (a jvp of the gradient) costs ``costs.hvp`` gradients. Nothing
+    40 products resolve it, NaN when that end is ≤ 0, as for most networks), charged
+    ``costs.hvps`` (the gradient once, then a backward pass through it per product). Nothing
     is read from ``objective.optimum``: a user's objective does not know its spectrum."""
     batch = None if batches is None else batches[0]
     operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch), params)
     low, top = spectrum_ends(operator, max_steps=100, tol=1e-3)
-    return Curvature(low if low > 0 else math.nan, top, operator.evals * costs.hvp)
+    return Curvature(low if low > 0 else math.nan, top, costs.hvps(operator.evals))
