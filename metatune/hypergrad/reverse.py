@@ -17,7 +17,7 @@ from metatune._types import Batch, Params, TrainLoss, ValLoss
 from metatune.costs import CostModel
 from metatune.hypergrad.layout import growth_rate, hyper_keys, hyper_vector, layout_of, per_param
 from metatune.hypergrad.result import HypergradResult, build_result
-from metatune.unroll import InnerProblem, autograd_gradient, make_step, run_steps
+from metatune.unroll import InnerProblem, StepFn, autograd_gradient, make_step, run_steps
 
 
 def _segments(steps: int, window: int, every: int) -> list[tuple[int, int]]:
@@ -63,8 +63,8 @@ def reverse(
 
     A graph-free pass stores the state at each segment start; the segments are then
     rebuilt with a graph (each step compiled if ``compile_``) from last to first, each
-    backpropagating the adjoint
-    λ_b = ∂ℓ_val/∂s_b to λ_a and accumulating ∂ℓ_val/∂h (one segment: plain backprop).
+    backpropagating the adjoint λ_b = ∂ℓ_val/∂s_b to λ_a and accumulating ∂ℓ_val/∂h
+    (one segment: plain backprop).
     The same backward pass also returns ∂ℓ_val/∂θₜ at the two probed steps of the growth
     rate (the middle of the window and T): θₜ there is one more input of ``autograd.grad``.
     """
@@ -75,16 +75,7 @@ def reverse(
     norms: dict[int, float] = {}
     layout = layout_of(problem, keys)
     hyper_grads = torch.zeros_like(hyper_vector(problem, keys))
-    if compile_:
-        compiled = compiled_differentiable_step()
-
-        def step(params, state, hyper, batch):  # noqa: ANN001, ANN202
-            with warnings.catch_warnings(), functorch_config.patch(activation_memory_budget=ACTIVATION_MEMORY_BUDGET):
-                # dynamo reads .grad of the non-leaf inputs as it guards them
-                warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
-                return compiled(problem.train_loss, problem.nesterov, params, state, hyper, batch)
-    else:
-        step = make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
+    step = _graph_step(problem, compile_)
     adjoint: tuple[Params, Params] | None = None
     value = torch.tensor(math.nan)
     for a, b in reversed(segments):
@@ -113,6 +104,22 @@ def reverse(
     growth = growth_rate(norms[probes[1]], norms[probes[0]], probes[1] - probes[0])
     spent = costs.hypergrad(mode, problem.steps, len(keys), window, every)
     return build_result(problem, keys, value, hyper_grads, growth, spent, mode, window, losses, final)
+
+
+def _graph_step(problem: InnerProblem, compile_: bool) -> StepFn:
+    """The step that builds the graph reverse mode backpropagates through: autograd's
+    gradient with ``create_graph``, or :func:`differentiable_step` compiled."""
+    if not compile_:
+        return make_step(autograd_gradient(problem.train_loss, create_graph=True), problem.rule)
+    compiled = compiled_differentiable_step()
+
+    def step(params, state, hyper, batch):  # noqa: ANN001, ANN202
+        with warnings.catch_warnings(), functorch_config.patch(activation_memory_budget=ACTIVATION_MEMORY_BUDGET):
+            # dynamo reads .grad of the non-leaf inputs as it guards them
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+            return compiled(problem.train_loss, problem.nesterov, params, state, hyper, batch)
+
+    return step
 
 
 def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dict[int, tuple[Params, Params]], Tensor]:
