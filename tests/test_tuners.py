@@ -282,3 +282,25 @@ def test_a_resumed_search_goes_on_as_the_uninterrupted_one_did(quadratic, method
     assert [t.value for t in resumed.trials] == pytest.approx([t.value for t in whole.trials], rel=1e-9)
     assert [t.number for t in seen] == list(range(cut, len(whole.trials)))  # only the new trials were run
     assert resumed.gradient_evals == whole.gradient_evals
+
+
+@pytest.mark.parametrize("dlr, dmomentum, length", [
+    (-10000.0, 0.0, 0.03),  # ‖∇ log ℓ‖ = 0.01 · 10⁴ / 2 = 50: log 2 / 50 = 0.014 < meta_lr, so meta_lr
+    (-300.0, -4.0, math.log(2.0) / math.hypot(1.5, 1.0)),  # ∇ = (0.01·(−300)/2, −0.5·(−4)/2) = (−1.5, 1)
+    (-2.0, 0.0, 1.0),  # ‖∇‖ = 0.01: halving ℓ would take 69, capped at a factor e
+])
+def test_a_chains_first_step_aims_to_halve_the_loss_to_first_order(dlr, dmomentum, length):
+    """From (η, β) = (0.01, 0.5) with ℓ = 2, u = (log η, log(1 − β)) and
+    ∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β)/ℓ worked by hand: the second proposal lies
+    log 2/‖∇‖ along −∇, within [meta_lr, 1]."""
+    from metatune.tuners.chains import MetagradChains
+
+    space = objectives.SearchSpace(lr_low=1e-3, lr_high=3.0, momentum_low=0.0, momentum_high=0.99)
+    chains = MetagradChains(space, [(0.01, 0.5)], meta_lr=0.03)
+    first = chains.ask()
+    chains.tell(first, value=2.0, dvalue_dlr=dlr, dvalue_dmomentum=dmomentum)
+    second = chains.ask()
+    gradient = np.array([0.01 * dlr / 2.0, -0.5 * dmomentum / 2.0])
+    moved = np.array(second.u) - np.array(first.u)
+    assert np.linalg.norm(moved) == pytest.approx(length, rel=1e-9)
+    assert moved == pytest.approx(-length * gradient / np.linalg.norm(gradient), rel=1e-9)

@@ -11,8 +11,9 @@ u-gradient is ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ, ∂ log ℓ/∂u₁ =
 groups (:mod:`metatune.tuners.groups`) u = (log η_1 … log η_G, log(1 − β_1) … log(1 − β_G)) ∈ ℝ^{2G}
 and the same formulas hold per group.
 
-Outer step: BFGS (Nocedal & Wright, Alg. 6.1) with its first step ``meta_lr`` long along
-−∇ and the inverse Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam.
+Outer step: BFGS (Nocedal & Wright, Alg. 6.1) with its first step along −∇ as long as
+halves ℓ to first order (:func:`first_step_length`, at least ``meta_lr``) and the inverse
+Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam.
 A proposal is accepted only if its loss is lower than the last accepted one and its run
 neither diverged nor amplified the sensitivities more than ``max_amplification``;
 otherwise the chain stays and halves its step. A start whose first point explodes is
@@ -38,7 +39,7 @@ OUTER = ("bfgs", "adam")
 def check_options(outer: str, meta_lr: float, max_amplification: float) -> tuple[str, float, float]:
     """The outer optimiser's options, checked (shared by the tuner, the chains and the Ray searcher)."""
     return (checks.choice("outer", outer, OUTER),
-            checks.positive("meta_lr", meta_lr, note="the first step length in (log lr, log(1 - momentum))"),
+            checks.positive("meta_lr", meta_lr, note="the shortest first step in (log lr, log(1 - momentum))"),
             checks.number("max_amplification", max_amplification, low=1.0, low_open=True, finite=False))
 
 
@@ -124,6 +125,20 @@ def adam_direction(start: Start, grad: np.ndarray, beta1: float = 0.9, beta2: fl
     return direction, m, v
 
 
+FIRST_DECREASE = math.log(2.0)
+"""The decrease of log ℓ the first step of a chain aims at: halving the loss to first order."""
+MAX_FIRST_STEP = 1.0
+"""The longest first step in u: η (or 1 − β) changed by a factor e at most."""
+
+
+def first_step_length(meta_lr: float, gradient_norm: float) -> float:
+    """Length of a chain's first step along −∇ log ℓ in u: the step that halves ℓ to first
+    order, log 2 / ‖∇‖, kept within [meta_lr, MAX_FIRST_STEP]. Where ℓ_T is steep in u (the
+    κ = 1000 quadratics over T = 300 steps: ‖∇‖ = 10³–10⁵ at the first point) that is meta_lr;
+    on the networks (‖∇‖ = 0.08–5 on mlp-digits, mlp-regression, logistic-digits) 0.13 to 1."""
+    return min(max(meta_lr, FIRST_DECREASE / gradient_norm), max(meta_lr, MAX_FIRST_STEP))
+
+
 def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first: bool) -> np.ndarray:
     """H ← (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ, ρ = 1/(yᵀs); skipped unless yᵀs > 0.
 
@@ -154,7 +169,7 @@ class MetagradChains:
     Args:
         space: the box (η, β) stays in.
         starts: the first (η, β) of each chain.
-        outer: "bfgs" or "adam"; meta_lr: first step length in u (Adam's step).
+        outer: "bfgs" or "adam"; meta_lr: shortest first step in u (Adam's step).
         lr_cap: ``lr_cap(β)`` the largest η allowed at β (a stability guard), or None.
         max_amplification: reject a step whose sensitivities grew more than this.
         groups: parameter-group prefixes (() for one η and one β); starts and steps then
@@ -219,7 +234,8 @@ class MetagradChains:
     def _accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
         if self.outer == "bfgs":
             if start.grad is None:
-                start.inverse_hessian = np.eye(len(u)) * self.meta_lr / max(float(np.linalg.norm(grad)), 1e-12)
+                norm = max(float(np.linalg.norm(grad)), 1e-12)
+                start.inverse_hessian = np.eye(len(u)) * first_step_length(self.meta_lr, norm) / norm
             else:
                 start.inverse_hessian = bfgs_update(start.inverse_hessian, u - start.u, grad - start.grad,
                                                    first=start.iterations == 1)

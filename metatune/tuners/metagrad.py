@@ -9,7 +9,7 @@ the loss falls (on the quadratic, from 10³ to 10⁻¹³). Chain rule:
 
 The outer optimisation lives in :mod:`metatune.tuners.chains` (shared with the Ray Tune
 searcher). Outer optimiser: BFGS by default (``outer="bfgs"``; Nocedal & Wright, Alg. 6.1), its first
-step ``meta_lr`` long along −∇, its inverse Hessian rescaled by sᵀy/yᵀy after the first
+step along −∇ long enough to halve ℓ to first order (log 2/‖∇‖, within [``meta_lr``, 1]), its inverse Hessian rescaled by sᵀy/yᵀy after the first
 accepted step; or Adam (``outer="adam"``, steps of ``meta_lr`` per coordinate). Each
 meta-gradient costs a whole training run, so few are taken: on the quadratic, BFGS reaches
 2× the finite-horizon limit in 5 where Adam stalls at 7× (BENCHMARKS.md).
@@ -68,7 +68,7 @@ class MetagradTuner(Tuner):
             cheapest among those whose memory fits; :mod:`metatune.hypergrad.auto`),
             "forward" or "reverse".
         outer: "bfgs" or "adam".
-        meta_lr: first step length in u (0.03 ≈ a 3 % change of η or of 1 − β); Adam's step.
+        meta_lr: shortest first step in u (0.03 ≈ a 3 % change of η or of 1 − β); Adam's step.
         margin: the guard keeps η ≤ (1 − margin) · critical lr at θ₀.
         guard: True (the default) keeps that cap; False lifts it (the back-off still rejects
             runs that explode); "auto" keeps it where θ₀ is convex (λ_min > 0 found) and lifts
