@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from metatune import checks
 from metatune._types import Batch, Params, TrainLoss
+from metatune.hessian import GradientGraph
 from metatune.unroll import check_params
 
 
@@ -113,6 +114,4 @@ def measure(train_loss: TrainLoss, params: Params, batch: Batch = None) -> CostM
 def _double_backward(train_loss: TrainLoss, params: Params, batch: Batch) -> None:
     """The gradient with its graph and one backward pass through it (what a step of reverse
     mode, a tangent of forward mode and an HVP execute)."""
-    from metatune.hessian import GradientGraph
-
     GradientGraph(train_loss, params, batch).hvp({n: torch.ones_like(p) for n, p in params.items()}, keep=False)

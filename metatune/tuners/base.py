@@ -24,7 +24,7 @@ from metatune._types import Params
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
-from metatune.stability import HessianOperator, hessian_vector_product, spectral_radius, spectrum_ends
+from metatune.stability import HessianOperator, hessian_vector_product, spectrum_ends
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
 from metatune.tuners.groups import Hyper, largest_spectral_radius, plain, point_key, resolve_groups
 from metatune.tuners.records import DIVERGENCE_FACTOR, STATUSES, Trial, TuneResult, is_diverged
