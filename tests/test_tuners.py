@@ -11,7 +11,8 @@ import metatune as mt
 from metatune import objectives
 from metatune.tuners import METHODS, tune
 from metatune.tuners.base import Curvature, Trial, TuneResult
-from metatune.tuners.metagrad import MetagradTuner
+from metatune.objectives import SearchSpace
+from metatune.tuners.metagrad import CATAPULT, MetagradTuner
 
 BUDGET = 1_500
 
@@ -99,7 +100,8 @@ def test_unknown_method_and_bad_budget_are_refused(quadratic):
 
 def test_metagrad_respects_the_stability_guard(results, quadratic):
     """Every trial, screening included, lies under 2(1 + β)/λ_max for the λ_max it records,
-    and that λ_max is the quadratic's (κ = 100, the largest eigenvalue by construction)."""
+    and that λ_max is the quadratic's (κ = 100, the largest eigenvalue by construction):
+    Lanczos finds θ₀ convex, so the chains keep the same cap."""
     result, _ = results["metagrad"]
     assert all(t.lambda_max == pytest.approx(100.0, rel=1e-3) for t in result.trials)
     assert all(t.lr < 2 * (1 + t.momentum) / t.lambda_max for t in result.trials)
@@ -142,6 +144,21 @@ def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
     capped = 0.03 * (1 - guarded.margin)
     assert MetagradTuner.decode(guarded.project(far))[0] == pytest.approx(capped, rel=1e-12)
     assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(0.1, rel=1e-12)
+
+
+def test_chains_may_step_to_twice_the_critical_lr_where_theta0_is_not_convex(quadratic):
+    """λ_max = 100, β = 0.5: the critical lr is 0.03; the theory start and screening are capped
+    at 0.03 · (1 − margin). With λ_min unknown (not convex) a chain may go to CATAPULT = 2
+    times that, 0.06 (under the space's 0.1); with λ_min = 1 found, to the same 0.03."""
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=True), 100.0)
+    capped = 0.03 * (1 - tuner.margin)
+    assert CATAPULT == 2.0 and tuner.chain_cap(0.5) == pytest.approx(2 * capped, rel=1e-12)
+    chains = tuner.make_chains([(0.02, 0.5)])
+    assert MetagradTuner.decode(chains.project(MetagradTuner.encode(0.5, 0.5)))[0] == pytest.approx(2 * capped, rel=1e-12)
+    assert all(lr <= tuner.lr_cap(m) * (1 + 1e-12) for lr, m in tuner.screen_points(8))
+    convex = MetagradTuner(quadratic, budget=BUDGET, guard=True)
+    convex._curvature = Curvature(1.0, 100.0, 0.0)
+    assert convex.chain_cap(0.5) == pytest.approx(capped, rel=1e-12)
 
 
 def test_automatic_guard_holds_where_theta0_is_convex_and_lifts_where_it_is_not(quadratic):
@@ -226,21 +243,63 @@ def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic
     assert (retry.lr, retry.momentum) == pytest.approx((0.005, 0.5), rel=1e-12)
 
 
-def test_two_starts_begin_at_the_two_best_screened_points_and_the_better_one_steps_next(results):
+def test_the_first_chain_starts_at_the_best_screened_point(results):
     """starts=2 (the default) with screening: the theory point and 8 Sobol points come first;
-    the chains start at the two lowest of them; once both have a meta-gradient, the budget
-    goes to the chain with the lower loss."""
+    the first meta-gradient is taken at the lowest of them, and a step of the second chain,
+    if any, begins at the second lowest."""
     trials = results["metagrad"][0].trials
     screening = [t for t in trials if "growth_rate" not in t.metrics]
     steps = [t for t in trials if "growth_rate" in t.metrics]
     assert len(screening) == 9 and trials[:9] == screening and len(steps) >= 3
     ranked = sorted(screening, key=lambda t: t.value)
-    assert [t.metrics["start"] for t in steps[:2]] == [0, 1]
-    for step, screened in zip(steps[:2], ranked[:2]):
-        assert (step.lr, step.momentum, step.value) == pytest.approx((screened.lr, screened.momentum, screened.value),
-                                                                     rel=1e-12)
-    better = 0 if steps[0].value <= steps[1].value else 1
-    assert steps[2].metrics["start"] == better
+    for start in (0, 1):
+        first = next((t for t in steps if t.metrics["start"] == start), None)
+        if start == 0 or first is not None:
+            assert (first.lr, first.momentum, first.value) == pytest.approx(
+                (ranked[start].lr, ranked[start].momentum, ranked[start].value), rel=1e-12)
+
+
+def _stall(chains, start: int, value: float) -> None:
+    """Tell ``start``'s proposals a loss above its accepted one until its step is under 1/8."""
+    while chains.starts[start].step >= 0.125:
+        step = chains.ask()
+        assert step.start == start
+        chains.tell(step, value=value, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)
+
+
+def test_a_worse_start_is_measured_only_once_the_better_chain_stalls():
+    """Two starts screened at ℓ = 1 and 2: the first meta-gradient only measures where a chain
+    stands, so the start at 2 waits while the chain from 1 descends (accepts 0.9), and is
+    measured once that chain has halved its step below 1/8 (four rejections: 1 → 1/16)."""
+    from metatune.tuners.chains import MetagradChains
+
+    space = SearchSpace(lr_low=1e-4, lr_high=1.0)
+    chains = MetagradChains(space, [(0.01, 0.5), (0.02, 0.5)], values=[1.0, 2.0])
+    first = chains.ask()
+    assert first.start == 0 and (first.lr, first.momentum) == pytest.approx((0.01, 0.5), rel=1e-12)
+    chains.tell(first, value=1.0, dvalue_dlr=-10.0, dvalue_dmomentum=0.0)
+    step = chains.ask()
+    assert step.start == 0 and step.lr > 0.01
+    chains.tell(step, value=0.9, dvalue_dlr=-5.0, dvalue_dmomentum=0.0)  # accepted: 0.9 < 1
+    _stall(chains, 0, value=0.95)
+    assert chains.starts[0].step == 1 / 16
+    second = chains.ask()
+    assert second.start == 1 and (second.lr, second.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
+
+
+def test_starts_of_unknown_loss_are_each_measured_first():
+    """Without screened losses (as the Ray searcher's user-given starts) every start's point is
+    evaluated before any chain steps, in order."""
+    from metatune.tuners.chains import MetagradChains
+
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5), (0.02, 0.5)])
+    first = chains.ask()
+    chains.tell(first, value=1.0, dvalue_dlr=-10.0, dvalue_dmomentum=0.0)
+    second = chains.ask()
+    assert (first.start, second.start) == (0, 1)
+    assert (second.lr, second.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
+    with pytest.raises(ValueError, match="values=.*one validation loss per start"):
+        MetagradChains(SearchSpace(), [(0.01, 0.5)], values=[1.0, 2.0])
 
 
 def test_one_start_takes_every_step(quadratic):

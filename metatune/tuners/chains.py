@@ -96,11 +96,12 @@ def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] 
 
 @dataclass
 class Start:
-    """One chain: the last accepted u, its log-loss and gradient, and the optimiser's state."""
+    """One chain: the last accepted u, its log-loss (before the first: the screened one, or
+    −inf where unknown) and gradient, and the optimiser's state."""
 
     u: np.ndarray
     index: int = 0
-    value: float = math.inf
+    value: float = -math.inf
     grad: np.ndarray | None = None
     step: float = 1.0
     inverse_hessian: np.ndarray | None = None
@@ -187,27 +188,35 @@ class MetagradChains:
 
     def __init__(self, space: SearchSpace, starts: list[tuple[float, float]], *, outer: str = "bfgs",
                  meta_lr: float = 0.03, lr_cap: Callable[[float], float] | None = None,
-                 max_amplification: float = 1e8, groups: tuple[str, ...] = ()) -> None:
+                 max_amplification: float = 1e8, groups: tuple[str, ...] = (),
+                 values: list[float] | None = None) -> None:
         checks.instance("space", space, SearchSpace, "a metatune.objectives.SearchSpace")
         checks.function("lr_cap", lr_cap, "a function momentum -> the largest lr allowed", optional=True)
         outer, meta_lr, max_amplification = check_options(outer, meta_lr, max_amplification)
         starts = check_starts(starts)
         self.space, self.outer, self.meta_lr = space, outer, meta_lr
         self.max_amplification, self._lr_cap, self.groups = max_amplification, lr_cap, tuple(groups)
+        if values is not None and len(values) != len(starts):
+            raise invalid("values", values, f"one validation loss per start ({len(starts)})")
         self.starts = [Start(self.project(encode(lr, m, self.groups)), index=i) for i, (lr, m) in enumerate(starts)]
+        for start, value in zip(self.starts, values or []):
+            start.value = math.log(max(value, 1e-300)) if value > 0 else -math.inf
 
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the guard."""
         return project(u, self.space, self._lr_cap)
 
     def ask(self) -> Step | None:
-        """The next proposal of an idle chain: one not yet evaluated first, then the one whose
-        accepted loss is lowest (greedy: the budget follows the best chain; a chain that has
-        halved its step below 1/8 yields to the others); None while every chain waits."""
+        """The next proposal of an idle chain: the one whose loss is lowest (greedy: the budget
+        follows the best chain; a chain that has halved its step below 1/8 yields to the
+        others); None while every chain waits. A start not yet evaluated counts at its
+        screened loss (``values``), or first where that is unknown: its first meta-gradient
+        only measures where it stands, so a start worse than a chain that still descends is
+        not paid for."""
         idle = [s for s in self.starts if not s.busy]
         if not idle:
             return None
-        start = min(idle, key=lambda s: (s.grad is not None, s.step < 0.125, s.value, s.attempts, s.index))
+        start = min(idle, key=lambda s: (s.step < 0.125, s.value, s.attempts, s.index))
         u = start.u if start.grad is None else self._proposal(start)
         start.busy, start.attempts = True, start.attempts + 1
         lr, momentum = decode(u, self.groups)

@@ -57,7 +57,17 @@ largest κ it assumes on minibatch objectives, whatever Lanczos finds: a start a
 estimated κ (β* ≈ 0.9 on logistic-digits, where λ_min ≈ 10⁻⁴ λ_max) left metagrad 1.25–1.99×
 TPE's best at 10 % of its budget, a start at κ = 100 (β* ≈ 0.67) 1.000–1.009× (3 seeds)."""
 
-__all__ = ["ASSUMED_CONDITION", "OUTER", "MetagradTuner"]
+CATAPULT = 2.0
+"""How far above θ₀'s critical lr the chains may step where θ₀ is not convex (screening and
+the theory start stay under it). A network's curvature is not θ₀'s: trained above 2/λ_max
+it first grows, then the sharpness falls until the run converges (the catapult phase,
+Lewkowycz et al. 2020, up to about 4/λ_max, twice the critical lr, for wide networks), so
+the best η often lies above θ₀'s critical lr (TPE's best on mlp-digits: 1.5× it). Runs that
+explode there are rejected by the back-off. On a quadratic the curvature is θ₀'s
+everywhere, and there chains past the critical lr only diverge (6 of 20 steps on the
+κ = 100 test quadratic), so where Lanczos finds θ₀ convex the chains keep the 1× cap."""
+
+__all__ = ["ASSUMED_CONDITION", "CATAPULT", "OUTER", "MetagradTuner"]
 
 
 class MetagradTuner(Tuner):
@@ -108,24 +118,33 @@ class MetagradTuner(Tuner):
     decode = staticmethod(decode)
     encode = staticmethod(encode)
 
-    def lr_cap(self, momentum: float) -> float:
-        """The largest η the guard and the space allow at β."""
+    def lr_cap(self, momentum: float, factor: float = 1.0) -> float:
+        """The largest η the guard (times ``factor``) and the space allow at β."""
         if not self.guarded():
             return self.space.lr_high
-        guard = (1.0 - self.margin) * critical_lr(self.curvature().lambda_max, momentum)
+        guard = factor * (1.0 - self.margin) * critical_lr(self.curvature().lambda_max, momentum)
         return min(self.space.lr_high, guard)
+
+    def chain_cap(self, momentum: float) -> float:
+        """The largest η a chain may step to at β: :meth:`lr_cap`, times :data:`CATAPULT` where
+        θ₀ is not convex."""
+        return self.lr_cap(momentum, 1.0 if self.convex() else CATAPULT)
+
+    def convex(self) -> bool:
+        """Whether Lanczos found θ₀'s Hessian positive definite (λ_min > 0)."""
+        return math.isfinite(self.curvature().lambda_min)
 
     def guarded(self) -> bool:
         """Whether η is capped at θ₀'s critical lr ("auto": where θ₀ is convex)."""
-        return self.guard if isinstance(self.guard, bool) else math.isfinite(self.curvature().lambda_min)
+        return self.guard if isinstance(self.guard, bool) else self.convex()
 
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the stability guard."""
         return project(u, self.space, self.lr_cap)
 
-    def make_chains(self, starts: list[tuple[Hyper, Hyper]]) -> MetagradChains:
-        return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.lr_cap,
-                              max_amplification=self.max_amplification, groups=self.groups)
+    def make_chains(self, starts: list[tuple[Hyper, Hyper]], values: list[float] | None = None) -> MetagradChains:
+        return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
+                              max_amplification=self.max_amplification, groups=self.groups, values=values)
 
     def decode_point(self, u: np.ndarray) -> tuple[Hyper, Hyper]:
         return decode(u, self.groups)
@@ -180,8 +199,12 @@ class MetagradTuner(Tuner):
         if proposal.hypergrad is None:  # the screening population: its best points become starts
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)
-            starts = [(o.lr, o.momentum) for o in best] or [self.decode_point(self.theory_point())]
-            self.chains = self.make_chains(starts[: self.chain_count()])
+            count = self.chain_count()
+            if best:
+                self.chains = self.make_chains([(o.lr, o.momentum) for o in best[:count]],
+                                               [o.value for o in best[:count]])
+            else:
+                self.chains = self.make_chains([self.decode_point(self.theory_point())])
             return
         outcome, metrics, failed = outcomes[0], outcomes[0].metrics, outcomes[0].error is not None
         dlr, dmomentum = (derivative(metrics, name, self.groups) for name in ("dvalue_dlr", "dvalue_dmomentum"))
