@@ -305,3 +305,13 @@ def test_compare_backend_ray_from_the_command_line(ray_cluster, tmp_path, capsys
     ray_tpe = saved["runs"]["tpe"][1]
     assert [(t["lr"], t["momentum"]) for t in ray_tpe["trials"]] == [(t.lr, t.momentum) for t in local.trials]
     assert ray_tpe["best_value"] == pytest.approx(local.best_value, rel=1e-12)
+
+
+def test_metagrad_search_finishes_once_every_chain_is_done():
+    from ray.tune.search import Searcher
+
+    search = distributed.MetagradSearch(mt.objectives.SearchSpace(lr_low=1e-4, lr_high=0.02, momentum_low=0.0), starts=[(0.02, 0.0)])
+    config = search.suggest("a")
+    assert (config["lr"], config["momentum"]) == pytest.approx((0.02, 0.0), rel=1e-12)
+    search.on_trial_complete("a", {"value": 1.0, "dvalue_dlr": -1.0, "dvalue_dmomentum": 1.0})
+    assert search.suggest("b") == Searcher.FINISHED

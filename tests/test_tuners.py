@@ -363,3 +363,36 @@ def test_a_chains_first_step_aims_to_halve_the_loss_to_first_order(dlr, dmomentu
     moved = np.array(second.u) - np.array(first.u)
     assert np.linalg.norm(moved) == pytest.approx(length, rel=1e-9)
     assert moved == pytest.approx(-length * gradient / np.linalg.norm(gradient), rel=1e-9)
+
+
+def test_a_rejected_step_into_a_bound_is_halved_along_the_clipped_path():
+    """η ∈ [1e-4, 0.02]: from (0.01, 0.5) the first step (length 1 along −∇ = +log η) is
+    clipped to η = 0.02; rejected, the next proposal is halfway along the clipped path,
+    η = √(0.01 · 0.02), not the same clipped point again."""
+    from metatune.tuners.chains import MetagradChains
+
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=0.02), [(0.01, 0.5)])
+    first = chains.ask()
+    chains.tell(first, value=1.0, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)  # ‖∇ log ℓ‖ = 0.01: step 1
+    clipped = chains.ask()
+    assert (clipped.lr, clipped.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
+    chains.tell(clipped, value=2.0, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)  # rejected
+    halved = chains.ask()
+    assert (halved.lr, halved.momentum) == pytest.approx((math.sqrt(0.01 * 0.02), 0.5), rel=1e-12)
+
+
+def test_a_chain_at_a_corner_the_gradient_pushes_against_is_done_and_points_seen_are_free():
+    """At η = lr_high, β = momentum_low with ∇ log ℓ pointing out of the box on both, no step
+    stays in the space: the chain is done (even after H restarts), ask() gives None and
+    finished() is True. A second start at a point already evaluated is told from memory."""
+    from metatune.tuners.chains import MetagradChains
+
+    space = SearchSpace(lr_low=1e-4, lr_high=0.02, momentum_low=0.0)
+    chains = MetagradChains(space, [(0.02, 0.0), (0.02, 0.0)])
+    first = chains.ask()
+    # ∂ℓ/∂η < 0 (wants larger η), ∂ℓ/∂β > 0 (wants smaller β): both out of the box
+    chains.tell(first, value=1.0, dvalue_dlr=-1.0, dvalue_dmomentum=1.0)
+    assert chains.ask() is None and chains.finished()
+    assert [s.attempts for s in chains.starts] == [1, 1]  # the second start: from memory
+    assert chains.starts[1].grad is not None
+

@@ -124,7 +124,7 @@ class MetagradSearch(DriverOnly, Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         step = self.chains.ask()
         if step is None:
-            return None
+            return Searcher.FINISHED if self.chains.finished() else None
         self.steps[trial_id] = step
         attempt = self.chains.starts[step.start].attempts
         return {"lr": step.lr, "momentum": step.momentum, "start": step.start, "attempt": attempt}

@@ -97,7 +97,8 @@ def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] 
 @dataclass
 class Start:
     """One chain: the last accepted u, its log-loss (before the first: the screened one, or
-    −inf where unknown) and gradient, and the optimiser's state."""
+    −inf where unknown) and gradient, and the optimiser's state; ``done`` once no step from u
+    stays in the space (a corner or bound the gradient pushes against)."""
 
     u: np.ndarray
     index: int = 0
@@ -110,6 +111,7 @@ class Start:
     iterations: int = 0
     attempts: int = 0
     busy: bool = False
+    done: bool = False
 
     def __post_init__(self) -> None:
         if self.first_moment is None:
@@ -201,6 +203,7 @@ class MetagradChains:
         self.starts = [Start(self.project(encode(lr, m, self.groups)), index=i) for i, (lr, m) in enumerate(starts)]
         for start, value in zip(self.starts, values or []):
             start.value = math.log(max(value, 1e-300)) if value > 0 else -math.inf
+        self.known: dict[tuple[float, ...], tuple] = {}  # u → what tell() was told there
 
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the guard."""
@@ -209,18 +212,28 @@ class MetagradChains:
     def ask(self) -> Step | None:
         """The next proposal of an idle chain: the one whose loss is lowest (greedy: the budget
         follows the best chain; a chain that has halved its step below 1/8 yields to the
-        others); None while every chain waits. A start not yet evaluated counts at its
-        screened loss (``values``), or first where that is unknown: its first meta-gradient
-        only measures where it stands, so a start worse than a chain that still descends is
-        not paid for."""
-        idle = [s for s in self.starts if not s.busy]
-        if not idle:
-            return None
-        start = min(idle, key=lambda s: (s.step < 0.125, s.value, s.attempts, s.index))
-        u = start.u if start.grad is None else self._proposal(start)
-        start.busy, start.attempts = True, start.attempts + 1
-        lr, momentum = decode(u, self.groups)
-        return Step(start.index, lr, momentum, tuple(float(x) for x in u))
+        others); None while every chain waits or is done. A start not yet evaluated counts at
+        its screened loss (``values``), or first where that is unknown: its first
+        meta-gradient only measures where it stands, so a start worse than a chain that still
+        descends is not paid for. A point evaluated before is told again from memory instead
+        of being proposed."""
+        while idle := [s for s in self.starts if not s.busy and not s.done]:
+            start = min(idle, key=lambda s: (s.step < 0.125, s.value, s.attempts, s.index))
+            u = start.u if start.grad is None else self._proposal(start)
+            if u is None:
+                start.done = True
+                continue
+            start.busy, start.attempts = True, start.attempts + 1
+            lr, momentum = decode(u, self.groups)
+            step = Step(start.index, lr, momentum, tuple(float(x) for x in u))
+            if step.u not in self.known:
+                return step
+            self.tell(step, *self.known[step.u])  # evaluated before (a bound's corner): free
+        return None
+
+    def finished(self) -> bool:
+        """Whether every chain is done (no step from its point stays in the space)."""
+        return all(s.done for s in self.starts)
 
     def tell(self, step: Step, value: float, dvalue_dlr: Hyper, dvalue_dmomentum: Hyper,
              amplification: float = 1.0, diverged: bool = False) -> None:
@@ -228,6 +241,7 @@ class MetagradChains:
         step's values are; value inf or NaN, or ``diverged``: the run failed)."""
         start, u = self.starts[step.start], np.array(step.u)
         start.busy = False
+        self.known[step.u] = (value, dvalue_dlr, dvalue_dmomentum, amplification, diverged)
         failed = diverged or not math.isfinite(value)
         grad = log_loss_gradient(step.lr, step.momentum, value, dvalue_dlr, dvalue_dmomentum, self.groups)
         exploded = failed or not np.isfinite(grad).all() or not amplification <= self.max_amplification
@@ -253,12 +267,33 @@ class MetagradChains:
         start.u, start.value, start.grad, start.step = u, value, grad, 1.0
         start.iterations += 1
 
-    def _proposal(self, start: Start) -> np.ndarray:
-        """u − step · H ∇ (BFGS) or u − step · meta_lr · m̂/(√v̂ + ε) (Adam), projected."""
+    def _proposal(self, start: Start) -> np.ndarray | None:
+        """u + step · (P(u − d) − u), d = H ∇ (BFGS) or meta_lr · m̂/(√v̂ + ε) (Adam), P the
+        projection: the step is halved along the projected path, so a rejected step that ran
+        into a bound is not proposed again at the same clipped point. Where BFGS's P(u − d) is
+        u to within :data:`MIN_MOVE` (d points out of the space there), H restarts as at a
+        chain's first point; None when even that direction leaves no room (u is a corner the
+        gradient pushes against)."""
         if self.outer == "bfgs":
-            direction = start.inverse_hessian @ start.grad
+            target = self.project(start.u - start.inverse_hessian @ start.grad)
+            if _negligible(target - start.u):
+                norm = max(float(np.linalg.norm(start.grad)), 1e-12)
+                start.inverse_hessian = np.eye(len(start.u)) * first_step_length(self.meta_lr, norm) / norm
+                start.iterations = 1  # the next accepted step rescales H again
+                target = self.project(start.u - start.inverse_hessian @ start.grad)
         else:
             t = start.iterations
-            direction = self.meta_lr * (start.first_moment / (1 - 0.9**t)) / (
-                np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8)
-        return self.project(start.u - start.step * direction)
+            target = self.project(start.u - self.meta_lr * (start.first_moment / (1 - 0.9**t)) / (
+                np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8))
+        if _negligible(target - start.u):
+            return None
+        return self.project(start.u + start.step * (target - start.u))
+
+
+MIN_MOVE = 1e-3
+"""A chain's full step moves some coordinate of u by at least this (a 0.1 % change of η or
+of 1 − β), or the chain is done there."""
+
+
+def _negligible(move: np.ndarray) -> bool:
+    return float(np.max(np.abs(move))) < MIN_MOVE
