@@ -271,12 +271,12 @@ class MetagradChains:
         """u + step · (P(u − d) − u), d = H ∇ (BFGS) or meta_lr · m̂/(√v̂ + ε) (Adam), P the
         projection: the step is halved along the projected path, so a rejected step that ran
         into a bound is not proposed again at the same clipped point. Where BFGS's P(u − d) is
-        u to within :data:`MIN_MOVE` (d points out of the space there), H restarts as at a
-        chain's first point; None when even that direction leaves no room (u is a corner the
-        gradient pushes against)."""
+        u to first order (it promises less than :data:`MIN_DECREASE` of log ℓ: d points out of
+        the space there), H restarts as at a chain's first point; None when even that
+        direction promises no more (u is a corner the gradient pushes against)."""
         if self.outer == "bfgs":
             target = self.project(start.u - start.inverse_hessian @ start.grad)
-            if _negligible(target - start.u):
+            if _negligible(start.grad, target - start.u):
                 norm = max(float(np.linalg.norm(start.grad)), 1e-12)
                 start.inverse_hessian = np.eye(len(start.u)) * first_step_length(self.meta_lr, norm) / norm
                 start.iterations = 1  # the next accepted step rescales H again
@@ -285,15 +285,16 @@ class MetagradChains:
             t = start.iterations
             target = self.project(start.u - self.meta_lr * (start.first_moment / (1 - 0.9**t)) / (
                 np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8))
-        if _negligible(target - start.u):
+        if _negligible(start.grad, target - start.u):
             return None
         return self.project(start.u + start.step * (target - start.u))
 
 
-MIN_MOVE = 1e-3
-"""A chain's full step moves some coordinate of u by at least this (a 0.1 % change of η or
-of 1 − β), or the chain is done there."""
+MIN_DECREASE = 1e-3
+"""A chain's full step must promise at least this decrease of log ℓ to first order (0.1 % of
+ℓ), or the chain is done there."""
 
 
-def _negligible(move: np.ndarray) -> bool:
-    return float(np.max(np.abs(move))) < MIN_MOVE
+def _negligible(grad: np.ndarray, move: np.ndarray) -> bool:
+    """Whether a move promises less than :data:`MIN_DECREASE` of log ℓ: −∇ᵀ move < 1e-3."""
+    return -float(grad @ move) < MIN_DECREASE
