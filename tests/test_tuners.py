@@ -259,19 +259,11 @@ def test_the_first_chain_starts_at_the_best_screened_point(results):
                 (ranked[start].lr, ranked[start].momentum, ranked[start].value), rel=1e-12)
 
 
-def _stall(chains, start: int, value: float) -> None:
-    """Tell ``start``'s proposals a loss above its accepted one until its step is under 1/8."""
-    while chains.starts[start].step >= 0.125:
-        step = chains.ask()
-        assert step.start == start
-        chains.tell(step, value=value, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)
-
-
 def test_a_worse_start_is_measured_only_once_the_better_chain_stalls():
     """Two starts screened at ℓ = 1 and 2: the first meta-gradient only measures where a chain
     stands, so the start at 2 waits while the chain from 1 descends (accepts 0.9), and is
-    measured once that chain has halved its step below 1/8 (four rejections: 1 → 1/16)."""
-    from metatune.tuners.chains import MetagradChains
+    measured once that chain's last STALL = 4 proposals were all rejected."""
+    from metatune.tuners.chains import STALL, MetagradChains
 
     space = SearchSpace(lr_low=1e-4, lr_high=1.0)
     chains = MetagradChains(space, [(0.01, 0.5), (0.02, 0.5)], values=[1.0, 2.0])
@@ -281,118 +273,49 @@ def test_a_worse_start_is_measured_only_once_the_better_chain_stalls():
     step = chains.ask()
     assert step.start == 0 and step.lr > 0.01
     chains.tell(step, value=0.9, dvalue_dlr=-5.0, dvalue_dmomentum=0.0)  # accepted: 0.9 < 1
-    _stall(chains, 0, value=0.95)
-    assert chains.starts[0].step == 1 / 16
+    assert STALL == 4
+    for _ in range(STALL):
+        step = chains.ask()
+        assert step.start == 0
+        chains.tell(step, value=0.95, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)
     second = chains.ask()
     assert second.start == 1 and (second.lr, second.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
 
 
-def test_starts_of_unknown_loss_are_each_measured_first():
-    """Without screened losses (as the Ray searcher's user-given starts) every start's point is
-    evaluated before any chain steps, in order."""
-    from metatune.tuners.chains import MetagradChains
-
-    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5), (0.02, 0.5)])
-    first = chains.ask()
-    chains.tell(first, value=1.0, dvalue_dlr=-10.0, dvalue_dmomentum=0.0)
-    second = chains.ask()
-    assert (first.start, second.start) == (0, 1)
-    assert (second.lr, second.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
-    with pytest.raises(ValueError, match="values=.*one validation loss per start"):
-        MetagradChains(SearchSpace(), [(0.01, 0.5)], values=[1.0, 2.0])
+def _cubic(alpha: float) -> tuple[float, float]:
+    """φ(α) = −α³/3 + 1.1α² − 0.4α and φ'(α) = −(α − 0.2)(α − 2): its minimiser on [0, 1] is 0.2."""
+    return -alpha**3 / 3 + 1.1 * alpha**2 - 0.4 * alpha, -(alpha - 0.2) * (alpha - 2.0)
 
 
-def test_one_start_takes_every_step(quadratic):
-    result = tune(quadratic, "metagrad", budget=BUDGET, seed=0, starts=1)
-    steps = [t for t in result.trials if "growth_rate" in t.metrics]
-    assert len(steps) >= 4 and {t.metrics["start"] for t in steps} == {0}
-
-
-def _trial(number: int, value: float, status: str, lr: float) -> Trial:
-    return Trial(number=number, lr=lr, momentum=0.5, value=value, diverged=status == "diverged",
-                 gradient_evals=31.0, cumulative_evals=31.0 * (number + 1), wall_time=0.1,
-                 spectral_radius=0.9, stable=True, status=status)
-
-
-def test_best_is_the_lowest_completed_trial_and_best_so_far_its_running_minimum():
-    trials = [_trial(0, 5.0, "completed", 0.01), _trial(1, math.inf, "diverged", 0.02),
-              _trial(2, 2.0, "completed", 0.03), _trial(3, math.inf, "failed", 0.04),
-              _trial(4, 3.0, "completed", 0.05)]
-    result = TuneResult("random", "quadratic", 0, 200.0, trials)
-    assert result.best is trials[2]
-    assert (result.best_lr, result.best_momentum, result.best_value) == (0.03, 0.5, 2.0)
-    assert result.gradient_evals == 155.0  # the last trial's cumulative count, 5 × 31
-    assert result.best_so_far() == [(31.0, 5.0), (62.0, 5.0), (93.0, 2.0), (124.0, 2.0), (155.0, 2.0)]
-    nothing = TuneResult("random", "quadratic", 0, 200.0, [trials[1], trials[3]])
-    assert nothing.best is None and nothing.best_value == math.inf and math.isnan(nothing.best_lr)
-    assert nothing.best_so_far() == [(62.0, math.inf), (124.0, math.inf)]
-
-
-@pytest.mark.parametrize("method", ["tpe", "metagrad", "random", "grid", "cmaes"])
-def test_a_resumed_search_goes_on_as_the_uninterrupted_one_did(quadratic, method):
-    """Replaying the first trials of a run (as a resumed service job does) rebuilds the
-    method's state: the rest of the run is the same, and no recorded trial is run again."""
-    whole = tune(quadratic, method, budget=BUDGET, seed=0)
-    cut = len(whole.trials) // 2
-    seen = []
-    resumed = METHODS[method](quadratic, budget=BUDGET, seed=0, callback=seen.append).run(history=whole.trials[:cut])
-    assert [(t.lr, t.momentum) for t in resumed.trials] == [(t.lr, t.momentum) for t in whole.trials]
-    # a population cut short is trained again without its recorded part: the batch differs, values agree to rounding
-    assert [t.value for t in resumed.trials] == pytest.approx([t.value for t in whole.trials], rel=1e-9)
-    assert [t.number for t in seen] == list(range(cut, len(whole.trials)))  # only the new trials were run
-    assert resumed.gradient_evals == whole.gradient_evals
-
-
-@pytest.mark.parametrize("dlr, dmomentum, length", [
-    (-10000.0, 0.0, 0.03),  # ‖∇ log ℓ‖ = 0.01 · 10⁴ / 2 = 50: log 2 / 50 = 0.014 < meta_lr, so meta_lr
-    (-300.0, -4.0, math.log(2.0) / math.hypot(1.5, 1.0)),  # ∇ = (0.01·(−300)/2, −0.5·(−4)/2) = (−1.5, 1)
-    (-2.0, 0.0, 1.0),  # ‖∇‖ = 0.01: halving ℓ would take 69, capped at a factor e
+@pytest.mark.parametrize("phi, expected", [
+    (_cubic, 0.2),  # an exact cubic: its minimiser
+    (lambda a: ((a - 0.3) ** 2, 2 * (a - 0.3)), 0.3),  # a quadratic is a cubic too
+    (lambda a: (1e3 * a * a - a, 2e3 * a - 1), 0.1),  # minimiser 5e-4: kept at 0.1
+    (lambda a: (-0.1 * a + 0.2 * a * a, -0.1 + 0.4 * a), 0.25),  # minimiser 0.25, φ(1) > φ(0)
+    (lambda a: (a, 1.0), 0.5),  # not a descent direction: halve
 ])
-def test_a_chains_first_step_aims_to_halve_the_loss_to_first_order(dlr, dmomentum, length):
-    """From (η, β) = (0.01, 0.5) with ℓ = 2, u = (log η, log(1 − β)) and
-    ∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β)/ℓ worked by hand: the second proposal lies
-    log 2/‖∇‖ along −∇, within [meta_lr, 1]."""
+def test_backtrack_is_the_minimiser_of_the_matching_cubic_within_a_tenth_and_a_half(phi, expected):
+    from metatune.tuners.chains import backtrack
+
+    (value0, slope0), (value1, slope1) = phi(0.0), phi(1.0)
+    assert backtrack(value0, slope0, value1, slope1) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_rejected_step_is_retried_at_the_backtracked_fraction_of_the_same_path():
+    """From (0.01, 0.5), accepted at ℓ = 1 with ∇ log ℓ = (−0.5, 0) (∂ℓ/∂η = −50): the first
+    step is 1 along +log η (log 2/0.5 > 1). Told log ℓ = φ(1) there with slope φ'(1) along the
+    path, φ(α) = −0.5α + (5/6)α² (minimiser 0.3), the next proposal is at α = 0.3 of it:
+    η = 0.01 · e^0.3, and the chain counts one rejection."""
     from metatune.tuners.chains import MetagradChains
 
-    space = objectives.SearchSpace(lr_low=1e-3, lr_high=3.0, momentum_low=0.0, momentum_high=0.99)
-    chains = MetagradChains(space, [(0.01, 0.5)], meta_lr=0.03)
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5)])
     first = chains.ask()
-    chains.tell(first, value=2.0, dvalue_dlr=dlr, dvalue_dmomentum=dmomentum)
+    chains.tell(first, value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
     second = chains.ask()
-    gradient = np.array([0.01 * dlr / 2.0, -0.5 * dmomentum / 2.0])
-    moved = np.array(second.u) - np.array(first.u)
-    assert np.linalg.norm(moved) == pytest.approx(length, rel=1e-9)
-    assert moved == pytest.approx(-length * gradient / np.linalg.norm(gradient), rel=1e-9)
-
-
-def test_a_rejected_step_into_a_bound_is_halved_along_the_clipped_path():
-    """η ∈ [1e-4, 0.02]: from (0.01, 0.5) the first step (length 1 along −∇ = +log η) is
-    clipped to η = 0.02; rejected, the next proposal is halfway along the clipped path,
-    η = √(0.01 · 0.02), not the same clipped point again."""
-    from metatune.tuners.chains import MetagradChains
-
-    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=0.02), [(0.01, 0.5)])
-    first = chains.ask()
-    chains.tell(first, value=1.0, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)  # ‖∇ log ℓ‖ = 0.01: step 1
-    clipped = chains.ask()
-    assert (clipped.lr, clipped.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
-    chains.tell(clipped, value=2.0, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)  # rejected
-    halved = chains.ask()
-    assert (halved.lr, halved.momentum) == pytest.approx((math.sqrt(0.01 * 0.02), 0.5), rel=1e-12)
-
-
-def test_a_chain_at_a_corner_the_gradient_pushes_against_is_done_and_points_seen_are_free():
-    """At η = lr_high, β = momentum_low with ∇ log ℓ pointing out of the box on both, no step
-    stays in the space: the chain is done (even after H restarts), ask() gives None and
-    finished() is True. A second start at a point already evaluated is told from memory."""
-    from metatune.tuners.chains import MetagradChains
-
-    space = SearchSpace(lr_low=1e-4, lr_high=0.02, momentum_low=0.0)
-    chains = MetagradChains(space, [(0.02, 0.0), (0.02, 0.0)])
-    first = chains.ask()
-    # ∂ℓ/∂η < 0 (wants larger η), ∂ℓ/∂β > 0 (wants smaller β): both out of the box
-    chains.tell(first, value=1.0, dvalue_dlr=-1.0, dvalue_dmomentum=1.0)
-    assert chains.ask() is None and chains.finished()
-    assert [s.attempts for s in chains.starts] == [1, 1]  # the second start: from memory
-    assert chains.starts[1].grad is not None
-
+    assert second.lr == pytest.approx(0.01 * math.e, rel=1e-12)
+    value = math.exp(-0.5 + 5 / 6)
+    slope = -0.5 + 5 / 3  # d log ℓ/d log η = η ∂ℓ/∂η / ℓ
+    chains.tell(second, value=value, dvalue_dlr=slope * value / second.lr, dvalue_dmomentum=0.0)
+    third = chains.ask()
+    assert (third.lr, third.momentum) == pytest.approx((0.01 * math.exp(0.3), 0.5), rel=1e-9)
+    assert chains.starts[0].rejections == 1

@@ -16,7 +16,9 @@ halves ℓ to first order (:func:`first_step_length`, at least ``meta_lr``) and 
 Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam.
 A proposal is accepted only if its loss is lower than the last accepted one and its run
 neither diverged nor amplified the sensitivities more than ``max_amplification``;
-otherwise the chain stays and halves its step. A start whose first point explodes is
+otherwise the chain stays and shortens its step: to the minimiser of the cubic that
+matches log ℓ and its slope at both ends (:func:`backtrack`, within [0.1, 0.5] of it), or
+by half where the run failed. A start whose first point explodes is
 retried at half its learning rate.
 """
 
@@ -112,6 +114,7 @@ class Start:
     attempts: int = 0
     busy: bool = False
     done: bool = False
+    rejections: int = 0
 
     def __post_init__(self) -> None:
         if self.first_moment is None:
@@ -128,6 +131,9 @@ def adam_direction(start: Start, grad: np.ndarray, beta1: float = 0.9, beta2: fl
     return direction, m, v
 
 
+STALL = 4
+"""Rejected proposals in a row after which a chain yields to the others."""
+
 FIRST_DECREASE = math.log(2.0)
 """The decrease of log ℓ the first step of a chain aims at: halving the loss to first order."""
 MAX_FIRST_STEP = 1.0
@@ -140,6 +146,27 @@ def first_step_length(meta_lr: float, gradient_norm: float) -> float:
     κ = 1000 quadratics over T = 300 steps: ‖∇‖ = 10³–10⁵ at the first point) that is meta_lr;
     on the networks (‖∇‖ = 0.08–5 on mlp-digits, mlp-regression, logistic-digits) 0.13 to 1."""
     return min(max(meta_lr, FIRST_DECREASE / gradient_norm), max(meta_lr, MAX_FIRST_STEP))
+
+
+def backtrack(value0: float, slope0: float, value1: float, slope1: float) -> float:
+    """The fraction of a rejected step to try next: the minimiser of the cubic through
+    φ(0) = value0, φ'(0) = slope0, φ(1) = value1, φ'(1) = slope1 (Nocedal & Wright, eq. 3.59;
+    the quadratic through φ(0), φ'(0), φ(1) where the cubic has no minimiser), kept in
+    [0.1, 0.5]; 0.5 where the step was not a descent direction."""
+    if not slope0 < 0:
+        return 0.5
+    d1 = slope0 + slope1 - 3.0 * (value1 - value0)
+    root = d1 * d1 - slope0 * slope1
+    if root >= 0 and math.isfinite(root):
+        d2 = math.sqrt(root)
+        denominator = slope1 - slope0 + 2.0 * d2
+        alpha = 1.0 - (slope1 + d2 - d1) / denominator if denominator > 0 else math.nan
+    else:
+        alpha = math.nan
+    if not math.isfinite(alpha):
+        curvature = value1 - value0 - slope0
+        alpha = -slope0 / (2.0 * curvature) if curvature > 0 else 0.5
+    return min(max(alpha, 0.1), 0.5)
 
 
 def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first: bool) -> np.ndarray:
@@ -211,14 +238,14 @@ class MetagradChains:
 
     def ask(self) -> Step | None:
         """The next proposal of an idle chain: the one whose loss is lowest (greedy: the budget
-        follows the best chain; a chain that has halved its step below 1/8 yields to the
+        follows the best chain; a chain whose last STALL proposals were all rejected yields to the
         others); None while every chain waits or is done. A start not yet evaluated counts at
         its screened loss (``values``), or first where that is unknown: its first
         meta-gradient only measures where it stands, so a start worse than a chain that still
         descends is not paid for. A point evaluated before is told again from memory instead
         of being proposed."""
         while idle := [s for s in self.starts if not s.busy and not s.done]:
-            start = min(idle, key=lambda s: (s.step < 0.125, s.value, s.attempts, s.index))
+            start = min(idle, key=lambda s: (s.rejections >= STALL, s.value, s.attempts, s.index))
             u = start.u if start.grad is None else self._proposal(start)
             if u is None:
                 start.done = True
@@ -251,8 +278,12 @@ class MetagradChains:
             start.u = self.project(start.u - np.concatenate([np.full(half, math.log(2.0)), np.zeros(half)]))
         elif start.grad is None or (not exploded and log_value < start.value):
             self._accept(start, u, log_value, grad)
-        else:
-            start.step /= 2.0
+        elif exploded:
+            start.step, start.rejections = start.step / 2.0, start.rejections + 1
+        else:  # the rejected point's loss and slope place the next try along the same path
+            move = u - start.u
+            start.step *= backtrack(start.value, float(start.grad @ move), log_value, float(grad @ move))
+            start.rejections += 1
 
     def _accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
         if self.outer == "bfgs":
@@ -264,7 +295,7 @@ class MetagradChains:
                                                    first=start.iterations == 1)
         else:
             _, start.first_moment, start.second_moment = adam_direction(start, grad)
-        start.u, start.value, start.grad, start.step = u, value, grad, 1.0
+        start.u, start.value, start.grad, start.step, start.rejections = u, value, grad, 1.0, 0
         start.iterations += 1
 
     def _proposal(self, start: Start) -> np.ndarray | None:

@@ -15,11 +15,12 @@ meta-gradient costs a whole training run, so few are taken: on the quadratic, BF
 2× the finite-horizon limit in 5 where Adam stalls at 7× (BENCHMARKS.md).
 
 Stability guard: λ_max of the training loss at θ₀ (Lanczos, charged to the budget) caps
-η at (1 − margin) · 2(1 + β)/λ_max. The rate-optimal η* = 4/(√L + √μ)² (L = λ_max, μ = λ_min)
+the screening points and the theory start at (1 − margin) · 2(1 + β)/λ_max, and the chains
+at :data:`CATAPULT` times that where θ₀ is not convex. The rate-optimal η* = 4/(√L + √μ)² (L = λ_max, μ = λ_min)
 sits at κ/(κ + 1) of the cap at its β*, so the default margin is small. A step is accepted only if its loss is
 lower than the last accepted one and its run neither diverged nor amplified the
 sensitivities more than ``max_amplification``; otherwise the tuner stays at the last
-accepted point and halves its step.
+accepted point and shortens its step (:func:`metatune.tuners.chains.backtrack`).
 
 Starts: the theory point, the rate-optimal (η*, β*) of [λ_low, λ_max], λ_low = max(λ_min,
 λ_max/κ_T), κ_T = (T/5)² the largest condition number T steps can resolve, λ_min the
