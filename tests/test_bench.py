@@ -113,3 +113,24 @@ def test_the_bench_shows_the_median_run_with_the_range_of_all():
     row = bench_hypergrad.median_row(runs[:3])
     assert (row["ratio"], row["seconds"], row["ratio_min"], row["ratio_max"], row["runs"]) == (3.0, 1.0, 2.0, 5.0, 3)
     assert bench_hypergrad.median_row(runs)["ratio"] == 3.0  # even count: the lower middle
+
+
+def test_tuning_summary_is_the_median_ratio_to_the_best_reference_per_seed():
+    """Per seed, metagrad's SGD value over the best of the references (0.5/0.4, 0.9/0.3,
+    0.2/0.25): ratios 1.25, 3, 0.8, so median 1.25, min 0.8, max 3; an objective added after
+    the tuners' last change is marked unseen, with or without its group suffix."""
+    from metatune.bench.tuning import summary
+
+    rows = []
+    for seed, (tpe, gp, ours) in enumerate([(0.5, 0.4, 0.5), (0.3, 0.35, 0.9), (0.25, 0.3, 0.2)]):
+        rows += [{"objective": "autoencoder-digits [layers]", "seed": seed, "method": "tpe (100 trials)",
+                  "sgd value": tpe, "seconds": 1.0},
+                 {"objective": "autoencoder-digits [layers]", "seed": seed, "method": "gp (100 trials)",
+                  "sgd value": gp, "seconds": 2.0},
+                 {"objective": "autoencoder-digits [layers]", "seed": seed, "method": "metagrad (30%)",
+                  "sgd value": ours, "seconds": 0.5 + seed}]
+    row = summary(rows, ("tpe (100 trials)", "gp (100 trials)"), "metagrad (30%)", 1.0)
+    assert (row["median"], row["min"], row["max"]) == pytest.approx((1.25, 0.8, 3.0), rel=1e-12)
+    assert row["met"] is False and row["unseen"] is True and row["seconds (median)"] == 1.5
+    seen = summary([{**r, "objective": "mlp-digits"} for r in rows], "tpe (100 trials)", "metagrad (30%)", 1.0)
+    assert seen["unseen"] is False and seen["median"] == pytest.approx(1.0, rel=1e-12)  # 1.0, 3.0, 0.8

@@ -12,7 +12,8 @@ import metatune as mt
 from metatune import objectives
 from metatune.objectives import base
 
-BUILT_INS = {"quadratic", "rosenbrock", "logistic-digits", "mlp-digits", "cnn-digits", "rnn-sequence", "mlp-regression"}
+BUILT_INS = {"quadratic", "rosenbrock", "logistic-digits", "mlp-digits", "cnn-digits", "rnn-sequence", "mlp-regression",
+             "autoencoder-digits"}
 
 SMALL = {"cnn-digits": {"width": 4, "batch_size": 32}, "quadratic": {"dim": 10}}
 """Overrides that keep the float64 meta-gradient check fast; the losses are the same code."""
@@ -79,6 +80,29 @@ def test_forward_and_reverse_meta_gradients_agree(name: str) -> None:
     assert _close(forward.value, reverse.value, 1e-12)
     assert _close(forward.lr, reverse.lr, 1e-6) and _close(forward.momentum, reverse.momentum, 1e-6)
     assert forward.lr != 0.0
+
+
+def test_the_autoencoder_reconstructs_the_held_out_images() -> None:
+    """autoencoder-digits' validation loss is F.mse_loss of an independently built 64-32-8-32-64
+    tanh network (its weights loaded from θ₀) against its own held-out inputs; a training
+    batch's loss is the same on those rows."""
+    from torch import nn
+
+    from metatune.datasets import digits
+
+    objective = objectives.get("autoencoder-digits")
+    params = objective.init_params(3)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 8), nn.Tanh(), nn.Linear(8, 32), nn.Tanh(),
+                          nn.Linear(32, 64))
+    model.load_state_dict(params)
+    images = digits(seed=0)
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model(images.x_val), images.x_val)
+        batch = objective.batches(0, 1)[0]
+        expected_train = torch.nn.functional.mse_loss(model(images.x_train[batch]), images.x_train[batch])
+    assert float(objective.val_loss(params)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(objective.train_loss(params, batch)) == pytest.approx(float(expected_train), rel=1e-6)
+    assert sorted({n.split(".")[0] for n in params}) == ["0", "2", "4", "6"]  # four layers: 8 per-layer hyperparameters
 
 
 def test_unknown_name_lists_the_registered_names() -> None:

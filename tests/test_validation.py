@@ -294,6 +294,8 @@ FACTORY_CASES = {
                         ("steps", 0, ">= 1"), ("dtype", "half", "'float32'")],
     "mlp-digits": [("hidden", 0, ">= 1"), ("batch_size", True, "an integer"), ("steps", 1.5, "an integer")],
     "cnn-digits": [("width", 0, ">= 1"), ("data_seed", 0.5, "an integer")],
+    "autoencoder-digits": [("hidden", 0, ">= 1"), ("code", -1, ">= 1"), ("data_seed", -1, ">= 0"),
+                           ("batch_size", 0, ">= 1"), ("steps", 0, ">= 1")],
     "rnn-sequence": [("length", 1, ">= 2"), ("hidden", 0, ">= 1"), ("n_train", 0, ">= 1"), ("n_val", -3, ">= 1"),
                      ("batch_size", 0, ">= 1"), ("data_seed", 1.5, "an integer"), ("steps", 0, ">= 1")],
 }
