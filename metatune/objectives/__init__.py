@@ -2,8 +2,9 @@
 
 Built-ins: ``quadratic`` (rotated, exact optimum known), ``rosenbrock`` (non-convex valley),
 ``logistic-digits``, ``mlp-digits``, ``cnn-digits`` (scikit-learn digits classifiers),
-``rnn-sequence`` (tanh RNN on the adding problem, where meta-gradients explode) and
-``mlp-regression`` (a tanh MLP on generated regression data).
+``rnn-sequence`` (tanh RNN on the adding problem, where meta-gradients explode),
+``mlp-regression`` (a tanh MLP on generated regression data) and ``autoencoder-digits``
+(a tanh autoencoder reconstructing the digits).
 """
 
 from __future__ import annotations

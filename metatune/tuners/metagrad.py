@@ -80,15 +80,16 @@ class MetagradTuner(Tuner):
             "forward" or "reverse".
         outer: "bfgs" or "adam".
         meta_lr: shortest first step in u (0.03 ≈ a 3 % change of η or of 1 − β); Adam's step.
-        margin: the guard keeps η ≤ (1 − margin) · critical lr at θ₀.
-        guard: True (the default) keeps that cap; False lifts it (the back-off still rejects
-            runs that explode); "auto" keeps it where θ₀ is convex (λ_min > 0 found) and lifts
-            it where θ₀ has negative curvature. Networks often train stably above the critical
-            lr of θ₀, whose curvature the first steps reduce: on mlp-digits the cap excludes
-            the region where TPE finds its best and lifting it lowered metagrad's best at 30 %
-            of TPE's budget on every seed; on mlp-regression lifting it raised it on 2 of 3
-            seeds (screening runs diverge above the cap) and on rnn-sequence it was even, so
-            the default stays True (BENCHMARKS.md).
+        margin: the guard keeps the screening points and the theory start at
+            η ≤ (1 − margin) · critical lr at θ₀, and the chains at :data:`CATAPULT` times
+            that where θ₀ is not convex (at the same cap where it is).
+        guard: True (the default) keeps those caps; False lifts them (the back-off still
+            rejects runs that explode); "auto" keeps them where θ₀ is convex (λ_min > 0 found)
+            and lifts them where θ₀ has negative curvature. Networks often train stably above
+            the critical lr of θ₀, whose curvature the first steps reduce: on mlp-digits the
+            1× cap excluded the region where TPE finds its best, which the chains now reach;
+            lifting the cap for screening too put screening runs above it on mlp-regression,
+            where they diverge (4 of 9), so the default stays True (BENCHMARKS.md).
         screen: screening points besides the theory point (None: :meth:`default_screen`).
         starts: how many starts take outer steps (on Ray, as concurrent chains).
         max_amplification: reject a step whose sensitivities grew more than this.
