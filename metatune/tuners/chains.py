@@ -300,7 +300,7 @@ class MetagradChains:
 
     def _proposal(self, start: Start) -> np.ndarray | None:
         """u + step · (P(u − d) − u), d = H ∇ (BFGS) or meta_lr · m̂/(√v̂ + ε) (Adam), P the
-        projection: the step is halved along the projected path, so a rejected step that ran
+        projection: a rejected step is shortened along the projected path, so one that ran
         into a bound is not proposed again at the same clipped point. Where BFGS's P(u − d) is
         u to first order (it promises less than :data:`MIN_DECREASE` of log ℓ: d points out of
         the space there), H restarts as at a chain's first point; None when even that
