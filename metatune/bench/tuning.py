@@ -106,7 +106,8 @@ def quadratic_rows(name: str, seeds: list[int], fraction: float) -> list[dict]:
     for seed in seeds:
         started = time.perf_counter()
         limit, lr, momentum = grid_minimum(objective, seed)
-        rows.append({"objective": name, "seed": seed, "method": "grid limit", "evals": 2 * 128 * 128 * (objective.steps + 1),
+        rows.append({"objective": name, "seed": seed, "method": "grid limit",
+                     "evals": 2 * 128 * 128 * (objective.steps + 1),
                      "trials": 2 * 128 * 128, "tuner's best": limit, "sgd value": sgd_value(objective, seed, lr, momentum),
                      "seconds": time.perf_counter() - started})
         rows.append(_run(objective, name, "tpe", tpe_budget, seed, "tpe (100 trials)"))

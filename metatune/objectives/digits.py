@@ -29,19 +29,24 @@ from metatune.objectives.sequence import squared_error
 N_FEATURES, N_CLASSES, SIDE = 64, 10, 8
 
 
-def _classifier(
+def _digits_objective(
     name: str, description: str, build: Callable[[], nn.Module], *, space: SearchSpace, params: dict,
     data_seed: int, batch_size: int, steps: int, dtype: str, device: str, weight_decay: float = 0.0,
+    reconstruct: bool = False,
 ) -> Objective:
-    """The :class:`Objective` training ``build()`` on the digits split of ``data_seed``."""
+    """The :class:`Objective` training ``build()`` on the digits split of ``data_seed``: by
+    cross-entropy against the labels, or (``reconstruct``) by squared error against the
+    images themselves."""
     checks.positive_int("steps", steps)
     checks.positive_int("batch_size", batch_size)
     checks.integer("data_seed", data_seed, low=0)
     torch_dtype, device = default_dtype(dtype), default_device(device)
     data = digits(seed=data_seed, dtype=torch_dtype, device=device)
+    if reconstruct:
+        data = Split(data.x_train, data.x_train, data.x_val, data.x_val)
     penalty = (lambda p: 0.5 * weight_decay * (p["weight"] ** 2).sum()) if weight_decay > 0 else None
     model = build().to(dtype=torch_dtype, device=device)
-    problem = Supervised(model, data, F.cross_entropy, batch_size, penalty)
+    problem = Supervised(model, data, squared_error if reconstruct else F.cross_entropy, batch_size, penalty)
     return Objective(
         name=name, description=description, init_params=seeded_init(build, torch_dtype, device),
         train_loss=problem.train_loss, val_loss=problem.val_loss, batches=problem.batches,
@@ -56,7 +61,7 @@ def logistic_digits(
 ) -> Objective:
     """Multinomial logistic regression 64 → 10 (convex; ill-conditioned by correlated pixels)."""
     checks.non_negative("weight_decay", weight_decay)
-    return _classifier(
+    return _digits_objective(
         "logistic-digits",
         f"multinomial logistic regression 64→10 on digits, batch {batch_size}, "
         f"weight decay {weight_decay:g}, data seed {data_seed}",
@@ -75,7 +80,7 @@ def mlp_digits(
 ) -> Objective:
     """A one-hidden-layer tanh MLP 64 → ``hidden`` → 10."""
     checks.positive_int("hidden", hidden)
-    return _classifier(
+    return _digits_objective(
         "mlp-digits",
         f"tanh MLP 64→{hidden}→10 on digits, batch {batch_size}, data seed {data_seed}",
         lambda: nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, N_CLASSES)),
@@ -107,7 +112,7 @@ def cnn_digits(
 ) -> Objective:
     """A small CNN on the 8×8 images (``width`` and 2·``width`` channels); worth a GPU."""
     checks.positive_int("width", width)
-    return _classifier(
+    return _digits_objective(
         "cnn-digits",
         f"tanh CNN 1→{width}→{2 * width} channels (3×3) + linear on 8×8 digits, batch {batch_size}, "
         f"data seed {data_seed}",
@@ -131,23 +136,16 @@ def autoencoder_digits(
     objective no method was tuned on."""
     checks.positive_int("hidden", hidden)
     checks.positive_int("code", code)
-    checks.positive_int("steps", steps)
-    checks.integer("data_seed", data_seed, low=0)
-    torch_dtype, device = default_dtype(dtype), default_device(device)
-    images = digits(seed=data_seed, dtype=torch_dtype, device=device)
-    data = Split(images.x_train, images.x_train, images.x_val, images.x_val)
 
     def build() -> nn.Module:
         return nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, code), nn.Tanh(),
                              nn.Linear(code, hidden), nn.Tanh(), nn.Linear(hidden, N_FEATURES))
 
-    problem = Supervised(build().to(dtype=torch_dtype, device=device), data, squared_error, batch_size)
-    return Objective(
-        name="autoencoder-digits",
-        description=f"tanh autoencoder 64→{hidden}→{code}→{hidden}→64 on digits, batch {batch_size}, "
-        f"data seed {data_seed}",
-        init_params=seeded_init(build, torch_dtype, device),
-        train_loss=problem.train_loss, val_loss=problem.val_loss, batches=problem.batches,
-        space=SearchSpace(lr_low=1e-2, lr_high=10.0), steps=steps,
+    return _digits_objective(
+        "autoencoder-digits",
+        f"tanh autoencoder 64→{hidden}→{code}→{hidden}→64 on digits, batch {batch_size}, data seed {data_seed}",
+        build,
+        space=SearchSpace(lr_low=1e-2, lr_high=10.0),
         params={"hidden": hidden, "code": code, "data_seed": data_seed, "batch_size": batch_size, "steps": steps},
+        data_seed=data_seed, batch_size=batch_size, steps=steps, dtype=dtype, device=device, reconstruct=True,
     )

@@ -281,7 +281,7 @@ def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: 
     one Lanczos run (:func:`~metatune.stability.spectrum_ends`: λ_max to 1e-3, λ_min as far as
     40 products resolve it, NaN when that end is ≤ 0, as for most networks), charged
     ``costs.hvps`` (the gradient once, then a backward pass through it per product). Nothing
-    is read from ``objective.optimum``: a user's objective does not know its spectrum."""
+    is read from the objective's known optimum: a user's objective does not know its spectrum."""
     batch = None if batches is None else batches[0]
     operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch), params)
     low, top = spectrum_ends(operator, max_steps=100, tol=1e-3)

@@ -288,8 +288,7 @@ class MetagradChains:
     def _accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
         if self.outer == "bfgs":
             if start.grad is None:
-                norm = max(float(np.linalg.norm(grad)), 1e-12)
-                start.inverse_hessian = np.eye(len(u)) * first_step_length(self.meta_lr, norm) / norm
+                start.inverse_hessian = self._first_inverse_hessian(grad)
             else:
                 start.inverse_hessian = bfgs_update(start.inverse_hessian, u - start.u, grad - start.grad,
                                                    first=start.iterations == 1)
@@ -297,6 +296,11 @@ class MetagradChains:
             _, start.first_moment, start.second_moment = adam_direction(start, grad)
         start.u, start.value, start.grad, start.step, start.rejections = u, value, grad, 1.0, 0
         start.iterations += 1
+
+    def _first_inverse_hessian(self, grad: np.ndarray) -> np.ndarray:
+        """(L/‖∇‖) I, L = :func:`first_step_length`: BFGS's first step along −∇ is L long."""
+        norm = max(float(np.linalg.norm(grad)), 1e-12)
+        return np.eye(len(grad)) * first_step_length(self.meta_lr, norm) / norm
 
     def _proposal(self, start: Start) -> np.ndarray | None:
         """u + step · (P(u − d) − u), d = H ∇ (BFGS) or meta_lr · m̂/(√v̂ + ε) (Adam), P the
@@ -308,8 +312,7 @@ class MetagradChains:
         if self.outer == "bfgs":
             target = self.project(start.u - start.inverse_hessian @ start.grad)
             if _negligible(start.grad, target - start.u):
-                norm = max(float(np.linalg.norm(start.grad)), 1e-12)
-                start.inverse_hessian = np.eye(len(start.u)) * first_step_length(self.meta_lr, norm) / norm
+                start.inverse_hessian = self._first_inverse_hessian(start.grad)
                 start.iterations = 1  # the next accepted step rescales H again
                 target = self.project(start.u - start.inverse_hessian @ start.grad)
         else:
