@@ -7,7 +7,8 @@ cannot flatter it. Wall time is reported beside gradient evaluations (population
 many settings in one run's time).
 
 1. quadratics (κ = 1000, T = 300: a log spectrum in dimension 50, a linear one in 100;
-   κ = 10⁴, T = 500: a log spectrum in dimension 100, "quadratic-stiff"):
+   κ = 10⁴, T = 500: a log spectrum in dimension 100, "quadratic-stiff"; κ = 3000, T = 400:
+   a log spectrum in dimension 200, "quadratic-wide"):
    the finite-horizon limit (the minimum of ℓ(θ_T) over a dense (η, β) grid, then over a
    zoom around its best), TPE after 100 trials, metagrad at ``--fractions``' first fraction
    of TPE's budget; target: metagrad within 2× the limit at ≤ 10 %.
@@ -35,12 +36,15 @@ NAME, HELP = "tuning", "the tuning targets: metagrad against the grid limit and 
 
 QUADRATICS = {"quadratic": {"dim": 50, "kappa": 1000.0, "steps": 300},
               "quadratic-linear": {"dim": 100, "kappa": 1000.0, "steps": 300, "spectrum": "linear"},
-              "quadratic-stiff": {"dim": 100, "kappa": 1e4, "steps": 500}}
+              "quadratic-stiff": {"dim": 100, "kappa": 1e4, "steps": 500},
+              "quadratic-wide": {"dim": 200, "kappa": 3000.0, "steps": 400}}
 GROUPS = {"mlp-digits": "tensors", "cnn-digits": "layers", "rnn-sequence": "layers", "mlp-regression": "layers",
           "autoencoder-digits": "layers"}
-UNSEEN = ("quadratic-stiff", "autoencoder-digits")
-"""Objectives added after the last change to the tuners and measured once with them (issue 8's
-target 4); every other row was watched while the tuners were developed."""
+UNSEEN = ("quadratic-wide", "autoencoder-digits")
+"""Objectives not watched while the tuners were developed (issue 8's target 4): quadratic-wide
+(κ = 3000 in dimension 200, more than the 100 Lanczos products resolve) was added before the
+finite-horizon model start and measured once with it; autoencoder-digits was measured once
+before it and that start does not apply there (θ₀ not convex). Every other row was watched."""
 BLACK_BOX = ("tpe", "cmaes", "gp", "random")
 
 

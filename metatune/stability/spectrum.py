@@ -15,7 +15,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from metatune import checks
 from metatune._types import Batch, Params, TrainLoss
-from metatune.errors import NonFiniteCurvatureError
+from metatune.errors import NonFiniteCurvatureError, invalid
 from metatune.hessian import GradientGraph
 from metatune.unroll import check_params
 
@@ -144,16 +144,12 @@ def extreme_eigenvalues(
 def spectrum_ends(
     operator: HessianOperator, *, max_steps: int = 40, tol: float = 1e-3, seed: int = 0
 ) -> tuple[float, float]:
-    """(θ₁, θₘ): the smallest and largest Ritz values of ``m ≤ max_steps`` Lanczos steps.
+    """(θ₁, θₘ): the smallest and largest Ritz values of ``m ≤ max_steps`` Lanczos steps
+    from a seeded random start (:func:`lanczos_quadrature`).
 
-    One Krylov basis serves both ends. Lanczos (fully reorthogonalised) builds the
-    tridiagonal Tₘ = Vₘᵀ H Vₘ; its eigenvalues θ₁ ≤ … ≤ θₘ lie inside [λ_min, λ_max], the
-    ends converging first. Each Ritz value's residual ‖H y − θ y‖ = βₘ |sₘ| (sₘ the last
-    entry of Tₘ's eigenvector) bounds its error. It stops once θₘ's residual is below
-    ``tol``·|θₘ| and θ₁ is either converged the same way or ≤ 0 (a non-positive end: no
-    condition number to resolve), or after ``max_steps`` products. θ₁ then over-estimates
-    λ_min by what m products cannot resolve, the low end of the spectrum a degree-m
-    polynomial in H sees (on the κ = 1000 quadratic, m = 40 gives θ₁ ≈ 1.2 for λ_min = 1).
+    θ₁ over-estimates λ_min by what m products cannot resolve, the low end of the spectrum a
+    degree-m polynomial in H sees (on the κ = 1000 quadratic, m = 40 gives θ₁ ≈ 1.2 for
+    λ_min = 1).
 
     Example:
         >>> hvp = lambda v: {"x": torch.tensor([1.0, 3.0, 9.0]) * v["x"]}
@@ -161,17 +157,42 @@ def spectrum_ends(
         >>> [round(x, 6) for x in spectrum_ends(operator)]
         [1.0, 9.0]
     """
+    nodes, _ = lanczos_quadrature(operator, max_steps=max_steps, tol=tol, seed=seed)
+    return float(nodes[0]), float(nodes[-1])
+
+
+def lanczos_quadrature(
+    operator: HessianOperator, start: np.ndarray | None = None, *, max_steps: int = 40, tol: float = 1e-3,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature of ``start``'s spectral measure: Ritz values θ₁ ≤ … ≤ θₘ and weights
+    wⱼ = ‖v‖² sⱼ₁² (sⱼ₁ the first entry of Tₘ's j-th eigenvector) with Σⱼ wⱼ f(θⱼ) ≈ vᵀ f(H) v,
+    exact for polynomials f of degree < 2m (Golub & Meurant, 2010). v = ``start``, or a
+    seeded random vector where it is None or zero.
+
+    One Krylov basis serves both ends. Lanczos (fully reorthogonalised) builds the
+    tridiagonal Tₘ = Vₘᵀ H Vₘ; its eigenvalues lie inside [λ_min, λ_max], the ends
+    converging first. Each Ritz value's residual ‖H y − θ y‖ = βₘ |sₘ| (sₘ the last entry of
+    Tₘ's eigenvector) bounds its error. It stops once θₘ's residual is below ``tol``·|θₘ|
+    and θ₁ is either converged the same way or ≤ 0 (a non-positive end: no condition number
+    to resolve), after ``max_steps`` products, or when the Krylov space is exhausted.
+    """
     tol, seed = _check_lanczos(operator, tol, seed)
     max_steps = checks.positive_int("max_steps", max_steps, note="Lanczos steps, one HVP each")
     n = operator.shape[0]
-    vector = np.random.default_rng(seed).standard_normal(n)
-    basis = [vector / np.linalg.norm(vector)]
+    vector = None if start is None else np.asarray(start, dtype=np.float64).reshape(-1)
+    if vector is not None and vector.shape != (n,):
+        raise invalid("start", f"a vector of {vector.size}", f"a vector of {n} entries, one per parameter")
+    if vector is None or not np.linalg.norm(vector) > 0 or not np.isfinite(vector).all():
+        vector = np.random.default_rng(seed).standard_normal(n)
+    norm = float(np.linalg.norm(vector))
+    basis = [vector / norm]
     alphas: list[float] = []
     betas: list[float] = []
     while True:
         image = operator.matvec(basis[-1])
         alphas.append(float(basis[-1] @ image))
-        for q in basis:  # full reorthogonalisation: m ≤ 40 vectors, cheap beside an HVP
+        for q in basis:  # full reorthogonalisation: m ≤ 100 vectors, cheap beside an HVP
             image -= (q @ image) * q
         beta = float(np.linalg.norm(image))
         values, vectors = _tridiagonal_eigen(alphas, betas)
@@ -179,7 +200,7 @@ def spectrum_ends(
         top_done = residual[-1] <= tol * abs(values[-1])
         low_done = values[0] <= 0 or residual[0] <= tol * abs(values[0])
         if (top_done and low_done) or len(alphas) >= min(max_steps, n) or beta <= operator.eps * abs(values[-1]):
-            return float(values[0]), float(values[-1])
+            return values, norm * norm * vectors[0] ** 2
         betas.append(beta)
         basis.append(image / beta)
 

@@ -165,6 +165,39 @@ def optimal_hyperparameters(lambda_min: Scalar, lambda_max: Scalar) -> tuple[flo
     return 4.0 / (math.sqrt(high) + math.sqrt(low)) ** 2, momentum
 
 
+def horizon_loss(lr: ArrayLike, momentum: ArrayLike, nodes: ArrayLike, weights: ArrayLike, steps: int) -> np.ndarray:
+    """ℓ(θ_T) − ℓ* of heavy ball after ``steps`` = T steps on the quadratic model whose
+    gradient at θ₀ has the spectral measure Σⱼ wⱼ δ(θⱼ) (:func:`~metatune.stability.lanczos_quadrature`
+    from ∇ℓ(θ₀)), for every (η, β) in the broadcast of ``lr`` and ``momentum``.
+
+    Per eigenvalue λ the error e = θ − θ* obeys e₁ = (1 − ηλ) e₀ (PyTorch's first step,
+    v₁ = g₀) and e_{t+1} = (1 + β − ηλ) e_t − β e_{t−1}, so e_T = r_T(λ) e₀ with
+    r_T = first entry of [[1 + β − ηλ, −β], [1, 0]]^{T−1} (1 − ηλ, 1). With g = H e₀,
+    e₀ⱼ² = gⱼ²/λⱼ and ℓ − ℓ* = ½ Σ λ e², hence ℓ_T − ℓ* = ½ Σⱼ (wⱼ/θⱼ) r_T(θⱼ)². Nodes
+    θⱼ ≤ 0 are left out (the model has no minimum along them); inf where the run diverges.
+
+    Example:
+        >>> round(float(horizon_loss(0.1, 0.0, [1.0], [1.0], 2)), 8)  # ½ · (1 − 0.1)⁴
+        0.32805
+    """
+    lrs, momenta = np.broadcast_arrays(np.asarray(lr, dtype=np.float64), np.asarray(momentum, dtype=np.float64))
+    nodes, weights = np.asarray(nodes, dtype=np.float64).ravel(), np.asarray(weights, dtype=np.float64).ravel()
+    if nodes.shape != weights.shape:
+        raise invalid("weights", f"{weights.size} weights", f"one weight per node ({nodes.size})")
+    steps = checks.positive_int("steps", steps, note="the horizon T")
+    keep = nodes > 0
+    nodes, weights = nodes[keep], weights[keep]
+    step = lrs[..., None] * nodes  # ηλ per (point, node)
+    beta = np.broadcast_to(momenta[..., None], step.shape)
+    transition = np.zeros(step.shape + (2, 2))
+    transition[..., 0, 0], transition[..., 0, 1], transition[..., 1, 0] = 1.0 + beta - step, -beta, 1.0
+    with np.errstate(all="ignore"):
+        power = np.linalg.matrix_power(transition, steps - 1)
+        residual = power[..., 0, 0] * (1.0 - step) + power[..., 0, 1]
+        loss = 0.5 * (residual * residual * (weights / nodes)).sum(axis=-1)
+    return np.where(np.isfinite(loss), loss, np.inf)
+
+
 # --- argument checks ----------------------------------------------------------------------
 
 

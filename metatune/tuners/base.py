@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
+import torch
+
 from metatune import checks
 from metatune._types import Params
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace
-from metatune.stability import HessianOperator, hessian_vector_product, spectrum_ends
+from metatune.stability import HessianOperator, hessian_vector_product, lanczos_quadrature
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
 from metatune.tuners.groups import Hyper, largest_spectral_radius, plain, point_key, resolve_groups
 from metatune.tuners.records import DIVERGENCE_FACTOR, STATUSES, Trial, TuneResult, is_diverged
@@ -39,11 +41,15 @@ class BudgetExhausted(Exception):
 @dataclass(frozen=True)
 class Curvature:
     """Estimated ends of the training-loss Hessian's spectrum at θ₀ (λ_min NaN where that end
-    is not positive), and what estimating them cost."""
+    is not positive), what estimating them cost, and the Gauss quadrature of the gradient's
+    spectral measure they came from (``nodes``, ``weights``: Σ wⱼ f(θⱼ) ≈ gᵀ f(H) g, g = ∇ℓ(θ₀);
+    empty where not known)."""
 
     lambda_min: float
     lambda_max: float
     gradient_evals: float
+    nodes: tuple[float, ...] = ()
+    weights: tuple[float, ...] = ()
 
     @property
     def eigenvalues(self) -> list[float]:
@@ -278,11 +284,18 @@ def _outcome_of(trial: Trial) -> Outcome:
 
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:
     """The ends of the training-loss Hessian's spectrum at ``params`` on the first batch, from
-    one Lanczos run (:func:`~metatune.stability.spectrum_ends`: λ_max to 1e-3, λ_min as far as
-    40 products resolve it, NaN when that end is ≤ 0, as for most networks), charged
-    ``costs.hvps`` (the gradient once, then a backward pass through it per product). Nothing
-    is read from the objective's known optimum: a user's objective does not know its spectrum."""
+    one Lanczos run started at the gradient g there (:func:`~metatune.stability.lanczos_quadrature`:
+    λ_max to 1e-3, λ_min as far as 100 products resolve it, NaN when that end is ≤ 0, as for
+    most networks), charged ``costs.hvps`` (the gradient once, then a backward pass through
+    it per product). Starting at g makes the Ritz values and weights the Gauss quadrature of
+    g's spectral measure, which predicts ℓ_T on the local quadratic model
+    (:func:`~metatune.stability.horizon_loss`). Nothing is read from the objective's known
+    optimum: a user's objective does not know its spectrum."""
     batch = None if batches is None else batches[0]
     operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch), params)
-    low, top = spectrum_ends(operator, max_steps=100, tol=1e-3)
-    return Curvature(low if low > 0 else math.nan, top, costs.hvps(operator.evals))
+    gradient = torch.func.grad(objective.train_loss)(params, batch)  # the one the HVPs are built on
+    start = torch.cat([gradient[n].detach().reshape(-1).cpu().double() for n in params]).numpy()
+    nodes, weights = lanczos_quadrature(operator, start, max_steps=100, tol=1e-3)
+    low, top = float(nodes[0]), float(nodes[-1])
+    return Curvature(low if low > 0 else math.nan, top, costs.hvps(operator.evals),
+                     tuple(float(x) for x in nodes), tuple(float(x) for x in weights))

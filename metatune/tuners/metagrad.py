@@ -40,13 +40,13 @@ screening points differ per group.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from metatune import checks
-from metatune.objectives import Objective
-from metatune.stability import critical_lr, optimal_hyperparameters
+from metatune.objectives import Objective, SearchSpace
+from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, check_options, decode, encode, project
 from metatune.tuners.evaluation import Outcome, Proposal
@@ -68,7 +68,7 @@ explode there are rejected by the back-off. On a quadratic the curvature is θ�
 everywhere, and there chains past the critical lr only diverge (6 of 20 steps on the
 κ = 100 test quadratic), so where Lanczos finds θ₀ convex the chains keep the 1× cap."""
 
-__all__ = ["ASSUMED_CONDITION", "CATAPULT", "OUTER", "MetagradTuner"]
+__all__ = ["ASSUMED_CONDITION", "CATAPULT", "HORIZON_GRID", "OUTER", "MetagradTuner", "horizon_optimum"]
 
 
 class MetagradTuner(Tuner):
@@ -217,14 +217,18 @@ class MetagradTuner(Tuner):
     # -- starting points ------------------------------------------------------------------------
 
     def theory_point(self) -> np.ndarray:
-        """u of the rate-optimal (η*, β*) for [λ_low, λ_max] (module docstring); the middle of
-        the space when the Hessian at θ₀ has no positive curvature."""
+        """u of the start the local quadratic model at θ₀ recommends (module docstring): where
+        θ₀ is convex and the objective full-batch, the (η, β) that minimise the model's ℓ_T
+        (:func:`horizon_optimum`); otherwise the rate-optimal (η*, β*) for [λ_low, λ_max]; the
+        middle of the space when the Hessian at θ₀ has no positive curvature."""
         curvature = self.curvature()
         top = curvature.lambda_max
         if not top > 0:
             lr, momentum = math.sqrt(self.space.lr_low * self.space.lr_high), 0.5
+        elif self.convex() and self.batches is None and curvature.nodes:
+            lr, momentum = horizon_optimum(curvature.nodes, curvature.weights, self.steps, self.space, self.lr_cap)
         else:
-            known = curvature.eigenvalues[0] if len(curvature.eigenvalues) == 2 else top / ASSUMED_CONDITION
+            known = curvature.lambda_min if self.convex() else top / ASSUMED_CONDITION
             floor = top / (self.steps / 5.0) ** 2  # the slowest mode T steps can resolve
             if self.batches is not None:  # minibatches: assume no more than ASSUMED_CONDITION
                 floor = max(floor, top / ASSUMED_CONDITION)
@@ -254,3 +258,35 @@ def derivative(metrics: dict[str, float], name: str, groups: tuple[str, ...]) ->
     if not groups:
         return metrics.get(name, math.nan)
     return {g: metrics.get(f"{name}[{g}]", math.nan) for g in groups}
+
+
+HORIZON_GRID = 64
+"""Points per side of the (log η, β) grid :func:`horizon_optimum` searches, and of each zoom."""
+
+
+def horizon_optimum(nodes: tuple[float, ...], weights: tuple[float, ...], steps: int, space: SearchSpace,
+                    lr_cap: Callable[[float], float], zooms: int = 3) -> tuple[float, float]:
+    """The (η, β) of the space, η ≤ ``lr_cap(β)``, that minimise the local quadratic model's
+    ℓ_T (:func:`~metatune.stability.horizon_loss`): a :data:`HORIZON_GRID`² grid in (log η, β),
+    then ``zooms`` grids ±3 cells around the best so far. Where Lanczos resolves the
+    spectrum this is the finite-horizon optimum itself; the rate-optimal point sits where
+    critical damping at λ_min and at λ_max meet, on a knife edge whose ℓ_T is 10⁴–10⁶ times
+    it on the κ = 1000 quadratics (BENCHMARKS.md)."""
+    lr_box = (math.log(space.lr_low), math.log(space.lr_high))
+    momentum_box = (space.momentum_low, space.momentum_high)
+    best = (math.inf, math.sqrt(space.lr_low * space.lr_high), 0.5 * (space.momentum_low + space.momentum_high))
+    for _ in range(zooms + 1):
+        lr_axis = np.exp(np.linspace(*lr_box, HORIZON_GRID))
+        momentum_axis = np.linspace(*momentum_box, HORIZON_GRID)
+        lrs, momenta = (a.ravel() for a in np.meshgrid(lr_axis, momentum_axis))
+        values = horizon_loss(lrs, momenta, nodes, weights, steps)
+        caps = np.array([lr_cap(float(m)) for m in momentum_axis])
+        values[lrs > np.repeat(caps, HORIZON_GRID)] = np.inf
+        index = int(np.argmin(values))
+        if values[index] < best[0]:
+            best = (float(values[index]), float(lrs[index]), float(momenta[index]))
+        lr_cell = 3 * (lr_box[1] - lr_box[0]) / HORIZON_GRID
+        momentum_cell = 3 * (momentum_box[1] - momentum_box[0]) / HORIZON_GRID
+        lr_box = (max(math.log(best[1]) - lr_cell, math.log(space.lr_low)), min(math.log(best[1]) + lr_cell, math.log(space.lr_high)))
+        momentum_box = (max(best[2] - momentum_cell, space.momentum_low), min(best[2] + momentum_cell, space.momentum_high))
+    return best[1], best[2]
