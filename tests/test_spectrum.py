@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metatune.stability import HessianOperator, spectrum_ends
+from metatune.stability import HessianOperator, lanczos_quadrature, spectrum_ends
 
 
 def _operator(matrix: np.ndarray) -> HessianOperator:
@@ -58,3 +58,38 @@ def test_ends_match_numpy_when_the_space_is_exhausted(values, seed):
     scale = np.abs(eigenvalues).max()
     assert abs(high - eigenvalues.max()) <= 1e-8 * scale
     assert abs(low - eigenvalues.min()) <= 1e-8 * scale
+
+
+def test_quadrature_integrates_polynomials_of_degree_below_2m_exactly():
+    """m = 6 products on a 40-dimensional H: Σ wⱼ θⱼᵏ = vᵀ Hᵏ v for k < 12 (Gauss), computed
+    against numpy's matrix powers; k = 2m is not exact."""
+    matrix = _matrix(np.linspace(1.0, 20.0, 40), 3)
+    start = np.random.default_rng(4).standard_normal(40)
+    nodes, weights = lanczos_quadrature(_operator(matrix), start, max_steps=6, tol=0.0)
+    assert len(nodes) == 6 and np.all(np.diff(nodes) > 0)
+    for k in range(12):
+        exact = start @ np.linalg.matrix_power(matrix, k) @ start
+        assert weights @ nodes**k == pytest.approx(exact, rel=1e-10)
+    assert abs(weights @ nodes**12 - start @ np.linalg.matrix_power(matrix, 12) @ start) > 1e-8 * (weights @ nodes**12)
+
+
+def test_quadrature_of_an_exhausted_space_is_the_start_vectors_spectral_measure():
+    """m = n: the nodes are H's eigenvalues and each weight is the squared component of the
+    start vector along that eigenvector (numpy's eigh)."""
+    eigenvalues = np.array([0.5, 1.0, 3.0, 7.0, 11.0])
+    matrix = _matrix(eigenvalues, 5)
+    start = np.random.default_rng(6).standard_normal(5)
+    nodes, weights = lanczos_quadrature(_operator(matrix), start, max_steps=5, tol=0.0)
+    values, vectors = np.linalg.eigh(matrix)
+    assert nodes == pytest.approx(values, rel=1e-10)
+    assert weights == pytest.approx((vectors.T @ start) ** 2, rel=1e-8)
+
+
+def test_quadrature_from_a_zero_start_uses_the_seeded_random_one():
+    """A zero gradient (θ₀ at a stationary point) has no spectral measure: the seeded random
+    start serves, as in spectrum_ends."""
+    operator = _operator(_matrix(np.linspace(1.0, 9.0, 12), 7))
+    nodes, weights = lanczos_quadrature(operator, np.zeros(12), max_steps=12, tol=0.0, seed=3)
+    random = np.random.default_rng(3).standard_normal(12)
+    assert weights.sum() == pytest.approx(random @ random, rel=1e-10)
+    assert (nodes[0], nodes[-1]) == pytest.approx(spectrum_ends(operator, max_steps=12, tol=0.0, seed=3), rel=1e-10)

@@ -428,3 +428,36 @@ def test_other_bad_arguments() -> None:
         stability.estimate(loss, params, 0.1, 0.5, tol=-1.0)
     with pytest.raises(ValueError, match=r"^lr="):
         stability.estimate(loss, params, {"w": 0.1, "b": 0.2}, 0.5)
+
+
+@pytest.mark.parametrize(("lr", "momentum", "steps"), [(0.05, 0.0, 1), (0.05, 0.9, 40), (0.015, 0.6, 25)])
+def test_horizon_loss_is_what_torch_sgd_reaches_on_the_quadratic(lr: float, momentum: float, steps: int) -> None:
+    """ℓ(θ_T) − ℓ* of ``torch.optim.SGD`` on ½ (θ − θ*)ᵀ A (θ − θ*) equals the model's prediction
+    from A's eigenvalues and the squared components of g₀ = A (θ₀ − θ*) along its eigenvectors."""
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    eigenvalues = np.array([0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
+    matrix = torch.from_numpy(rotation @ np.diag(eigenvalues) @ rotation.T)
+    optimum, theta = torch.from_numpy(rng.standard_normal(6)), torch.from_numpy(rng.standard_normal(6))
+    gradient = (matrix @ (theta - optimum)).numpy()
+    x = theta.clone().requires_grad_()
+    optimizer = torch.optim.SGD([x], lr=lr, momentum=momentum)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (0.5 * (x - optimum) @ matrix @ (x - optimum)).backward()
+        optimizer.step()
+    reached = float(0.5 * (x.detach() - optimum) @ matrix @ (x.detach() - optimum))
+    predicted = stability.horizon_loss(lr, momentum, eigenvalues, (rotation.T @ gradient) ** 2, steps)
+    assert float(predicted) == pytest.approx(reached, rel=1e-9)
+
+
+def test_horizon_loss_over_a_grid_marks_divergence_and_skips_non_positive_nodes() -> None:
+    """Broadcast over (η, β); inf past the critical lr (ρ ≥ 1 there); a node ≤ 0 is left out."""
+    lrs, momenta = np.array([[0.1], [1.5]]), np.array([0.0, 0.5])
+    values = stability.horizon_loss(lrs, momenta, [-1.0, 1.0], [5.0, 2.0], 2000)
+    assert values.shape == (2, 2)
+    single = [[float(stability.horizon_loss(lr, m, [1.0], [2.0], 2000)) for m in (0.0, 0.5)] for lr in (0.1, 1.5)]
+    assert values[0].tolist() == pytest.approx(single[0], rel=1e-12)
+    assert math.isfinite(values[0, 0]) and values[0, 0] == pytest.approx(0.5 * 2.0 * 0.9**4000, rel=1e-9)
+    assert values[1, 0] < 1e-100  # η = 1.5 < 2/λ at β = 0: |1 − ηλ| = 0.5
+    assert math.isinf(float(stability.horizon_loss(2.5, 0.0, [1.0], [2.0], 2000)))  # |1 − ηλ| = 1.5

@@ -176,6 +176,13 @@ STABILITY = [
     case(lambda: stability.spectrum_ends(
         stability.HessianOperator(stability.hessian_vector_product(loss, PARAMS), PARAMS), max_steps=0),
         "max_steps", "0", ">= 1", "spectrum-ends-steps"),
+    case(lambda: stability.lanczos_quadrature(
+        stability.HessianOperator(stability.hessian_vector_product(loss, PARAMS), PARAMS), np.ones(7)),
+        "start", "(7,)", "a vector of", "quadrature-start"),
+    case(lambda: stability.horizon_loss(0.1, 0.5, [1.0, 2.0], [1.0], 10), "weights", "[1.0]", "one weight per node",
+         "horizon-weights"),
+    case(lambda: stability.horizon_loss(0.1, 0.5, [1.0], [1.0], 0), "steps", "0", ">= 1", "horizon-steps"),
+    case(lambda: stability.horizon_loss(0.1, 1.0, [1.0], [1.0], 10), "momentum", "1.0", "", "horizon-momentum"),
     case(lambda: mt.hypergrad(**HYPERGRAD, mode="auto", memory_budget=0), "memory_budget", "0", "> 0",
          "hypergrad-memory-budget"),
     case(lambda: stability.largest_eigenvalue(

@@ -27,11 +27,12 @@ Krylov basis (ncv = min(n, 20)) would span the whole space twice over, so Lanczo
 
 
 def hessian_vector_product(
-    train_loss: TrainLoss, params: Params, batch: Batch = None
+    train_loss: TrainLoss, params: Params, batch: Batch = None, *, graph: GradientGraph | None = None
 ) -> HessianVectorProduct:
     """v ↦ H v with H = ∇²ℓ(θ; batch): the gradient is built with its graph at the first
-    product and kept; each product is one backward pass through it (:class:`GradientGraph`).
-    n products cost 1 + n · ``backward_step`` gradients (``CostModel.hvps``).
+    product (or is ``graph``, built by the caller, who also wants the gradient) and kept;
+    each product is one backward pass through it (:class:`GradientGraph`). n products cost
+    1 + n · ``backward_step`` gradients (``CostModel.hvps``).
 
     Example:
         >>> loss = lambda p, b: (p["x"] ** 3).sum()
@@ -40,7 +41,7 @@ def hessian_vector_product(
         tensor([ 6., 12.])
     """
     params = check_params(params)
-    built: list[GradientGraph] = []
+    built: list[GradientGraph] = [] if graph is None else [graph]
 
     def hvp(vector: Params) -> Params:
         if not built:
@@ -182,7 +183,7 @@ def lanczos_quadrature(
     n = operator.shape[0]
     vector = None if start is None else np.asarray(start, dtype=np.float64).reshape(-1)
     if vector is not None and vector.shape != (n,):
-        raise invalid("start", f"a vector of {vector.size}", f"a vector of {n} entries, one per parameter")
+        raise invalid("start", vector.shape, f"a vector of {n} entries, one per parameter")
     if vector is None or not np.linalg.norm(vector) > 0 or not np.isfinite(vector).all():
         vector = np.random.default_rng(seed).standard_normal(n)
     norm = float(np.linalg.norm(vector))

@@ -180,10 +180,10 @@ def horizon_loss(lr: ArrayLike, momentum: ArrayLike, nodes: ArrayLike, weights: 
         >>> round(float(horizon_loss(0.1, 0.0, [1.0], [1.0], 2)), 8)  # ½ · (1 − 0.1)⁴
         0.32805
     """
-    lrs, momenta = np.broadcast_arrays(np.asarray(lr, dtype=np.float64), np.asarray(momentum, dtype=np.float64))
-    nodes, weights = np.asarray(nodes, dtype=np.float64).ravel(), np.asarray(weights, dtype=np.float64).ravel()
+    lrs, momenta = np.broadcast_arrays(_checked_lr(lr), _checked_momentum(momentum))
+    nodes, weights = _checked_finite(nodes, "nodes").ravel(), _checked_finite(weights, "weights").ravel()
     if nodes.shape != weights.shape:
-        raise invalid("weights", f"{weights.size} weights", f"one weight per node ({nodes.size})")
+        raise invalid("weights", weights.tolist(), f"one weight per node ({nodes.size})")
     steps = checks.positive_int("steps", steps, note="the horizon T")
     keep = nodes > 0
     nodes, weights = nodes[keep], weights[keep]

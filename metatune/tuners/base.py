@@ -25,6 +25,7 @@ from metatune import checks
 from metatune._types import Params
 from metatune.costs import DEFAULT, CostModel
 from metatune.errors import invalid
+from metatune.hessian import GradientGraph
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import HessianOperator, hessian_vector_product, lanczos_quadrature
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
@@ -292,9 +293,9 @@ def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: 
     (:func:`~metatune.stability.horizon_loss`). Nothing is read from the objective's known
     optimum: a user's objective does not know its spectrum."""
     batch = None if batches is None else batches[0]
-    operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch), params)
-    gradient = torch.func.grad(objective.train_loss)(params, batch)  # the one the HVPs are built on
-    start = torch.cat([gradient[n].detach().reshape(-1).cpu().double() for n in params]).numpy()
+    graph = GradientGraph(objective.train_loss, params, batch)  # g, and the graph every product runs through
+    operator = HessianOperator(hessian_vector_product(objective.train_loss, params, batch, graph=graph), params)
+    start = torch.cat([graph.gradient[n].reshape(-1).cpu().double() for n in params]).numpy()
     nodes, weights = lanczos_quadrature(operator, start, max_steps=100, tol=1e-3)
     low, top = float(nodes[0]), float(nodes[-1])
     return Curvature(low if low > 0 else math.nan, top, costs.hvps(operator.evals),
