@@ -332,3 +332,24 @@ def test_a_rejected_step_is_retried_at_the_backtracked_fraction_of_the_same_path
     third = chains.ask()
     assert (third.lr, third.momentum) == pytest.approx((0.01 * math.exp(0.3), 0.5), rel=1e-9)
     assert chains.starts[0].rejections == 1
+
+
+def test_metagrad_starts_a_resolved_quadratic_at_its_finite_horizon_optimum(quadratic):
+    """dim 10 ≤ the Lanczos products: the model of ℓ_T is exact, so the start trains (by the
+    population engine, an independent run) no worse than the best of a dense 48 × 48 grid under
+    the guard, and far below the rate-optimal point's knife edge."""
+    tuner = MetagradTuner(quadratic, budget=BUDGET, seed=0)
+    lr, momentum = tuner.decode(tuner.theory_point())
+    params, space = quadratic.init_params(0), quadratic.space
+    lrs, momenta = np.meshgrid(np.geomspace(space.lr_low, space.lr_high, 48), np.linspace(0.0, 0.99, 48))
+    keep = lrs <= np.vectorize(tuner.lr_cap)(momenta)
+    grid = mt.train_population(quadratic.train_loss, quadratic.val_loss, params, lrs[keep].tolist(),
+                               momenta[keep].tolist(), quadratic.steps).values.min()
+    start = mt.train_population(quadratic.train_loss, quadratic.val_loss, params, [lr], [momentum],
+                                quadratic.steps).values[0]
+    curvature = tuner.curvature()
+    rate_optimal = mt.train_population(quadratic.train_loss, quadratic.val_loss, params,
+                                       *[[x] for x in mt.stability.optimal_hyperparameters(
+                                           curvature.lambda_min, curvature.lambda_max)], quadratic.steps).values[0]
+    assert float(start) <= float(grid)
+    assert float(start) < 0.1 * float(rate_optimal)
