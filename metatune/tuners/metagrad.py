@@ -22,11 +22,18 @@ lower than the last accepted one and its run neither diverged nor amplified the
 sensitivities more than ``max_amplification``; otherwise the tuner stays at the last
 accepted point and shortens its step (:func:`metatune.tuners.chains.backtrack`).
 
-Starts: the theory point, the rate-optimal (η*, β*) of [λ_low, λ_max], λ_low = max(λ_min,
-λ_max/κ_T), κ_T = (T/5)² the largest condition number T steps can resolve, λ_min the
-smallest Ritz value of the same Lanczos run (λ_max/100 where that is not positive, as on
-most networks, and at least λ_max/100 on minibatch objectives: :data:`ASSUMED_CONDITION`).
-Nothing comes from the objective's ``optimum``. When the budget affords it (or, where θ₀
+Starts: the theory point. Where θ₀ is convex and the objective full-batch, it is the
+minimiser of ℓ_T on the local quadratic model (:func:`horizon_optimum`): the Lanczos run
+starts at ∇ℓ(θ₀), so its Ritz values and weights are the Gauss quadrature of the gradient's
+spectral measure, from which :func:`~metatune.stability.horizon_loss` predicts ℓ_T for any
+(η, β) at no further cost. Elsewhere (minibatch noise, negative curvature: the model does not
+hold) it is the rate-optimal (η*, β*) of [λ_low, λ_max], λ_low = max(λ_min, λ_max/κ_T),
+κ_T = (T/5)² the largest condition number T steps can resolve, λ_min the smallest Ritz value
+of the same Lanczos run (λ_max/100 where that is not positive, as on most networks, and at
+least λ_max/100 on minibatch objectives: :data:`ASSUMED_CONDITION`). The rate-optimal point
+puts λ_min and λ_max both at a double root, where ℓ_T grows like T² ρ^{2T}: on the κ = 1000
+quadratics it trains 10³–10⁵ times above the finite-horizon optimum, and the chains spent
+their budget leaving it. Nothing comes from the objective's ``optimum``. When the budget affords it (or, where θ₀
 has negative curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a
 screening population (the theory point and 8 Sobol points, trained at once) comes
 first and the ``starts`` chains begin at its lowest points; the theory point competes
