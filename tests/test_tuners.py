@@ -353,3 +353,54 @@ def test_metagrad_starts_a_resolved_quadratic_at_its_finite_horizon_optimum(quad
                                            curvature.lambda_min, curvature.lambda_max)], quadratic.steps).values[0]
     assert float(start) <= float(grid)
     assert float(start) < 0.1 * float(rate_optimal)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ([(1.0, -0.5)], 3.0),  # the farthest point is the best: the loss still falls, extrapolate
+    ([(2.0, 1.0)], 2.0 / 3.0),  # t = 0 best: φ(α) = −2α + 3α² through φ(1) = 1 (minimiser 1/3), times 2
+    ([(2.0, math.inf)], 1.0),  # the run diverged there: half
+    ([(1.0, -0.5), (3.0, -0.2)], math.sqrt(3.0)),  # bracketed by t = 1 and 3: their geometric mean
+    ([(1.0, -0.5), (3.0, -0.7), (9.0, -0.6)], math.sqrt(27.0)),
+    ([(t, -t) for t in (1.0, 3.0, 9.0, 27.0, 81.0, 243.0)], None),  # LINE_POINTS spent
+])
+def test_the_value_only_line_search_extrapolates_backtracks_and_brackets(line, expected):
+    from metatune.tuners.chains import next_fraction
+
+    found = next_fraction(0.0, -1.0, line)
+    assert found == expected if expected is None else found == pytest.approx(expected, rel=1e-12)
+
+
+def test_line_search_points_follow_the_chains_step_direction_and_leave_it_where_it_is():
+    """After a meta-gradient at (0.01, 0.5) with ∇ log ℓ = (−0.5, 0), the chain's full step is 1
+    along +log η. Value-only points go to t = 1, then 3 (it fell), then √3 (3 was worse);
+    the chain's accepted point and loss stay; a chain without a gradient offers none."""
+    from metatune.tuners.chains import MetagradChains
+
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5)])
+    assert chains.ask(line=True) is None  # no gradient yet
+    first = chains.ask()
+    chains.tell(first, value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    u, value = chains.starts[0].u.copy(), chains.starts[0].value
+    for told, t in [(0.5, 1.0), (0.7, 3.0), (0.6, math.sqrt(3.0))]:
+        step = chains.ask(line=True)
+        assert step.line == pytest.approx(t, rel=1e-12)
+        assert (step.lr, step.momentum) == pytest.approx((0.01 * math.exp(t), 0.5), rel=1e-9)
+        chains.tell(step, value=told, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan)
+    assert chains.starts[0].u.tolist() == u.tolist() and chains.starts[0].value == value
+
+
+def test_metagrads_last_runs_are_value_only_points_on_one_line(quadratic, rate_optimal_start):
+    """A budget that affords no meta-gradient whose gradient a later run could use is spent on
+    T + 1-gradient runs (no meta-gradient metrics) along one line in u from the chain's point;
+    the total stays within the budget."""
+    tuner = MetagradTuner(quadratic, budget=2_000, seed=0, screen=0, starts=1)
+    result = tuner.run()
+    gradient_steps = [i for i, t in enumerate(result.trials) if "growth_rate" in t.metrics]
+    tail = result.trials[gradient_steps[-1] + 1:]
+    assert len(tail) >= 2 and result.gradient_evals <= 2_000 + 1e-9
+    assert all(t.gradient_evals == quadratic.steps + 1 and "growth_rate" not in t.metrics for t in tail)
+    origin = tuner.chains.starts[0].u
+    moves = np.array([MetagradTuner.encode(t.lr, t.momentum) - origin for t in tail])
+    unit = moves[0] / np.linalg.norm(moves[0])
+    assert np.allclose(moves - np.outer(moves @ unit, unit), 0.0, atol=1e-9)
+    assert tuner.remaining() < tuner.trial_cost() or tuner.chains.finished()

@@ -25,7 +25,7 @@ retried at half its learning rate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -100,7 +100,9 @@ def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] 
 class Start:
     """One chain: the last accepted u, its log-loss (before the first: the screened one, or
     −inf where unknown) and gradient, and the optimiser's state; ``done`` once no step from u
-    stays in the space (a corner or bound the gradient pushes against)."""
+    stays in the space (a corner or bound the gradient pushes against). ``direction`` and
+    ``line``: the value-only line search along the last outer step's direction from u, and
+    its (fraction t, log ℓ) so far."""
 
     u: np.ndarray
     index: int = 0
@@ -115,6 +117,8 @@ class Start:
     busy: bool = False
     done: bool = False
     rejections: int = 0
+    direction: np.ndarray | None = None
+    line: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.first_moment is None:
@@ -185,12 +189,14 @@ def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first
 
 @dataclass(frozen=True)
 class Step:
-    """A chain's proposal: evaluate the meta-gradient of start ``start`` at (lr, momentum)."""
+    """A chain's proposal: evaluate the meta-gradient of start ``start`` at (lr, momentum), or
+    (``line`` = t) only the validation loss there, u = u_chain + t · direction (a line-search point)."""
 
     start: int
     lr: Hyper
     momentum: Hyper
     u: tuple[float, ...]
+    line: float | None = None
 
 
 class MetagradChains:
@@ -236,23 +242,33 @@ class MetagradChains:
         """Clip u into the space and under the guard."""
         return project(u, self.space, self._lr_cap)
 
-    def ask(self) -> Step | None:
+    def ask(self, line: bool = False) -> Step | None:
         """The next proposal of an idle chain: the one whose loss is lowest (greedy: the budget
         follows the best chain; a chain whose last STALL proposals were all rejected yields to the
         others); None while every chain waits or is done. A start not yet evaluated counts at
         its screened loss (``values``), or first where that is unknown: its first
         meta-gradient only measures where it stands, so a start worse than a chain that still
         descends is not paid for. A point evaluated before is told again from memory instead
-        of being proposed."""
-        while idle := [s for s in self.starts if not s.busy and not s.done]:
+        of being proposed.
+
+        ``line``: a value-only point instead, for a budget that affords no meta-gradient whose
+        gradient a later step could use: the next point of a line search along the direction
+        of the chain's next outer step (:func:`next_fraction`), from chains that have a
+        gradient."""
+        while idle := [s for s in self.starts if not s.busy and not s.done and (not line or s.grad is not None)]:
             start = min(idle, key=lambda s: (s.rejections >= STALL, s.value, s.attempts, s.index))
-            u = start.u if start.grad is None else self._proposal(start)
+            fraction = None
+            if line:
+                fraction = self._line_fraction(start)
+                u = None if fraction is None else self.project(start.u + fraction * start.direction)
+            else:
+                u = start.u if start.grad is None else self._proposal(start)
             if u is None:
                 start.done = True
                 continue
             start.busy, start.attempts = True, start.attempts + 1
             lr, momentum = decode(u, self.groups)
-            step = Step(start.index, lr, momentum, tuple(float(x) for x in u))
+            step = Step(start.index, lr, momentum, tuple(float(x) for x in u), fraction)
             if step.u not in self.known:
                 return step
             self.tell(step, *self.known[step.u])  # evaluated before (a bound's corner): free
@@ -270,6 +286,9 @@ class MetagradChains:
         start.busy = False
         self.known[step.u] = (value, dvalue_dlr, dvalue_dmomentum, amplification, diverged)
         failed = diverged or not math.isfinite(value)
+        if step.line is not None:  # a line-search point: its loss only; the chain stays at u
+            start.line.append((step.line, math.inf if failed else math.log(max(value, 1e-300))))
+            return
         grad = log_loss_gradient(step.lr, step.momentum, value, dvalue_dlr, dvalue_dmomentum, self.groups)
         exploded = failed or not np.isfinite(grad).all() or not amplification <= self.max_amplification
         log_value = math.inf if failed else math.log(max(value, 1e-300))
@@ -302,10 +321,26 @@ class MetagradChains:
         norm = max(float(np.linalg.norm(grad)), 1e-12)
         return np.eye(len(grad)) * first_step_length(self.meta_lr, norm) / norm
 
+    def _line_fraction(self, start: Start) -> float | None:
+        """The next t of ``start``'s line search (its direction fixed at the first call: the
+        full outer step from u); None when there is none to take."""
+        if start.direction is None:
+            target = self._target(start)
+            if target is None:
+                return None
+            start.direction = target - start.u
+            return start.step
+        return next_fraction(start.value, float(start.grad @ start.direction), start.line)
+
     def _proposal(self, start: Start) -> np.ndarray | None:
-        """u + step · (P(u − d) − u), d = H ∇ (BFGS) or meta_lr · m̂/(√v̂ + ε) (Adam), P the
-        projection: a rejected step is shortened along the projected path, so one that ran
-        into a bound is not proposed again at the same clipped point. Where BFGS's P(u − d) is
+        """u + step · (P(u − d) − u) (:meth:`_target`), None where no step promises a decrease."""
+        target = self._target(start)
+        return None if target is None else self.project(start.u + start.step * (target - start.u))
+
+    def _target(self, start: Start) -> np.ndarray | None:
+        """The full step's end P(u − d), d = H ∇ (BFGS) or meta_lr · m̂/(√v̂ + ε) (Adam), P the
+        projection: a rejected step is shortened along the projected path u → P(u − d), so one
+        that ran into a bound is not proposed again at the same clipped point. Where BFGS's P(u − d) is
         u to first order (it promises less than :data:`MIN_DECREASE` of log ℓ: d points out of
         the space there), H restarts as at a chain's first point; None when even that
         direction promises no more (u is a corner the gradient pushes against)."""
@@ -321,7 +356,7 @@ class MetagradChains:
                 np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8))
         if _negligible(start.grad, target - start.u):
             return None
-        return self.project(start.u + start.step * (target - start.u))
+        return target
 
 
 MIN_DECREASE = 1e-3
@@ -332,3 +367,32 @@ MIN_DECREASE = 1e-3
 def _negligible(grad: np.ndarray, move: np.ndarray) -> bool:
     """Whether a move promises less than :data:`MIN_DECREASE` of log ℓ: −∇ᵀ move < 1e-3."""
     return -float(grad @ move) < MIN_DECREASE
+
+
+LINE_POINTS = 6
+"""The most value-only points a chain's line search takes."""
+EXTRAPOLATE = 3.0
+"""While the line search's best point is its farthest, the next t is this many times it."""
+
+
+def next_fraction(value0: float, slope0: float, line: list[tuple[float, float]]) -> float | None:
+    """The next t of a value-only line search along a direction from t = 0 (log ℓ = ``value0``,
+    slope ``slope0`` there), given the (t, log ℓ) tried, or None after :data:`LINE_POINTS`.
+
+    Where the best point is the farthest tried, the loss still falls: t ← :data:`EXTRAPOLATE` · t.
+    Where t = 0 stays best, the nearest t tried overshot: t ← :func:`backtrack` of it (its slope
+    unknown: the quadratic through value0, slope0 and its value; half where it diverged).
+    Otherwise the minimum is bracketed by the best t and the next larger one tried: their
+    geometric mean (bisection in log t)."""
+    if not line or len(line) >= LINE_POINTS:
+        return None
+    best_t, best_value = min([(0.0, value0), *line], key=lambda point: (point[1], point[0]))
+    larger = sorted(t for t, _ in line if t > best_t)
+    if not larger:
+        return EXTRAPOLATE * best_t
+    if best_t == 0.0:
+        t, value = min(line)
+        if not math.isfinite(value):
+            return 0.5 * t
+        return t * backtrack(value0, slope0 * t, value, math.nan)
+    return math.sqrt(best_t * larger[0])

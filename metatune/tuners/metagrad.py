@@ -196,7 +196,13 @@ class MetagradTuner(Tuner):
             if proposal.cost <= remaining + 1e-9:
                 return proposal
             self.chains = self.make_chains([self.decode_point(self.theory_point())])
-        if self.chains is None or self.hypergrad_cost() > remaining + 1e-9:
+        if self.chains is None:
+            return None
+        if self.line_search(remaining):
+            step = self.chains.ask(line=True)
+            return None if step is None else Proposal(((step.lr, step.momentum),), self.trial_cost(), None,
+                                                      step.start, step)
+        if self.hypergrad_cost() > remaining + 1e-9:
             return None
         step = self.chains.ask()
         if step is None:
@@ -204,7 +210,23 @@ class MetagradTuner(Tuner):
         return Proposal(((step.lr, step.momentum),), self.hypergrad_cost(), self.mode, step.start, step,
                         self.plan.checkpoint)
 
+    def line_search(self, remaining: float) -> bool:
+        """Whether the rest of the budget goes to value-only runs along the best chain's step
+        direction: once it affords no meta-gradient followed by a run that could use its
+        gradient (a meta-gradient costs 2–4 runs, and the last one's gradient would be
+        paid for and never used), provided a chain has a gradient to follow."""
+        trial = self.trial_cost()
+        if remaining + 1e-9 >= self.hypergrad_cost() + trial or remaining + 1e-9 < trial:
+            return False
+        return any(s.grad is not None and not s.done for s in self.chains.starts)
+
     def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
+        if proposal.step is not None and proposal.step.line is not None:  # a line-search point
+            outcome = outcomes[0]
+            failed = outcome.error is not None or is_diverged(outcome.value, self.initial_value)
+            self.chains.tell(proposal.step, math.nan if failed else outcome.value, math.nan, math.nan,
+                             diverged=failed)
+            return
         if proposal.hypergrad is None:  # the screening population: its best points become starts
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)
