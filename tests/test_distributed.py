@@ -97,19 +97,25 @@ def test_tune_backend_ray_and_its_errors(ray_cluster, quadratic):
 
 def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, quadratic):
     """Two starts at concurrency 2 (after the screening population): both chains take steps;
-    every step carries its meta-gradient, and Ray's own results hold the same metrics."""
+    every step carries its meta-gradient, and Ray's own results hold the same metrics. The
+    budget's tail, too small for a meta-gradient a later run could use, goes to value-only
+    line-search runs, each its own Ray trial."""
     result = distributed.run(quadratic, "metagrad", 1_500, seed=0, concurrency=2, starts=2,
                              storage=ray_cluster / "m")
     steps = [t for t in result.trials if "growth_rate" in t.metrics]
-    assert len(result.trials) - len(steps) == 9  # the screening population: the theory point and 8 Sobol points
+    last = max(i for i, t in enumerate(result.trials) if "growth_rate" in t.metrics)
+    tail = result.trials[last + 1:]
+    assert all("growth_rate" not in t.metrics for t in result.trials[:9])  # the theory point and 8 Sobol points
+    assert len(result.trials) == 9 + len(steps) + len(tail) and tail
+    assert all(t.gradient_evals == quadratic.steps + 1 for t in tail)
     assert all({"dvalue_dlr", "dvalue_dmomentum"} <= set(t.metrics) for t in steps)
     starts = [t.metrics["start"] for t in steps]
     assert starts.count(0) >= 2 and starts.count(1) >= 2
     grid = ray_tune.ExperimentAnalysis(str(_latest(ray_cluster / "m"))).dataframe()
     assert {"value", "lr", "momentum", "spectral_radius", "stable", "gradient_evals", "wall_time",
             "dvalue_dlr", "growth_rate"} <= set(grid.columns)
-    ray_steps = grid[grid["growth_rate"].notna()]  # one Ray trial per step, one for the population
-    assert len(grid) == len(steps) + 1
+    ray_steps = grid[grid["growth_rate"].notna()]  # one Ray trial per step and line point, one for the population
+    assert len(grid) == len(steps) + len(tail) + 1
     assert sorted(ray_steps["value"]) == pytest.approx(sorted(t.value for t in steps))
 
 
