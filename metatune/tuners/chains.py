@@ -20,6 +20,10 @@ otherwise the chain stays and shortens its step: to the minimiser of the cubic t
 matches log ℓ and its slope at both ends (:func:`backtrack`, within [0.1, 0.5] of it), or
 by half where the run failed. A start whose first point explodes is
 retried at half its learning rate.
+
+A meta-gradient costs 2–4 runs, and its gradient is worth that only where a later step uses
+it. For the budget's tail the tuner asks for value-only points instead (``ask(line=True)``):
+a line search along the direction of the best chain's next outer step (:func:`next_fraction`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,10 @@ first and the ``starts`` chains begin at its lowest points; the theory point com
 instead of being assumed good (on mlp-digits it is not: 0.088 where the best screened
 point gives 0.062). Then the chain with the lowest accepted loss takes the next step
 (:meth:`~metatune.tuners.chains.MetagradChains.ask`), so the budget follows the best chain.
+Once the rest of the budget affords no meta-gradient whose gradient a later run could use,
+it goes to value-only runs along the best chain's step direction (:meth:`MetagradTuner.line_search`):
+at 10 % on mlp-digits the last meta-gradient used to shorten η by 12 % at the price of 2.2
+runs; two runs along its direction, at 1× and 3× the step, reach 0.074 where it reached 0.084.
 In a per-group space (``groups``) every group starts at the same theory point, and the
 screening points differ per group.
 """
