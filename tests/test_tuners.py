@@ -403,3 +403,26 @@ def test_metagrads_last_runs_are_value_only_points_on_one_line(quadratic, rate_o
     unit = moves[0] / np.linalg.norm(moves[0])
     assert np.allclose(moves - np.outer(moves @ unit, unit), 0.0, atol=1e-9)
     assert tuner.remaining() < tuner.trial_cost() or tuner.chains.finished()
+
+
+def test_a_line_search_value_is_not_taken_for_a_meta_gradient_and_serves_the_line_at_a_bound():
+    """The outer step's full point told by a line search (its loss only) is still proposed for
+    its meta-gradient. Where the line runs into a bound, every farther t projects onto the
+    point already told: each is answered from memory, and the search ends after LINE_POINTS
+    without proposing it again."""
+    from metatune.tuners.chains import LINE_POINTS, MetagradChains
+
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5)])
+    chains.tell(chains.ask(), value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    line = chains.ask(line=True)
+    chains.tell(line, value=0.5, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan)
+    step = chains.ask()
+    assert step is not None and step.line is None and step.u == line.u
+
+    bounded = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=0.01 * math.exp(0.5)), [(0.01, 0.5)])
+    bounded.tell(bounded.ask(), value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    line = bounded.ask(line=True)
+    assert line.lr == pytest.approx(0.01 * math.exp(0.5), rel=1e-12)  # the step, clipped at the bound
+    bounded.tell(line, value=0.5, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan)
+    assert bounded.ask(line=True) is None
+    assert len(bounded.starts[0].line) == LINE_POINTS and bounded.starts[0].done

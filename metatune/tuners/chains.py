@@ -240,7 +240,8 @@ class MetagradChains:
         self.starts = [Start(self.project(encode(lr, m, self.groups)), index=i) for i, (lr, m) in enumerate(starts)]
         for start, value in zip(self.starts, values or []):
             start.value = math.log(max(value, 1e-300)) if value > 0 else -math.inf
-        self.known: dict[tuple[float, ...], tuple] = {}  # u → what tell() was told there
+        self.known: dict[tuple[float, ...], tuple] = {}  # u → what tell() was told there, with a meta-gradient
+        self.values: dict[tuple[float, ...], tuple] = {}  # u → what a line-search tell() was told there
 
     def project(self, u: np.ndarray) -> np.ndarray:
         """Clip u into the space and under the guard."""
@@ -273,9 +274,10 @@ class MetagradChains:
             start.busy, start.attempts = True, start.attempts + 1
             lr, momentum = decode(u, self.groups)
             step = Step(start.index, lr, momentum, tuple(float(x) for x in u), fraction)
-            if step.u not in self.known:
+            memory = self.known.get(step.u) or (self.values.get(step.u) if step.line is not None else None)
+            if memory is None:
                 return step
-            self.tell(step, *self.known[step.u])  # evaluated before (a bound's corner): free
+            self.tell(step, *memory)  # evaluated before (a bound's corner): free
         return None
 
     def finished(self) -> bool:
@@ -288,7 +290,8 @@ class MetagradChains:
         step's values are; value inf or NaN, or ``diverged``: the run failed)."""
         start, u = self.starts[step.start], np.array(step.u)
         start.busy = False
-        self.known[step.u] = (value, dvalue_dlr, dvalue_dmomentum, amplification, diverged)
+        (self.known if step.line is None else self.values)[step.u] = (value, dvalue_dlr, dvalue_dmomentum,
+                                                                      amplification, diverged)
         failed = diverged or not math.isfinite(value)
         if step.line is not None:  # a line-search point: its loss only; the chain stays at u
             start.line.append((step.line, math.inf if failed else math.log(max(value, 1e-300))))
