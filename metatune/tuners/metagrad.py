@@ -31,9 +31,9 @@ hold) it is the rate-optimal (η*, β*) of [λ_low, λ_max], λ_low = max(λ_min
 κ_T = (T/5)² the largest condition number T steps can resolve, λ_min the smallest Ritz value
 of the same Lanczos run (λ_max/100 where that is not positive, as on most networks, and at
 least λ_max/100 on minibatch objectives: :data:`ASSUMED_CONDITION`). The rate-optimal point
-puts λ_min and λ_max both at a double root, where ℓ_T grows like T² ρ^{2T}: on the κ = 1000
-quadratics it trains 10³–10⁵ times above the finite-horizon optimum, and the chains spent
-their budget leaving it. Nothing comes from the objective's ``optimum``. When the budget affords it (or, where θ₀
+puts λ_min and λ_max both at a double root, where ℓ_T grows like T² ρ^{2T}: on the bench's
+quadratics it trained 2.6 to 8·10⁵ times above the finite-horizon optimum (4–9·10⁴ on the
+κ = 1000 log spectrum), and the chains spent their budget leaving it. Nothing comes from the objective's ``optimum``. When the budget affords it (or, where θ₀
 has negative curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a
 screening population (the theory point and 8 Sobol points, trained at once) comes
 first and the ``starts`` chains begin at its lowest points; the theory point competes
@@ -303,8 +303,8 @@ def horizon_optimum(nodes: tuple[float, ...], weights: tuple[float, ...], steps:
     ℓ_T (:func:`~metatune.stability.horizon_loss`): a :data:`HORIZON_GRID`² grid in (log η, β),
     then ``zooms`` grids ±3 cells around the best so far. Where Lanczos resolves the
     spectrum this is the finite-horizon optimum itself; the rate-optimal point sits where
-    critical damping at λ_min and at λ_max meet, on a knife edge whose ℓ_T is 10⁴–10⁶ times
-    it on the κ = 1000 quadratics (BENCHMARKS.md)."""
+    critical damping at λ_min and at λ_max meet, on a knife edge whose ℓ_T is up to 8·10⁵
+    times it on the bench's quadratics (BENCHMARKS.md)."""
     lr_box = (math.log(space.lr_low), math.log(space.lr_high))
     momentum_box = (space.momentum_low, space.momentum_high)
     best = (math.inf, math.sqrt(space.lr_low * space.lr_high), 0.5 * (space.momentum_low + space.momentum_high))
