@@ -165,7 +165,8 @@ def optimal_hyperparameters(lambda_min: Scalar, lambda_max: Scalar) -> tuple[flo
     return 4.0 / (math.sqrt(high) + math.sqrt(low)) ** 2, momentum
 
 
-def horizon_loss(lr: ArrayLike, momentum: ArrayLike, nodes: ArrayLike, weights: ArrayLike, steps: int) -> np.ndarray:
+def horizon_loss(lr: ArrayLike, momentum: ArrayLike, nodes: ArrayLike, weights: ArrayLike,
+                 steps: int) -> np.ndarray:
     """ℓ(θ_T) − ℓ* of heavy ball after ``steps`` = T steps on the quadratic model whose
     gradient at θ₀ has the spectral measure Σⱼ wⱼ δ(θⱼ) (:func:`~metatune.stability.lanczos_quadrature`
     from ∇ℓ(θ₀)), for every (η, β) in the broadcast of ``lr`` and ``momentum``.

@@ -260,7 +260,8 @@ class MetagradChains:
         gradient a later step could use: the next point of a line search along the direction
         of the chain's next outer step (:func:`next_fraction`), from chains that have a
         gradient."""
-        while idle := [s for s in self.starts if not s.busy and not s.done and (not line or s.grad is not None)]:
+        while idle := [s for s in self.starts
+                       if not s.busy and not s.done and (not line or s.grad is not None)]:
             start = min(idle, key=lambda s: (s.rejections >= STALL, s.value, s.attempts, s.index))
             fraction = None
             if line:
@@ -393,7 +394,7 @@ def next_fraction(value0: float, slope0: float, line: list[tuple[float, float]])
     geometric mean (bisection in log t)."""
     if not line or len(line) >= LINE_POINTS:
         return None
-    best_t, best_value = min([(0.0, value0), *line], key=lambda point: (point[1], point[0]))
+    best_t, _ = min([(0.0, value0), *line], key=lambda point: (point[1], point[0]))
     larger = sorted(t for t, _ in line if t > best_t)
     if not larger:
         return EXTRAPOLATE * best_t

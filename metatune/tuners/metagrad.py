@@ -33,19 +33,20 @@ of the same Lanczos run (λ_max/100 where that is not positive, as on most netwo
 least λ_max/100 on minibatch objectives: :data:`ASSUMED_CONDITION`). The rate-optimal point
 puts λ_min and λ_max both at a double root, where ℓ_T grows like T² ρ^{2T}: on the bench's
 quadratics it trained 2.6 to 8·10⁵ times above the finite-horizon optimum (4–9·10⁴ on the
-κ = 1000 log spectrum), and the chains spent their budget leaving it. Nothing comes from the objective's ``optimum``. When the budget affords it (or, where θ₀
-has negative curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a
-screening population (the theory point and 8 Sobol points, trained at once) comes
-first and the ``starts`` chains begin at its lowest points; the theory point competes
-instead of being assumed good (on mlp-digits it is not: 0.088 where the best screened
-point gives 0.062). Then the chain with the lowest accepted loss takes the next step
-(:meth:`~metatune.tuners.chains.MetagradChains.ask`), so the budget follows the best chain.
-Once the rest of the budget affords no meta-gradient whose gradient a later run could use,
-it goes to value-only runs along the best chain's step direction (:meth:`MetagradTuner.line_search`):
-at 10 % on mlp-digits the last meta-gradient used to shorten η by 12 % at the price of 2.2
-runs; two runs along its direction, at 1× and 3× the step, reach 0.074 where it reached 0.084.
-In a per-group space (``groups``) every group starts at the same theory point, and the
-screening points differ per group.
+κ = 1000 log spectrum), and the chains spent their budget leaving it. Nothing comes from
+the objective's ``optimum``. When the budget affords it (or, where θ₀ has negative
+curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a screening
+population (the theory point and 8 Sobol points, trained at once) comes first and the
+``starts`` chains begin at its lowest points; the theory point competes instead of being
+assumed good (on mlp-digits it is not: 0.088 where the best screened point gives 0.062).
+Then the chain with the lowest accepted loss takes the next step
+(:meth:`~metatune.tuners.chains.MetagradChains.ask`), so the budget follows the best
+chain. Once the rest of the budget affords no meta-gradient whose gradient a later run
+could use, it goes to value-only runs along the best chain's step direction
+(:meth:`MetagradTuner.line_search`): at 10 % on mlp-digits the last meta-gradient used to
+shorten η by 12 % at the price of 2.2 runs; two runs along its direction, at 1× and 3× the
+step, reach 0.074 where it reached 0.084. In a per-group space (``groups``) every group
+starts at the same theory point, and the screening points differ per group.
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ class MetagradTuner(Tuner):
         if not top > 0:
             lr, momentum = math.sqrt(self.space.lr_low * self.space.lr_high), 0.5
         elif self.convex() and self.batches is None and curvature.nodes:
-            lr, momentum = horizon_optimum(curvature.nodes, curvature.weights, self.steps, self.space, self.lr_cap)
+            lr, momentum = horizon_optimum(curvature.nodes, curvature.weights, self.steps, self.space,
+                                           self.lr_cap)
         else:
             known = curvature.lambda_min if self.convex() else top / ASSUMED_CONDITION
             floor = top / (self.steps / 5.0) ** 2  # the slowest mode T steps can resolve
@@ -305,9 +307,10 @@ def horizon_optimum(nodes: tuple[float, ...], weights: tuple[float, ...], steps:
     spectrum this is the finite-horizon optimum itself; the rate-optimal point sits where
     critical damping at λ_min and at λ_max meet, on a knife edge whose ℓ_T is up to 8·10⁵
     times it on the bench's quadratics (BENCHMARKS.md)."""
-    lr_box = (math.log(space.lr_low), math.log(space.lr_high))
-    momentum_box = (space.momentum_low, space.momentum_high)
-    best = (math.inf, math.sqrt(space.lr_low * space.lr_high), 0.5 * (space.momentum_low + space.momentum_high))
+    lr_limits = (math.log(space.lr_low), math.log(space.lr_high))
+    momentum_limits = (space.momentum_low, space.momentum_high)
+    lr_box, momentum_box = lr_limits, momentum_limits
+    best = (math.inf, math.exp(sum(lr_limits) / 2), sum(momentum_limits) / 2)
     for _ in range(zooms + 1):
         lr_axis = np.exp(np.linspace(*lr_box, HORIZON_GRID))
         momentum_axis = np.linspace(*momentum_box, HORIZON_GRID)
@@ -318,8 +321,12 @@ def horizon_optimum(nodes: tuple[float, ...], weights: tuple[float, ...], steps:
         index = int(np.argmin(values))
         if values[index] < best[0]:
             best = (float(values[index]), float(lrs[index]), float(momenta[index]))
-        lr_cell = 3 * (lr_box[1] - lr_box[0]) / HORIZON_GRID
-        momentum_cell = 3 * (momentum_box[1] - momentum_box[0]) / HORIZON_GRID
-        lr_box = (max(math.log(best[1]) - lr_cell, math.log(space.lr_low)), min(math.log(best[1]) + lr_cell, math.log(space.lr_high)))
-        momentum_box = (max(best[2] - momentum_cell, space.momentum_low), min(best[2] + momentum_cell, space.momentum_high))
+        lr_box = _zoom(math.log(best[1]), lr_box, lr_limits)
+        momentum_box = _zoom(best[2], momentum_box, momentum_limits)
     return best[1], best[2]
+
+
+def _zoom(centre: float, box: tuple[float, float], limits: tuple[float, float]) -> tuple[float, float]:
+    """±3 grid cells of ``box`` around ``centre``, within ``limits``."""
+    half = 3 * (box[1] - box[0]) / HORIZON_GRID
+    return max(centre - half, limits[0]), min(centre + half, limits[1])
