@@ -152,11 +152,17 @@ def test_metagrad_search_inside_a_users_own_tuner(ray_cluster):
     ).fit()
     frame = grid.get_dataframe()
     assert len(frame) == 12 and set(frame["config/start"]) == {0, 1}
+    # How the 12 trials split between the chains is Ray's timing: a chain whose first trial
+    # waits for an actor while the other chain's trials run back to back may get no second.
+    lengths = []
     for start, first in ((0, 0.01), (1, 0.003)):
         chain = frame[frame["config/start"] == start].sort_values("config/attempt")
         assert chain["config/lr"].iloc[0] == pytest.approx(first)
         assert chain["dvalue_dlr"].iloc[0] < 0  # the start's lr is too small: the chain must raise it
-        assert chain["config/lr"].iloc[-1] > first and chain["value"].min() < 0.8 * chain["value"].iloc[0]
+        if len(chain) > 1:
+            assert chain["config/lr"].iloc[-1] > first and chain["value"].min() < 0.8 * chain["value"].iloc[0]
+        lengths.append(len(chain))
+    assert max(lengths) >= 6
     assert grid.get_best_result(metric="value", mode="min").metrics["value"] == frame["value"].min()
 
 
