@@ -172,16 +172,26 @@ def test_automatic_guard_holds_where_theta0_is_convex_and_lifts_where_it_is_not(
 
 
 def test_metagrad_starts_at_the_rate_optimum_the_horizon_can_resolve(quadratic):
-    """λ_max = 100, λ_min unknown, T = 30: κ_T = (30/5)² = 36 > the assumed 100/100, so the start
-    is heavy ball's optimum on [100/36, 100]: √κ = 6, β* = (5/7)² = 25/49 and
-    η* = 4/(10 + 10/6)² = 144/4900. The curvature estimate (here told to cost 7) is charged first."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=2_500, seed=0, screen=0), 100.0, evals=7.0)
+    """λ_max = 100, λ_min unknown (negative curvature), T = 20: κ_T = (20/5)² = 16 is below the
+    assumed 30, so the start is heavy ball's optimum on [100/16, 100]: √κ = 4, β* = (3/5)² = 9/25
+    and η* = 4/(10 + 10/4)² = 4/156.25. The curvature estimate (here told to cost 7) is charged first."""
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=2_000, seed=0, screen=0, steps=20), 100.0, evals=7.0)
     result = tuner.run()
     first = result.trials[0]
     assert "growth_rate" in first.metrics  # a meta-gradient step, not a screening trial
-    assert (first.lr, first.momentum) == pytest.approx((144 / 4900, 25 / 49), rel=1e-12)
+    assert (first.lr, first.momentum) == pytest.approx((4 / 156.25, 9 / 25), rel=1e-12)
     assert first.cumulative_evals == pytest.approx(7.0 + first.gradient_evals, rel=1e-12)
     assert result.best_value < 0.1 * first.value
+
+
+def test_metagrad_assumes_condition_30_where_theta0_has_negative_curvature(quadratic):
+    """λ_max = 100, λ_min unknown, T = 300 (κ_T = 3600 resolvable): the start is heavy ball's
+    optimum on [100/30, 100], β* = ((√30 − 1)/(√30 + 1))², η* = 4/(10 + 10/√30)², and not that
+    of κ = 100 (β* = 81/121) nor of κ_T."""
+    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, steps=300), 100.0)
+    root = math.sqrt(30.0)
+    expected = (4 / (10 + 10 / root) ** 2, ((root - 1) / (root + 1)) ** 2)
+    assert MetagradTuner.decode(tuner.theory_point()) == pytest.approx(expected, rel=1e-12)
 
 
 def test_metagrad_starts_mid_space_without_positive_curvature(quadratic):
