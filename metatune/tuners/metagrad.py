@@ -39,7 +39,8 @@ the objective's ``optimum``. When the budget affords it (or, where θ₀ has neg
 curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a screening
 population (the theory point and 8 Sobol points, trained at once) comes first and the
 ``starts`` chains begin at its lowest points; the theory point competes instead of being
-assumed good (on mlp-digits it is not: 0.088 where the best screened point gives 0.062).
+assumed good (on mlp-digits at κ = 100 it was not: 0.088 where the best screened point gave
+0.062).
 Then the chain with the lowest accepted loss takes the next step
 (:meth:`~metatune.tuners.chains.MetagradChains.ask`), so the budget follows the best
 chain. Once the rest of the budget affords no meta-gradient whose gradient a later run
