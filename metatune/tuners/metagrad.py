@@ -31,10 +31,10 @@ hold) it is the rate-optimal (η*, β*) of [λ_low, λ_max], λ_low = max(λ_min
 κ_T = (T/5)² the largest condition number T steps can resolve, λ_min the smallest Ritz value
 of the same Lanczos run (λ_max/30 where that is not positive, as on every network in the
 bench: :data:`NEGATIVE_CURVATURE_CONDITION`; at least λ_max/100 on minibatch objectives:
-:data:`ASSUMED_CONDITION`). The rate-optimal point
-puts λ_min and λ_max both at a double root, where ℓ_T grows like T² ρ^{2T}: on the bench's
-quadratics it trained 2.6 to 8·10⁵ times above the finite-horizon optimum (4–9·10⁴ on the
-κ = 1000 log spectrum), and the chains spent their budget leaving it. Nothing comes from
+:data:`ASSUMED_CONDITION`). The rate-optimal point puts λ_min and λ_max both at a double
+root, where ℓ_T grows like T² ρ^{2T}: on the bench's quadratics it trained 2.6 to 8·10⁵
+times above the finite-horizon optimum (4–9·10⁴ on the κ = 1000 log spectrum), and the
+chains spent their budget leaving it. Nothing comes from
 the objective's ``optimum``. When the budget affords it (or, where θ₀ has negative
 curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a screening
 population (the theory point and 8 Sobol points, trained at once) comes first and the
