@@ -1,54 +1,80 @@
 """``metagrad`` (ours): descend meta-gradients of log ℓ_val(θ_T) in u = (log η, log(1 − β)).
 
-Why these coordinates and this meta-objective: u maps the open box η > 0, β < 1 onto ℝ²
-and makes equal steps equal *relative* changes of η and of 1 − β, which is how the
-dynamics respond (ρ depends on ηλ and on √β). log ℓ_val turns the product-like decay
-ℓ_T ≈ C ρ^{2T} into a sum, so its gradient does not vanish by orders of magnitude as
-the loss falls (on the quadratic, from 10³ to 10⁻¹³). Chain rule:
-∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ and ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ.
+Meta-objective. The tuner treats the validation loss after T steps of heavy ball,
+ℓ_val(θ_T(η, β)), as a function of the hyperparameters and descends it with its
+meta-gradient ∂ℓ_val/∂(η, β), obtained by differentiating through the unrolled run
+(:mod:`metatune.hypergrad`: forward, reverse or checkpointed reverse, whichever ``mode``
+picks). It descends log ℓ_val in u = (log η, log(1 − β)). u maps the open box η > 0, β < 1
+onto ℝ² and makes equal steps equal *relative* changes of η and of 1 − β, which is how the
+dynamics respond (the rate ρ depends on ηλ and on √β). log ℓ turns the product-like decay
+ℓ_T ≈ C ρ^{2T} into a sum, so its gradient keeps its scale while ℓ falls by orders of
+magnitude. Chain rule: ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ and ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ.
+Over G parameter groups (``groups``) u holds one (log η, log(1 − β)) per group, u ∈ ℝ^{2G}.
 
-The outer optimisation lives in :mod:`metatune.tuners.chains` (shared with the Ray Tune
-searcher). Outer optimiser: BFGS by default (``outer="bfgs"``; Nocedal & Wright, Alg. 6.1), its first
-step along −∇ long enough to halve ℓ to first order (log 2/‖∇‖, within [``meta_lr``, 1]), its inverse Hessian rescaled by sᵀy/yᵀy after the first
-accepted step; or Adam (``outer="adam"``, steps of ``meta_lr`` per coordinate). Each
-meta-gradient costs a whole training run, so few are taken: on the quadratic, BFGS reaches
-2× the finite-horizon limit in 5 where Adam stalls at 7× (BENCHMARKS.md).
+Curvature at θ₀. One Lanczos run on the training loss's Hessian at θ₀, started at ∇ℓ(θ₀)
+and charged to the budget, gives L = λ_max, the smallest Ritz value λ_min (θ₀ counts as
+convex where it is positive), and Ritz values θⱼ and weights wⱼ: the Gauss quadrature of the
+gradient's spectral measure.
 
-Stability guard: λ_max of the training loss at θ₀ (Lanczos, charged to the budget) caps
-the screening points and the theory start at (1 − margin) · 2(1 + β)/λ_max, and the chains
-at :data:`CATAPULT` times that where θ₀ is not convex. The rate-optimal η* = 4/(√L + √μ)² (L = λ_max, μ = λ_min)
-sits at κ/(κ + 1) of the cap at its β*, so the default margin is small. A step is accepted only if its loss is
-lower than the last accepted one and its run neither diverged nor amplified the
-sensitivities more than ``max_amplification``; otherwise the tuner stays at the last
-accepted point and shortens its step (:func:`metatune.tuners.chains.backtrack`).
+Stability guard. Heavy ball on curvature λ is stable for η < 2(1 + β)/λ. The screening
+points and the theory start are kept at η ≤ (1 − margin) · 2(1 + β)/λ_max; the chains at the
+same cap where θ₀ is convex and at :data:`CATAPULT` times it where it is not: a network
+trained above θ₀'s critical lr first sharpens, then flattens until the run converges (the
+catapult phase), while on a quadratic the curvature is θ₀'s everywhere. The rate-optimal
+η* = 4/(√L + √μ)² of [μ, L] sits at κ/(κ + 1) of the cap at its β*, κ = L/μ, so the
+default margin is small. ``guard=False`` lifts the caps; ``"auto"`` lifts them where θ₀ is not
+convex.
 
-Starts: the theory point. Where θ₀ is convex and the objective full-batch, it is the
-minimiser of ℓ_T on the local quadratic model (:func:`horizon_optimum`): the Lanczos run
-starts at ∇ℓ(θ₀), so its Ritz values and weights are the Gauss quadrature of the gradient's
-spectral measure, from which :func:`~metatune.stability.horizon_loss` predicts ℓ_T for any
-(η, β) at no further cost. Elsewhere (minibatch noise, negative curvature: the model does not
-hold) it is the rate-optimal (η*, β*) of [λ_low, λ_max], λ_low = max(λ_min, λ_max/κ_T),
-κ_T = (T/5)² the largest condition number T steps can resolve, λ_min the smallest Ritz value
-of the same Lanczos run (λ_max/30 where that is not positive, as on every network in the
-bench: :data:`NEGATIVE_CURVATURE_CONDITION`; at least λ_max/100 on minibatch objectives:
-:data:`ASSUMED_CONDITION`). The rate-optimal point puts λ_min and λ_max both at a double
-root, where ℓ_T grows like T² ρ^{2T}: on the bench's quadratics it trained 2.6 to 8·10⁵
-times above the finite-horizon optimum (4–9·10⁴ on the κ = 1000 log spectrum), and the
-chains spent their budget leaving it. Nothing comes from
-the objective's ``optimum``. When the budget affords it (or, where θ₀ has negative
-curvature, at small budgets too: :meth:`MetagradTuner.default_screen`), a screening
-population (the theory point and 8 Sobol points, trained at once) comes first and the
-``starts`` chains begin at its lowest points; the theory point competes instead of being
-assumed good (on mlp-digits at κ = 100 it was not: 0.088 where the best screened point gave
-0.062).
-Then the chain with the lowest accepted loss takes the next step
-(:meth:`~metatune.tuners.chains.MetagradChains.ask`), so the budget follows the best
-chain. Once the rest of the budget affords no meta-gradient whose gradient a later run
-could use, it goes to value-only runs along the best chain's step direction
-(:meth:`MetagradTuner.line_search`): at 10 % on mlp-digits the last meta-gradient used to
-shorten η by 12 % at the price of 2.2 runs; two runs along its direction, at 1× and 3× the
-step, reach 0.074 where it reached 0.084. In a per-group space (``groups``) every group
-starts at the same theory point, and the screening points differ per group.
+Theory start, from the Lanczos run alone (nothing comes from the objective's
+``optimum``):
+
+- Where θ₀ is convex and the objective full-batch, the minimiser of ℓ_T on the local
+  quadratic model (:func:`horizon_optimum`): ℓ_T − ℓ* = ½ Σⱼ (wⱼ/θⱼ) r_T(θⱼ)², r_T heavy
+  ball's residual polynomial (:func:`~metatune.stability.horizon_loss`), searched on a
+  :data:`HORIZON_GRID`² grid in (log η, β) under the cap and three zooms. The finite horizon
+  matters: the rate-optimal point puts λ_min and λ_max both at a double root of r_T, where
+  ℓ_T grows like T² ρ^{2T}, far above the best ℓ_T that T steps reach.
+- Elsewhere (minibatch noise, or negative curvature, where the model does not hold) the
+  rate-optimal (η*, β*) = (4/(√L + √μ)², ((√κ − 1)/(√κ + 1))²) of [μ, L], κ = L/μ, with
+  μ = max(λ_low, L/κ_T): κ_T = (T/5)² is the largest condition number T steps can resolve;
+  λ_low is λ_min where θ₀ is convex and L/:data:`NEGATIVE_CURVATURE_CONDITION` where it is
+  not; on minibatch objectives μ ≥ L/:data:`ASSUMED_CONDITION`, since high momentum
+  amplifies gradient noise.
+- Where the Hessian at θ₀ has no positive curvature at all, the geometric middle of the η
+  range at β = 0.5.
+
+Screening. When 8 screening runs take at most half the budget, a population of the theory
+point and 8 scrambled Sobol points (each η log-uniform under the cap at its β) is trained
+at once and the ``starts`` chains begin at its lowest points (at most one chain per two
+meta-gradients the rest of the budget buys): the theory point competes instead of being
+assumed good. Where θ₀ has negative curvature the model behind the theory point is only a
+guess, so small budgets screen too, with 4, 2 or 1 points, the most that leave two
+meta-gradients; where θ₀ is convex they do not, and the budget goes to meta-gradients
+from the theory point. In a per-group space every group starts at the same theory point
+and the screening points differ per group.
+
+Outer steps (:mod:`metatune.tuners.chains`, shared with the Ray Tune searcher). Each
+meta-gradient costs 2–4 training runs, so few are taken and each must count.
+The chain with the lowest accepted loss takes the next step, so the budget follows the best
+chain. BFGS by default (``outer="bfgs"``; Nocedal & Wright, Alg. 6.1): the first step goes
+along −∇ log ℓ, log 2/‖∇‖ long (halving ℓ to first order), within [``meta_lr``, 1]; the
+inverse Hessian is rescaled to (sᵀy/yᵀy) I after the first accepted step, and updates with
+yᵀs ≤ 0 are skipped. Or Adam (``outer="adam"``, steps of ``meta_lr`` per coordinate). A
+step is accepted only if its loss is lower than the last accepted one and its run neither
+diverged nor amplified the sensitivities more than ``max_amplification``; otherwise the
+chain stays at its last accepted point and shortens the step to the minimiser of the cubic
+matching log ℓ and its slope at both ends, within [0.1, 0.5] of it, or by half where the
+run failed (:func:`metatune.tuners.chains.backtrack`). A chain whose first point explodes
+starts again at half its η.
+
+Line search at the budget's end. A meta-gradient's gradient is worth its price only where a
+later step uses it. Once the rest of the budget affords no meta-gradient followed by one
+run, it goes to value-only runs along the best chain's next step direction
+(:meth:`MetagradTuner.line_search`, :func:`metatune.tuners.chains.next_fraction`): first at
+the step itself, 3× farther while the loss falls, back by the quadratic through the slope
+where it rose, and bisection in log t once the minimum is bracketed.
+
+Measured figures, and the alternatives tried, are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
