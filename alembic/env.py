@@ -4,8 +4,8 @@ shared with Optuna or MLflow), and batch mode on SQLite (ALTER TABLE is limited 
 from __future__ import annotations
 
 from alembic import context
-from service.core.db import make_engine, normalise_url
-from service.models import Base
+from metatune_service.core.db import make_engine, normalise_url
+from metatune_service.models import Base
 
 VERSION_TABLE = "metatune_alembic_version"
 

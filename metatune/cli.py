@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
 def _service_errors() -> tuple[type[Exception], ...]:
     """The service's user-facing errors, when its extra is installed."""
     try:
-        from service.client import ClientError
-        from service.core.migrations import OutdatedDatabase
-        from service.validation import SpecError
+        from metatune_service.client import ClientError
+        from metatune_service.core.migrations import OutdatedDatabase
+        from metatune_service.validation import SpecError
     except ImportError:
         return ()
     return ClientError, OutdatedDatabase, SpecError

@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.client import Client
+    from metatune_service.client import Client
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -51,11 +51,11 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.core.config import Settings
-    from service.main import create_app
+    from metatune_service.core.config import Settings
+    from metatune_service.main import create_app
 
-    from service.core.db import Database
-    from service.core.migrations import prepare
+    from metatune_service.core.db import Database
+    from metatune_service.core.migrations import prepare
 
     settings = Settings()
     db = Database(settings.database_url)
@@ -75,10 +75,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from service.core.config import Settings
-    from service.core.db import Database
-    from service.core.migrations import prepare
-    from service.worker import Worker
+    from metatune_service.core.config import Settings
+    from metatune_service.core.db import Database
+    from metatune_service.core.migrations import prepare
+    from metatune_service.worker import Worker
 
     settings = Settings()
     db = Database(settings.database_url)
@@ -96,9 +96,9 @@ def worker_command(args: argparse.Namespace) -> int:
 
 
 def db_command(args: argparse.Namespace) -> int:
-    from service.core.config import Settings
-    from service.core.db import Database
-    from service.core.migrations import current_revision, head_revision, upgrade
+    from metatune_service.core.config import Settings
+    from metatune_service.core.db import Database
+    from metatune_service.core.migrations import current_revision, head_revision, upgrade
 
     settings = Settings()
     db = Database(settings.database_url)
@@ -109,10 +109,10 @@ def db_command(args: argparse.Namespace) -> int:
 
 
 def token_command(args: argparse.Namespace) -> int:
-    from service import crud
-    from service.core.config import Settings
-    from service.core.db import Database
-    from service.core.migrations import prepare
+    from metatune_service import crud
+    from metatune_service.core.config import Settings
+    from metatune_service.core.db import Database
+    from metatune_service.core.migrations import prepare
 
     db = Database(Settings().database_url)
     prepare(db.engine, db.url)
@@ -122,7 +122,7 @@ def token_command(args: argparse.Namespace) -> int:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    from service.client import Client
+    from metatune_service.client import Client
 
     try:
         with open(args.spec) as source:
@@ -171,7 +171,7 @@ def follow(client: Client, job: dict) -> dict:
 
 
 def jobs_command(args: argparse.Namespace) -> int:
-    from service.client import Client
+    from metatune_service.client import Client
 
     page = Client(args.server, args.token).jobs(status=args.status, limit=args.limit)
     print(f"{'id':32s}  {'status':9s}  {'method':8s}  {'objective':12s}  trials  best value")
@@ -185,7 +185,7 @@ def jobs_command(args: argparse.Namespace) -> int:
 
 def compare_on_server(args: argparse.Namespace, params: dict, methods: list[str]) -> int:
     """``metatune compare … --server URL``: the same comparison, run by the service."""
-    from service.client import Client
+    from metatune_service.client import Client
 
     with Client(args.server, args.token) as client:
         return _compare_with(client, args, params, methods)

@@ -95,10 +95,10 @@ async def _load(base: str, clients: int, submissions: int, read_seconds: float) 
 
 
 def ingestion(url: str, trials: int = 2000, batch: int = 32) -> float:
-    """Rows (trials + their metrics) per second through :func:`service.crud.write_trials`."""
+    """Rows (trials + their metrics) per second through :func:`metatune_service.crud.write_trials`."""
     from metatune.tuners.base import Trial
-    from service import crud
-    from service.core.db import Database
+    from metatune_service import crud
+    from metatune_service.core.db import Database
 
     db = Database(url)
     crud.create_jobs(db, owner="bench", specs=[{"method": "tpe", "objective": "quadratic", "seed": 0,
@@ -119,7 +119,7 @@ def ingestion(url: str, trials: int = 2000, batch: int = 32) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from service.core.migrations import upgrade
+    from metatune_service.core.migrations import upgrade
 
     print(f"{machine()}; {args.clients} concurrent clients on loopback, {args.submissions} submissions, "
           f"reads for {args.read_seconds:g} s")

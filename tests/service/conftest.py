@@ -14,11 +14,11 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
-from service.core.config import Settings  # noqa: E402
-from service.core.db import Database  # noqa: E402
-from service.core.migrations import upgrade  # noqa: E402
-from service.main import create_app  # noqa: E402
-from service.worker import Worker  # noqa: E402
+from metatune_service.core.config import Settings  # noqa: E402
+from metatune_service.core.db import Database  # noqa: E402
+from metatune_service.core.migrations import upgrade  # noqa: E402
+from metatune_service.main import create_app  # noqa: E402
+from metatune_service.worker import Worker  # noqa: E402
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 TOKENS = "alice:token-alice,bob:token-bob"

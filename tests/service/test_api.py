@@ -7,8 +7,8 @@ import concurrent.futures
 import pytest
 from sqlalchemy import func, select
 
-from service import crud
-from service.models import Job
+from metatune_service import crud
+from metatune_service.models import Job
 
 QUAD = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}, "method": "tpe",
         "budget": {"inner_steps": 30, "trials": 5}}
@@ -118,7 +118,7 @@ def test_other_owners_get_404_on_everything_of_a_job(served):
 def test_stored_tokens_authenticate_by_hash(served):
     token = crud.create_token(served.db, owner="carol")
     with served.db.read() as session:
-        from service.models import ApiToken
+        from metatune_service.models import ApiToken
 
         stored = session.scalars(select(ApiToken)).all()
     assert [t.owner for t in stored] == ["carol"] and token not in {t.token_hash for t in stored}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from service import crud
+from metatune_service import crud
 
 SPEC = {"method": "tpe", "objective": "quadratic", "seed": 0, "budget": {"gradient_evals": 31.0}}
 

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 import metatune as mt
 from metatune.tuners.groups import resolve_groups
-from service import crud
-from service.models import Job, MetagradStep
+from metatune_service import crud
+from metatune_service.models import Job, MetagradStep
 
 from .conftest import wait_for
 

@@ -12,11 +12,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
 from metatune.tuners.base import Trial as LibraryTrial
-from service import crud
-from service.core.db import Database
-from service.core.migrations import (VERSION_TABLE, OutdatedDatabase, current_revision, downgrade, head_revision,
+from metatune_service import crud
+from metatune_service.core.db import Database
+from metatune_service.core.migrations import (VERSION_TABLE, OutdatedDatabase, current_revision, downgrade, head_revision,
                                      prepare, upgrade)
-from service.models import Base, MetagradStep, Trial
+from metatune_service.models import Base, MetagradStep, Trial
 
 TABLES = {"jobs", "trials", "trial_metrics", "metagrad_steps", "comparisons", "api_tokens"}
 

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select
 
 import metatune as mt
-from service import crud
-from service.core.config import Settings
-from service.core.db import Database
-from service.core.migrations import upgrade
-from service.models import MetagradStep
+from metatune_service import crud
+from metatune_service.core.config import Settings
+from metatune_service.core.db import Database
+from metatune_service.core.migrations import upgrade
+from metatune_service.models import MetagradStep
 
 from .conftest import TOKENS, free_port, wait_for
 
@@ -82,8 +82,8 @@ def test_a_killed_workers_job_is_resumed_without_losing_or_repeating_a_trial(dat
     upgrade(database_url)
     db = Database(database_url)
     settings = Settings(database_url=database_url, max_gradient_evals=1e7)
-    from service.schemas import JobCreate
-    from service.validation import normalise
+    from metatune_service.schemas import JobCreate
+    from metatune_service.validation import normalise
 
     spec = normalise(JobCreate(objective="mlp-digits", method="tpe", budget={"inner_steps": 100, "trials": 40}),
                      settings)

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from metatune import objectives, tuners
-from service.core.config import Settings
-from service.schemas import JobCreate, MetagradOptions, NoOptions
+from metatune_service.core.config import Settings
+from metatune_service.schemas import JobCreate, MetagradOptions, NoOptions
 
 FORBIDDEN_PARAMS = ("device",)
 """Objective parameters a client may not set: the worker places trials on devices."""

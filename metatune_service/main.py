@@ -11,11 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from metatune.errors import InvalidArgumentError
-from service.api.routes import comparisons, jobs, objectives
-from service.core.config import Settings
-from service.core.db import Database
-from service.core.migrations import prepare
-from service.validation import SpecError
+from metatune_service.api.routes import comparisons, jobs, objectives
+from metatune_service.core.config import Settings
+from metatune_service.core.db import Database
+from metatune_service.core.migrations import prepare
+from metatune_service.validation import SpecError
 
 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = False) -> FastAPI:
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
         worker = None
         if embedded_worker:
             from metatune.distributed import ensure_ray
-            from service.worker import start_embedded
+            from metatune_service.worker import start_embedded
 
             ensure_ray(settings.ray_address)  # from the main thread, where Ray can install its signal handlers
             worker = start_embedded(db, settings)

@@ -1,7 +1,7 @@
 """Request and response bodies (pydantic v2), kept apart from the tables.
 
 A job spec is checked in two layers: its shape here (types, ranges, unknown fields
-rejected), then against the server's registry and limits in :mod:`service.validation`.
+rejected), then against the server's registry and limits in :mod:`metatune_service.validation`.
 Nothing in a spec is code: objectives and methods are names the server knows.
 """
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from metatune import objectives
-from service.api.deps import OwnerDep
-from service.schemas import ObjectivePublic
+from metatune_service.api.deps import OwnerDep
+from metatune_service.schemas import ObjectivePublic
 
 router = APIRouter(prefix="/v1/objectives", tags=["objectives"])
 

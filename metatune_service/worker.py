@@ -21,11 +21,11 @@ from typing import Any
 
 from metatune import objectives
 from metatune.tuners.base import Trial as LibraryTrial
-from service import crud
-from service.core.config import Settings
-from service.core.db import Database
-from service.models import Job
-from service.validation import groups_of, space_of
+from metatune_service import crud
+from metatune_service.core.config import Settings
+from metatune_service.core.db import Database
+from metatune_service.models import Job
+from metatune_service.validation import groups_of, space_of
 
 log = logging.getLogger("metatune.worker")
 

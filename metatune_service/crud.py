@@ -1,6 +1,6 @@
 """The data layer: jobs, trials, metrics, tokens. Knows nothing of HTTP; keyword arguments only.
 
-Every write goes through :meth:`service.core.db.Database.write` (one transaction, one lock on
+Every write goes through :meth:`metatune_service.core.db.Database.write` (one transaction, one lock on
 SQLite). A worker claims a job atomically: one ``UPDATE … WHERE id = (SELECT … FOR UPDATE
 SKIP LOCKED) … RETURNING`` on PostgreSQL, and the same UPDATE under SQLite's single writer.
 """
@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from metatune.tuners.base import Trial as LibraryTrial
 from metatune.tuners.groups import Hyper
 from metatune.tuners.metagrad import derivative
-from service.core.db import Database
-from service.models import FINAL_STATUSES, ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
+from metatune_service.core.db import Database
+from metatune_service.models import FINAL_STATUSES, ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
 
 
 def hash_token(token: str) -> str:

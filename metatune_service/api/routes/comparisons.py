@@ -14,14 +14,14 @@ from metatune.compare import Comparison as LibraryComparison
 from metatune.compare import json_safe
 from metatune.tuners import TuneResult
 from metatune.tuners.base import estimate_curvature
-from service import crud
-from service.api.deps import DatabaseDep, OwnerDep, SettingsDep
-from service.api.routes.jobs import job_public
-from service.core.config import Settings
-from service.core.db import Database
-from service.models import FINAL_STATUSES, Job
-from service.schemas import ComparisonCreate, ComparisonPublic, JobCreate
-from service.validation import SpecError, normalise
+from metatune_service import crud
+from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
+from metatune_service.api.routes.jobs import job_public
+from metatune_service.core.config import Settings
+from metatune_service.core.db import Database
+from metatune_service.models import FINAL_STATUSES, Job
+from metatune_service.schemas import ComparisonCreate, ComparisonPublic, JobCreate
+from metatune_service.validation import SpecError, normalise
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
 PLOTS = ("convergence", "plane")

@@ -11,12 +11,12 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service import crud
-from service.api.deps import DatabaseDep, OwnerDep, SettingsDep
-from service.core.db import Database
-from service.models import FINAL_STATUSES, Job, Trial
-from service.schemas import JobCreate, JobList, JobPublic, JobStatus, Method, TrialList, TrialPublic, TrialSummary
-from service.validation import SpecError, groups_of, normalise
+from metatune_service import crud
+from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
+from metatune_service.core.db import Database
+from metatune_service.models import FINAL_STATUSES, Job, Trial
+from metatune_service.schemas import JobCreate, JobList, JobPublic, JobStatus, Method, TrialList, TrialPublic, TrialSummary
+from metatune_service.validation import SpecError, groups_of, normalise
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PAGE = 1000

@@ -9,9 +9,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from service import crud
-from service.core.config import Settings
-from service.core.db import Database
+from metatune_service import crud
+from metatune_service.core.config import Settings
+from metatune_service.core.db import Database
 
 bearer = HTTPBearer(auto_error=False, description="an API token: METATUNE_API_TOKENS or `metatune token create`")
 
