@@ -1,12 +1,25 @@
-"""The ``metatune`` command line: ``metatune demo`` and ``metatune bench …``."""
+"""The ``metatune`` command line: ``demo``, ``compare``, ``objectives``, ``bench …``, and the
+commands of installed plugins.
+
+A plugin is an entry point of the ``metatune.commands`` group naming an object (a module, say)
+with ``add_commands(subparsers)``, which adds its sub-commands, and optionally
+``compare_on_server(args, params, methods)``, which runs ``metatune compare --server``. The
+service (``metatune_service``) is one: the library never imports it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from importlib.metadata import entry_points
+from typing import Any, Callable
 
 import torch
+
+from metatune.errors import InvalidArgumentError, UserError
+
+COMMANDS_GROUP = "metatune.commands"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -74,9 +87,7 @@ def _compare(args: argparse.Namespace) -> int:
     params = {k: _parse_value(v) for k, v in (item.split("=", 1) for item in args.param)}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.server:
-        from metatune.service_cli import compare_on_server
-
-        return compare_on_server(args, params, methods)
+        return _server_compare()(args, params, methods)
     objective = objectives.get(args.objective, **params)
     seeds = list(range(args.seeds))
     options = {"metagrad": {"mode": args.metagrad_mode}} if args.metagrad_mode else {}
@@ -91,7 +102,7 @@ def _compare(args: argparse.Namespace) -> int:
             bar.update(trial.gradient_evals)
 
         cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options,
-                      groups=parse_groups(args.groups), backend=args.backend, backend_options=backend_options)
+                      groups=args.groups, backend=args.backend, backend_options=backend_options)
     print(cmp.table())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"compare-{objective.name}")
@@ -135,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, default=5)
     cmp.add_argument("--target", type=float, default=None, help="loss for 'evals to target'")
     cmp.add_argument("--metagrad-mode", default=None, choices=["auto", "forward", "reverse"])
-    cmp.add_argument("--groups", default=None,
+    cmp.add_argument("--groups", default=None, type=parse_groups,
                      help="an η and a β per parameter group: 'layers', 'tensors' or comma-separated prefixes")
     cmp.add_argument("--out", default="metatune-out", help="folder for the JSON and the plots")
     cmp.add_argument("--threads", type=int, default=1)
@@ -155,34 +166,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=_bench)
-    from metatune.service_cli import add_commands
-
-    add_commands(commands)
+    for plugin in plugins():
+        plugin.add_commands(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a command; a user error (bad argument, unknown objective) is one line on stderr, exit 2."""
-    from metatune.errors import InvalidArgumentError
-    from metatune.service_cli import UserError
+def plugins() -> list[Any]:
+    """The objects of the ``metatune.commands`` entry points that load (one that fails to
+    import is named on stderr and skipped: the library's own commands still work)."""
+    found = []
+    for point in entry_points(group=COMMANDS_GROUP):
+        try:
+            found.append(point.load())
+        except ImportError as error:
+            print(f"metatune: commands of {point.value} skipped: {error}", file=sys.stderr)
+    return found
 
+
+def _server_compare() -> Callable[[argparse.Namespace, dict, list[str]], int]:
+    """The installed plugin's ``compare_on_server`` (the service's)."""
+    for plugin in plugins():
+        if hasattr(plugin, "compare_on_server"):
+            return plugin.compare_on_server
+    raise UserError("--server needs the service's commands: pip install 'metatune[service]'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error (a bad argument, an unknown objective, a refusal from the
+    service: :class:`~metatune.errors.UserError`) is one line on stderr, exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (InvalidArgumentError, UserError, *_service_errors()) as error:
+    except (InvalidArgumentError, UserError) as error:
         print(f"metatune {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-def _service_errors() -> tuple[type[Exception], ...]:
-    """The service's user-facing errors, when its extra is installed."""
-    try:
-        from metatune_service.client import ClientError
-        from metatune_service.core.migrations import OutdatedDatabase
-        from metatune_service.validation import SpecError
-    except ImportError:
-        return ()
-    return ClientError, OutdatedDatabase, SpecError
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ class InvalidArgumentError(MetatuneError, ValueError):
     """An argument is outside its valid range; the message says what to change."""
 
 
+class UserError(MetatuneError):
+    """A user's mistake outside a function's arguments (a server that refuses a request, a
+    database at an older revision, a job spec a server will not run); ``str()`` says what to
+    change. The command line prints it as one line on stderr and exits with code 2."""
+
+
 class NonFiniteCurvatureError(InvalidArgumentError):
     """A Hessian-vector product at ``params`` is NaN or inf: no local quadratic model exists."""
 

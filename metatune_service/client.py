@@ -9,10 +9,12 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
+from metatune.errors import UserError
+
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-class ClientError(Exception):
+class ClientError(UserError):
     """The server refused the request (4xx) or could not be reached; ``str()`` says why."""
 
 

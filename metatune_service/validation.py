@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from metatune import objectives, tuners
+from metatune.errors import UserError
 from metatune_service.core.config import Settings
 from metatune_service.schemas import JobCreate, MetagradOptions, NoOptions
 
@@ -17,7 +18,7 @@ FORBIDDEN_PARAMS = ("device",)
 """Objective parameters a client may not set: the worker places trials on devices."""
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec the server refuses; ``str()`` says which field and what to change."""
 
 

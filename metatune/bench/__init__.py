@@ -1,21 +1,40 @@
 """``metatune bench …``: benchmarks that print figures (recorded with their commands in BENCHMARKS.md).
 
-Speed and memory targets live here, not in timed tests.
+Speed and memory targets live here, not in timed tests. A package adds a benchmark through the
+``metatune.benchmarks`` entry-point group: a module with ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``main(args)``, as the built-in ones (the service's is
+``metatune_service.bench``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from importlib.metadata import entry_points
+from types import ModuleType
 
-from metatune.bench import cost, hypergrad, population, ray, service, tuning
+from metatune.bench import cost, hypergrad, population, ray, tuning
 
-BENCHMARKS = (hypergrad, population, tuning, cost, ray, service)
+BUILT_IN = (hypergrad, population, tuning, cost, ray)
+BENCHMARKS_GROUP = "metatune.benchmarks"
+
+
+def benchmarks() -> tuple[ModuleType, ...]:
+    """The built-in benchmarks, then those of installed packages (one that fails to import is
+    named on stderr and skipped)."""
+    found = []
+    for point in entry_points(group=BENCHMARKS_GROUP):
+        try:
+            found.append(point.load())
+        except ImportError as error:
+            print(f"metatune bench: {point.name} skipped: {error}", file=sys.stderr)
+    return (*BUILT_IN, *found)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One sub-command per benchmark, each with its own options."""
     which = parser.add_subparsers(dest="what", required=True)
-    for module in BENCHMARKS:
+    for module in benchmarks():
         sub = which.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
         sub.add_argument("--device", default="cpu", help="cpu or cuda")
         sub.add_argument("--threads", type=int, default=1, help="torch threads (1: see BENCHMARKS.md)")

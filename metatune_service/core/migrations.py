@@ -10,11 +10,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
+from metatune.errors import UserError
+
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 VERSION_TABLE = "metatune_alembic_version"
 
 
-class OutdatedDatabase(RuntimeError):
+class OutdatedDatabase(UserError, RuntimeError):
     """The database holds metatune's tables at an older revision than this code."""
 
 

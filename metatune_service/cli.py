@@ -1,6 +1,12 @@
 """The service's commands: ``serve``, ``worker``, ``submit``, ``jobs``, ``db upgrade``,
-``token create``, and ``compare --server`` (the I/O edge: the service is imported here
-only, so the library runs without the ``service`` extra)."""
+``token create``, and ``compare --server``.
+
+``metatune`` finds this module through the ``metatune.commands`` entry point (see
+:mod:`metatune.cli`): it calls :func:`add_commands` and, for ``compare --server``,
+:func:`compare_on_server`. The service's own modules are imported inside the commands, so
+that listing them costs nothing. User mistakes are :class:`metatune.errors.UserError`s: one
+line on stderr, exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import signal
 import sys
 import threading
 from typing import TYPE_CHECKING
+
+from metatune.errors import UserError
 
 if TYPE_CHECKING:
     from metatune_service.client import Client
@@ -194,11 +202,9 @@ def compare_on_server(args: argparse.Namespace, params: dict, methods: list[str]
 def _compare_with(client: Client, args: argparse.Namespace, params: dict, methods: list[str]) -> int:
     from tqdm import tqdm
 
-    from metatune.cli import parse_groups
-
     body = {"objective": args.objective, "objective_params": params, "methods": methods, "seeds": args.seeds,
             "budget": {"gradient_evals": args.budget}, "resources": {"cpu": args.cpu, "gpu": args.gpu},
-            "concurrency": args.concurrency, "space": {"groups": parse_groups(args.groups)}}
+            "concurrency": args.concurrency, "space": {"groups": args.groups}}
     if args.metagrad_mode and "metagrad" in methods:
         body["options"] = {"metagrad": {"mode": args.metagrad_mode}}
     created = client.compare(body)
@@ -222,10 +228,6 @@ def _compare_with(client: Client, args: argparse.Namespace, params: dict, method
                for path in state["plots"]]
     print("plots: " + ", ".join(written) + f" (also at {client.url}{state['plots'][0]})")
     return 0
-
-
-class UserError(Exception):
-    """A user's mistake: printed as one line, exit code 2."""
 
 
 def _shown(url: str) -> str:

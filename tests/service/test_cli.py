@@ -1,0 +1,50 @@
+"""The service's commands reach ``metatune`` through entry points: the library never imports
+the service, and the service's user errors are one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import ast
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+import metatune
+from metatune.cli import build_parser, main
+
+from .conftest import free_port
+
+
+def test_the_library_never_imports_the_service():
+    imported = []
+    for path in Path(metatune.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            imported += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("metatune_service", "service")]
+    assert imported == []
+
+
+def test_the_service_commands_and_benchmark_come_through_entry_points():
+    assert {p.value for p in entry_points(group="metatune.commands")} == {"metatune_service.cli"}
+    assert {p.value for p in entry_points(group="metatune.benchmarks")} == {"metatune_service.bench"}
+    parser = build_parser()
+    for argv in (["serve"], ["worker"], ["submit", "job.json"], ["jobs"], ["db", "current"],
+                 ["token", "create", "--owner", "alice"]):
+        assert parser.parse_args(argv).handler.__module__ == "metatune_service.cli"
+    assert parser.parse_args(["bench", "service"]).run_benchmark.__module__ == "metatune_service.bench"
+
+
+def test_an_unreachable_server_is_one_line_on_stderr_and_exit_code_two(capsys):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code = main(["compare", "--server", url, "--objective", "quadratic", "--methods", "tpe", "--seeds", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot reach the metatune server" in err
+    assert err.startswith("metatune compare: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["submit", "no-such-spec.json"], ["jobs", "--server", "http://127.0.0.1:1"]])
+def test_a_service_command_s_user_error_is_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"metatune {argv[0]}: error:")
