@@ -16,7 +16,7 @@ from metatune.tuners import TuneResult
 from metatune.tuners.base import estimate_curvature
 from metatune_service import crud
 from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
-from metatune_service.api.routes.jobs import job_public
+from metatune_service.api.presenters import job_public
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.models import FINAL_STATUSES, Job
