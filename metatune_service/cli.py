@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from metatune.errors import UserError
+from metatune_service.status import JobStatus
 
 if TYPE_CHECKING:
     from metatune_service.client import Client
@@ -38,7 +39,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _client_arguments(submit)
     submit.set_defaults(handler=submit_command)
     jobs = commands.add_parser("jobs", help="list your jobs on the server")
-    jobs.add_argument("--status", default=None)
+    jobs.add_argument("--status", default=None, choices=[s.value for s in JobStatus])
     jobs.add_argument("--limit", type=int, default=20)
     _client_arguments(jobs)
     jobs.set_defaults(handler=jobs_command)
@@ -147,7 +148,7 @@ def submit_command(args: argparse.Namespace) -> int:
                  f"value {best['value']:.4g}") if best else ""
         print(f"job {job['id']} {job['status']}: {job['trials']} trials, {job['gradient_evals']:.0f} gradient "
               f"evaluations" + shown + (f", error: {job['error']}" if job["error"] else ""))
-        return 0 if job["status"] == "succeeded" else 1
+        return 0 if job["status"] == JobStatus.SUCCEEDED else 1
     return 0
 
 
@@ -212,11 +213,10 @@ def _compare_with(client: Client, args: argparse.Namespace, params: dict, method
     print(f"comparison {created['id']}: {len(created['jobs'])} jobs on {client.url}")
     with tqdm(total=total, unit="grad", unit_scale=True, desc="compare") as bar:
         def progress(state: dict) -> None:
-            done = sum(j["budget"] if j["status"] in ("succeeded", "failed", "cancelled") else j["gradient_evals"]
-                       for j in state["jobs"])
+            done = sum(j["budget"] if JobStatus(j["status"]).final else j["gradient_evals"] for j in state["jobs"])
             bar.update(max(done - bar.n, 0))
             bar.set_postfix_str(", ".join(f"{s}: {sum(j['status'] == s for j in state['jobs'])}"
-                                          for s in ("queued", "running", "succeeded")))
+                                          for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)))
 
         state = client.wait_comparison(created["id"], progress)
     if not state["table"]:

@@ -10,8 +10,7 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from metatune.errors import UserError
-
-FINAL = ("succeeded", "failed", "cancelled")
+from metatune_service.status import JobStatus
 
 
 class ClientError(UserError):
@@ -89,7 +88,7 @@ class Client:
             state = self.comparison(comparison_id)
             if on_progress is not None:
                 on_progress(state)
-            if state["status"] in FINAL:
+            if JobStatus(state["status"]).final:
                 return state
             time.sleep(interval)
 

@@ -21,7 +21,8 @@ from metatune.tuners.base import Trial as LibraryTrial
 from metatune.tuners.groups import Hyper
 from metatune.tuners.metagrad import derivative
 from metatune_service.core.db import Database
-from metatune_service.models import FINAL_STATUSES, ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
+from metatune_service.models import ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
+from metatune_service.status import JobStatus
 
 
 def hash_token(token: str) -> str:
@@ -83,7 +84,7 @@ def get_job(db: Database, *, job_id: str, owner: str | None = None) -> Job | Non
     return job if job is not None and (owner is None or job.owner == owner) else None
 
 
-def list_jobs(db: Database, *, owner: str, status: str | None = None, method: str | None = None,
+def list_jobs(db: Database, *, owner: str, status: JobStatus | None = None, method: str | None = None,
               objective: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
     """A page of the owner's jobs, newest first, and how many match in all."""
     query = select(Job).where(Job.owner == owner)
@@ -116,10 +117,10 @@ def request_cancel(db: Database, *, job_id: str) -> Job | None:
     """A queued job is cancelled at once; a running one is flagged for its worker."""
     with db.write() as session:
         job = session.get(Job, job_id)
-        if job is None or job.status in FINAL_STATUSES:
+        if job is None or job.status.final:
             return job
-        if job.status == "queued":
-            job.status, job.finished_at = "cancelled", utcnow()
+        if job.status is JobStatus.QUEUED:
+            job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
         job.cancel_requested = True
     return job
 
@@ -127,13 +128,13 @@ def request_cancel(db: Database, *, job_id: str) -> Job | None:
 def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: int) -> Job | None:
     """Claim the oldest queued job, or a running one whose lease expired (its worker died)."""
     now = utcnow()
-    claimable = or_(Job.status == "queued", (Job.status == "running") & (Job.lease_expires < now))
+    claimable = or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.lease_expires < now))
     pick = select(Job.id).where(claimable).order_by(Job.created_at).limit(1)
     if not db.is_sqlite:
         pick = pick.with_for_update(skip_locked=True)
     statement = (
         update(Job).where(Job.id == pick.scalar_subquery(), claimable)
-        .values(status="running", lease_holder=worker, lease_expires=now + timedelta(seconds=lease_seconds),
+        .values(status=JobStatus.RUNNING, lease_holder=worker, lease_expires=now + timedelta(seconds=lease_seconds),
                 heartbeat_at=now, attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))
         .returning(Job.id)
     )
@@ -143,7 +144,7 @@ def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: 
             return None
         job = session.get(Job, job_id)
         if job.attempts > max_attempts:
-            job.status, job.finished_at = "failed", now
+            job.status, job.finished_at = JobStatus.FAILED, now
             job.error = (job.error or "") + f" (gave up after {max_attempts} attempts)"
             return None
     return job
@@ -153,7 +154,7 @@ def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float) -
     """Renew the lease; returns whether a cancel was requested (None: the lease was lost)."""
     now = utcnow()
     with db.write() as session:
-        done = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == "running")
+        done = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == JobStatus.RUNNING)
                                .values(heartbeat_at=now, lease_expires=now + timedelta(seconds=lease_seconds))
                                .returning(Job.cancel_requested)).first()
     return None if done is None else bool(done[0])
@@ -162,12 +163,12 @@ def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float) -
 def _hold(session: Session, job_id: str, worker: str) -> Job | None:
     """The job, if ``worker`` still holds it, checked by an UPDATE so that the check and what
     follows are one transaction under the job's row lock (the write lock on SQLite)."""
-    held = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == "running")
+    held = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == JobStatus.RUNNING)
                            .values(heartbeat_at=utcnow()).returning(Job.id)).first()
     return None if held is None else session.get(Job, job_id)
 
 
-def finish_job(db: Database, *, job_id: str, worker: str, status: str, error: str | None = None) -> None:
+def finish_job(db: Database, *, job_id: str, worker: str, status: JobStatus, error: str | None = None) -> None:
     with db.write() as session:
         job = _hold(session, job_id, worker)
         if job is not None:
@@ -177,8 +178,8 @@ def finish_job(db: Database, *, job_id: str, worker: str, status: str, error: st
 def release_job(db: Database, *, job_id: str, worker: str, error: str | None) -> None:
     """Give a job back to the queue after a failed attempt (claimed again up to max_attempts)."""
     with db.write() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == "running")
-                        .values(status="queued", lease_holder=None, lease_expires=None, error=error))
+        session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == JobStatus.RUNNING)
+                        .values(status=JobStatus.QUEUED, lease_holder=None, lease_expires=None, error=error))
 
 
 # -- trials -----------------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from typing import Any
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-TRIAL_STATUSES = ("running", "completed", "diverged", "failed")
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from metatune_service.status import JobStatus
 
 
 def utcnow() -> datetime:
@@ -23,6 +25,20 @@ def new_id() -> str:
 
 class Base(DeclarativeBase):
     pass
+
+
+class StatusColumn(TypeDecorator):
+    """A :class:`JobStatus` stored as its value in a ``VARCHAR(16)`` (the column of every
+    revision: no migration), read back as the enum."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> JobStatus | None:
+        return None if value is None else JobStatus(value)
 
 
 class Comparison(Base):
@@ -46,7 +62,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(200), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[JobStatus] = mapped_column(StatusColumn, default=JobStatus.QUEUED, index=True)
     spec: Mapped[dict] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(32), index=True)
     objective: Mapped[str] = mapped_column(String(100), index=True)

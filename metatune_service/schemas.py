@@ -12,8 +12,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metatune_service.status import JobStatus
+
 Method = Literal["metagrad", "tpe", "random", "grid", "cmaes", "gp"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Strict(BaseModel):
@@ -176,7 +177,7 @@ class ComparisonPublic(BaseModel):
     id: str
     name: str
     objective: str
-    status: str
+    status: JobStatus
     jobs: list[JobPublic]
     table: dict | None
     plots: list[str]

@@ -25,6 +25,7 @@ from metatune_service import crud
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.models import Job
+from metatune_service.status import JobStatus
 from metatune_service.validation import groups_of, space_of
 
 log = logging.getLogger("metatune.worker")
@@ -92,7 +93,7 @@ class Worker:
                 crud.release_job(self.db, job_id=job.id, worker=self.name, error=None)
             else:
                 crud.finish_job(self.db, job_id=job.id, worker=self.name,
-                                status="cancelled" if result.cancelled else "succeeded")
+                                status=JobStatus.CANCELLED if result.cancelled else JobStatus.SUCCEEDED)
         except Exception as error:  # noqa: BLE001 - recorded on the job, which is retried or failed
             if _caused_by(error, LeaseLost):  # Ray wraps errors raised in its callbacks
                 log.warning("lost the lease of job %s", job.id)
@@ -104,7 +105,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - the attempt failed already; its error is what matters
                 pass
             if job.attempts >= self.settings.max_attempts or isinstance(error, ValueError):
-                crud.finish_job(self.db, job_id=job.id, worker=self.name, status="failed", error=message)
+                crud.finish_job(self.db, job_id=job.id, worker=self.name, status=JobStatus.FAILED, error=message)
             else:
                 crud.release_job(self.db, job_id=job.id, worker=self.name, error=message)
         finally:

@@ -19,8 +19,9 @@ from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
 from metatune_service.api.presenters import job_public
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
-from metatune_service.models import FINAL_STATUSES, Job
+from metatune_service.models import Job
 from metatune_service.schemas import ComparisonCreate, ComparisonPublic, JobCreate
+from metatune_service.status import JobStatus
 from metatune_service.validation import SpecError, normalise
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
@@ -52,7 +53,7 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
     summary = {"name": body.name or f"{body.objective}: {', '.join(body.methods)}", "objective": body.objective,
                "spec": {**body.model_dump(), "seeds": seeds}}
     jobs, group = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary)
-    return ComparisonPublic(id=group.id, name=group.name, objective=group.objective, status="queued",
+    return ComparisonPublic(id=group.id, name=group.name, objective=group.objective, status=JobStatus.QUEUED,
                             jobs=[job_public(db, j, (0, None)) for j in jobs], table=None, plots=[])
 
 
@@ -65,7 +66,7 @@ def read(comparison_id: str, db: DatabaseDep, settings: SettingsDep, owner: Owne
     group, jobs = found
     status = overall_status(jobs)
     table = group.table
-    if table is None and status in FINAL_STATUSES and any(j.status == "succeeded" for j in jobs):
+    if table is None and status is JobStatus.SUCCEEDED:
         table = build_table(db, settings, group.id, jobs)
         crud.save_comparison_table(db, comparison_id=group.id, table=table)
     plots = [f"/v1/comparisons/{group.id}/plots/{name}.png" for name in PLOTS] if table else []
@@ -85,19 +86,19 @@ def plot(comparison_id: str, name: str, db: DatabaseDep, settings: SettingsDep, 
     path = plot_folder(settings, comparison_id) / f"comparison-{name}.png"
     if not path.exists():
         group, jobs = found
-        if overall_status(jobs) not in FINAL_STATUSES:
+        if not overall_status(jobs).final:
             raise HTTPException(409, "the comparison is still running: plots exist once every job has ended")
-        if not any(j.status == "succeeded" for j in jobs):
+        if overall_status(jobs) is not JobStatus.SUCCEEDED:
             raise HTTPException(409, "no job of this comparison succeeded: there is nothing to plot")
         build_table(db, settings, group.id, jobs)
     return FileResponse(path, media_type="image/png")
 
 
-def overall_status(jobs: list[Job]) -> str:
+def overall_status(jobs: list[Job]) -> JobStatus:
     statuses = {j.status for j in jobs}
-    if statuses <= set(FINAL_STATUSES):
-        return "succeeded" if "succeeded" in statuses else "failed" if "failed" in statuses else "cancelled"
-    return "running" if statuses - {"queued"} else "queued"
+    if all(s.final for s in statuses):
+        return next((s for s in (JobStatus.SUCCEEDED, JobStatus.FAILED) if s in statuses), JobStatus.CANCELLED)
+    return JobStatus.RUNNING if statuses - {JobStatus.QUEUED} else JobStatus.QUEUED
 
 
 def plot_folder(settings: Settings, comparison_id: str) -> Path:
@@ -110,7 +111,7 @@ def build_table(db: Database, settings: Settings, comparison_id: str, jobs: list
     objective = objectives.get(spec["objective"], **spec["objective_params"])
     results: dict[str, list[TuneResult]] = {}
     for job in jobs:
-        if job.status != "succeeded":
+        if job.status is not JobStatus.SUCCEEDED:
             continue
         trials = crud.library_trials(db, job_id=job.id)
         wall = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else math.nan

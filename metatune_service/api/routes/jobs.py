@@ -15,8 +15,9 @@ from metatune_service import crud
 from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
 from metatune_service.api.presenters import job_public, trial_public
 from metatune_service.core.db import Database
-from metatune_service.models import FINAL_STATUSES, Job
-from metatune_service.schemas import JobCreate, JobList, JobPublic, JobStatus, Method, TrialList, TrialPublic
+from metatune_service.models import Job
+from metatune_service.schemas import JobCreate, JobList, JobPublic, Method, TrialList, TrialPublic
+from metatune_service.status import JobStatus
 from metatune_service.validation import SpecError, normalise
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -113,9 +114,9 @@ async def _event_stream(db: Database, job_id: str, interval: float) -> AsyncIter
                 break
         if job.status != status:
             status = job.status
-            yield _sse("status", {"status": status, "gradient_evals": job.gradient_evals,
+            yield _sse("status", {"status": status.value, "gradient_evals": job.gradient_evals,
                                   "budget": job.spec["budget"]["gradient_evals"], "error": job.error})
-        if status in FINAL_STATUSES:
+        if status.final:
             return
         await asyncio.sleep(interval)
 
