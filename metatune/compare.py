@@ -19,14 +19,15 @@ import numpy as np
 
 from metatune import checks
 from metatune.errors import invalid
+from metatune.job import BACKENDS, TuningJob
 from metatune.objectives import Objective, get
-from metatune.tuners import BACKENDS, METHODS, Trial, TuneResult, accepted_options, tune
+from metatune.tuners import METHODS, Trial, TuneResult, accepted_options
 from metatune.tuners.base import Curvature, estimate_curvature
+from metatune.tuning import RAY_OPTIONS, run_job, with_options
 
-
-RAY_OPTIONS = ("resources", "concurrency", "ray_address", "storage", "max_retries", "reuse_actors")
-"""What ``backend_options`` may hold: the options of :func:`metatune.distributed.run` that
-apply alike to every (method, seed) job of a comparison."""
+BACKEND_OPTIONS = ("resources", "concurrency", *RAY_OPTIONS)
+"""What ``backend_options`` may hold: the job's ``resources`` and ``concurrency`` and the
+options of :func:`metatune.distributed.run` that apply alike to every (method, seed) job."""
 
 
 @dataclass
@@ -136,7 +137,7 @@ def json_safe(value: Any) -> Any:
 
 
 def compare(
-    objective: Objective | str,
+    objective: Objective | str | TuningJob,
     methods: Sequence[str] = ("metagrad", "tpe", "cmaes", "random"),
     budget: float = 20_000,
     seeds: Iterable[int] = range(5),
@@ -151,7 +152,9 @@ def compare(
     """Run every method on every seed at the same budget and collect the results.
 
     Args:
-        objective: an Objective or a registered name.
+        objective: an Objective, a registered name, or a :class:`~metatune.job.TuningJob`
+            whose objective, budget, space, groups, T, resources and backend every
+            (method, seed) job shares (``budget``, ``groups`` and ``backend`` are then not read).
         methods: names from :data:`metatune.tuners.METHODS`.
         budget: gradient evaluations per (method, seed).
         seeds: seeds; each seeds θ₀, the minibatches and the method.
@@ -170,23 +173,31 @@ def compare(
         >>> [row["method"] for row in cmp.summary()]
         ['random', 'grid']
     """
-    if isinstance(objective, str):
+    template = objective if isinstance(objective, TuningJob) else None
+    if template is not None:
+        objective, budget, backend, groups = template.build_objective(), template.budget, template.backend, None
+    elif isinstance(objective, str):
         objective = get(objective)
-    checks.instance("objective", objective, Objective, "a metatune.objectives.Objective or a registered name")
+    checks.instance("objective", objective, Objective, "an Objective, a registered name or a TuningJob")
     methods, seeds = _check_methods(methods), _check_seeds(seeds)
     budget = checks.positive("budget", budget, note="gradient evaluations per method and seed")
     target = None if target is None else checks.number("target", target, finite=False)
     checks.function("on_trial", on_trial, "a function (method, seed, trial)", optional=True)
     options = _check_options(options, methods)
     backend_options = _check_backend_options(checks.choice("backend", backend, BACKENDS), backend_options)
+    run_options = {k: v for k, v in backend_options.items() if k in RAY_OPTIONS}
+    shared = {k: v for k, v in backend_options.items() if k not in RAY_OPTIONS}
+    if groups is not None:
+        shared["groups"] = groups
     results: dict[str, list[TuneResult]] = {}
     for method in methods:
         results[method] = []
         for seed in seeds:
             callback = None if on_trial is None else (lambda t, m=method, s=seed: on_trial(m, s, t))
-            grouped = {} if groups is None else {"groups": groups}
-            results[method].append(tune(objective, method, budget, seed, callback=callback, backend=backend,
-                                        **backend_options, **grouped, **options.get(method, {})))
+            base = template or TuningJob(objective.name, method, dict(objective.params), budget=budget, backend=backend)
+            job = with_options(base.with_changes(method=method, seed=seed, options={}),
+                               {**shared, **options.get(method, {})})
+            results[method].append(run_job(job, objective=objective, callback=callback, **run_options))
     if target is None:
         reference = next((m for m in methods if m != "metagrad"), methods[0])
         target = float(np.median([r.best_value for r in results[reference]]))
@@ -224,7 +235,7 @@ def _check_options(options: dict[str, dict[str, Any]] | None, methods: list[str]
     for method, given in options.items():
         checks.choice("options", method, methods, note="a key of options names a compared method")
         checks.instance(f"options[{method!r}]", given, dict, "a dict of keyword options")
-        checks.keywords(f"method {method!r}", given, accepted_options(method))
+        checks.keywords(f"method {method!r}", given, [*accepted_options(method), "steps", "space"])
     return options
 
 
@@ -234,5 +245,5 @@ def _check_backend_options(backend: str, backend_options: dict[str, Any] | None)
         return {}
     if backend != "ray" or not isinstance(backend_options, dict):
         raise invalid("backend_options", backend_options, "None unless backend='ray', then a dict")
-    checks.keywords("the Ray backend", backend_options, RAY_OPTIONS)
+    checks.keywords("the Ray backend", backend_options, BACKEND_OPTIONS)
     return backend_options

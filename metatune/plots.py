@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from metatune.stability import spectral_radius
+from metatune.tuners.records import LOG_FLOOR
 
 if TYPE_CHECKING:
     from metatune.compare import Comparison
@@ -71,9 +72,7 @@ def convergence(cmp: Comparison, path: str) -> str:
 
 def _pairs(trial: Trial) -> list[tuple[float, float]]:
     """The trial's (η, β), or each group's (η_g, β_g) in a per-group space."""
-    if isinstance(trial.lr, dict):
-        return [(trial.lr[g], trial.momentum[g]) for g in trial.lr]
-    return [(trial.lr, trial.momentum)]
+    return trial.point.pairs()
 
 
 def plane(cmp: Comparison, path: str) -> str:
@@ -95,16 +94,16 @@ def plane(cmp: Comparison, path: str) -> str:
     trials = [t for runs in cmp.results.values() for r in runs for t in r.trials]
     finite = [(t, pair) for t in trials if not t.diverged for pair in _pairs(t)]
     if finite:
-        values = np.log10([max(t.value, 1e-300) for t, _ in finite])
+        values = np.log10([max(t.value, LOG_FLOOR) for t, _ in finite])
         points = ax.scatter([p[0] for _, p in finite], [p[1] for _, p in finite], c=values, s=14, cmap="viridis")
         fig.colorbar(points, ax=ax, label="log10 validation loss")
     diverged = [pair for t in trials if t.diverged for pair in _pairs(t)]
     ax.scatter([p[0] for p in diverged], [p[1] for p in diverged], marker="x", c="red", s=16,
                label=f"diverged ({sum(t.diverged for t in trials)})")
     for result in cmp.results.get("metagrad", [])[:1]:
-        steps = [t for t in result.trials if "growth_rate" in t.metrics]
-        for start in sorted({t.metrics.get("start", 0) for t in steps}):
-            walk = [_pairs(t) for t in steps if t.metrics.get("start", 0) == start]
+        steps = [t for t in result.trials if t.chain is not None and t.chain.gradient is not None]
+        for start in sorted({t.chain.start for t in steps}):
+            walk = [_pairs(t) for t in steps if t.chain.start == start]
             for group in range(len(walk[0]) if walk else 0):  # one path per parameter group
                 ax.plot([w[group][0] for w in walk], [w[group][1] for w in walk], "-o", color="orange", ms=3,
                         lw=1.5, zorder=6,

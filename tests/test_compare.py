@@ -28,7 +28,8 @@ import metatune as mt
 from metatune import objectives, plots
 from metatune.cli import main
 from metatune.compare import compare, evals_to_reach
-from metatune.tuners import Trial, TuneResult
+from metatune.point import MetaGradient, Point
+from metatune.tuners import ChainStep, Trial, TuneResult
 from metatune.tuners.base import Curvature
 
 COMPARE = importlib.import_module("metatune.compare")  # the module; metatune.compare is the function
@@ -45,12 +46,13 @@ def _result(method: str, seed: int) -> TuneResult:
     trials = []
     for number, (value, cumulative) in enumerate(RUNS[method][seed]):
         diverged = not math.isfinite(value)
-        metrics = {"growth_rate": 0.0, "start": 0.0} if method == "metagrad" else {}
+        metrics = {"growth_rate": 0.0} if method == "metagrad" else {}
+        chain = ChainStep(0, True, MetaGradient((0.0,), (0.0,), 0.0, 1.0)) if method == "metagrad" else None
         trials.append(Trial(
-            number=number, lr=0.001 * (seed + 1) * (number + 1), momentum=0.5 + 0.1 * number, value=value,
+            number=number, point=Point.scalar(0.001 * (seed + 1) * (number + 1), 0.5 + 0.1 * number), value=value,
             diverged=diverged, gradient_evals=10.0, cumulative_evals=float(cumulative), wall_time=0.1,
             spectral_radius=1.5 if diverged else 0.9 - 0.1 * seed, stable=not diverged, metrics=metrics,
-            status="diverged" if diverged else "completed",
+            status="diverged" if diverged else "completed", chain=chain,
         ))
     return TuneResult(method, "quadratic", seed, BUDGET, trials, wall_time=WALL[method][seed])
 
@@ -60,11 +62,11 @@ def handmade(monkeypatch):
     """compare() over the hand-made runs, each (method, seed) call recorded."""
     calls = []
 
-    def fake_tune(objective, method, budget, seed, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        calls.append((method, seed, budget))
-        return _result(method, seed)
+    def fake_run(job, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append((job.method, job.seed, job.budget))
+        return _result(job.method, job.seed)
 
-    monkeypatch.setattr(COMPARE, "tune", fake_tune)
+    monkeypatch.setattr(COMPARE, "run_job", fake_run)
     objective = objectives.get("quadratic", dim=4, kappa=100.0, steps=10)
     cmp = compare(objective, ["metagrad", "random"], budget=BUDGET, seeds=[0, 1, 2])
     cmp.curvature = Curvature(1.0, 100.0, 0.0)  # the quadratic's ends, stated rather than estimated
@@ -135,7 +137,7 @@ def test_json_writes_infinities_as_null_and_round_trips(handmade):
 
 
 def test_evals_to_target_never_reached_is_null_in_json(monkeypatch):
-    monkeypatch.setattr(COMPARE, "tune", lambda objective, method, budget, seed, **kw: _result(method, seed))
+    monkeypatch.setattr(COMPARE, "run_job", lambda job, **kw: _result(job.method, job.seed))
     cmp = compare(objectives.get("quadratic", dim=4, steps=10), ["random"], budget=BUDGET, seeds=[0, 1, 2],
                   target=0.1)
     row = json.loads(cmp.to_json())["summary"][0]

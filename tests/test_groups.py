@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from metatune.objectives import Objective, SearchSpace
-from metatune.tuners import METHODS, tune
-from metatune.tuners.chains import encode, log_loss_gradient
+from metatune.tuners import METHODS
+from metatune.tuning import tune
+from metatune.point import MetaGradient, Point
+from metatune.tuners.chains import log_loss_gradient
 from metatune.tuners.evaluation import Proposal, evaluate, evaluate_point
 from metatune.tuners.groups import resolve_groups
 from metatune.tuners.metagrad import MetagradTuner
@@ -71,10 +73,10 @@ def test_per_group_meta_gradients_match_finite_differences(tiny):
     descend against differences of log ℓ_val in u = (log η_g, log(1 − β_g))."""
     tuner = MetagradTuner(tiny, budget=10_000, seed=0, groups="layers", mode="reverse")
     lr, momentum = {"hidden": 0.4, "out": 0.2}, {"hidden": 0.5, "out": 0.7}
-    outcome = evaluate(tuner.context, Proposal(((lr, momentum),), 1.0, "reverse"))[0]
+    outcome = evaluate(tuner.context, Proposal((Point.of(lr, momentum),), 1.0, "reverse"))[0]
 
     def value(lr_, momentum_):
-        return evaluate_point(tuner.context, lr_, momentum_).value
+        return evaluate_point(tuner.context, Point.of(lr_, momentum_)).value
 
     h = 1e-5
     for group in ("hidden", "out"):
@@ -87,9 +89,9 @@ def test_per_group_meta_gradients_match_finite_differences(tiny):
             numeric = (value(*args_up) - value(*args_down)) / (2 * h)
             assert outcome.metrics[f"dvalue_d{kind}[{group}]"] == pytest.approx(numeric, rel=1e-5, abs=1e-9)
     groups = tuner.groups
-    grad_u = log_loss_gradient(lr, momentum, outcome.value, {g: outcome.metrics[f"dvalue_dlr[{g}]"] for g in groups},
-                               {g: outcome.metrics[f"dvalue_dmomentum[{g}]"] for g in groups}, groups)
-    u = encode(lr, momentum, groups)
+    gradient = MetaGradient.from_metrics(outcome.metrics, groups)
+    grad_u = log_loss_gradient(Point.of(lr, momentum), outcome.value, gradient)
+    u = Point.of(lr, momentum).to_u()
     for i in range(len(u)):
         step = np.zeros(len(u))
         step[i] = 1e-6
@@ -115,7 +117,7 @@ def test_every_method_searches_each_groups_box_within_budget(grouped_results, ti
         assert all(tiny.space.lr_low * (1 - 1e-9) <= v <= tiny.space.lr_high * (1 + 1e-9) for v in trial.lr.values())
         assert all(tiny.space.momentum_low <= v <= tiny.space.momentum_high for v in trial.momentum.values())
     best = result.best
-    assert evaluate_point(_context(tiny), best.lr, best.momentum).value == pytest.approx(best.value, rel=1e-12)
+    assert evaluate_point(_context(tiny), best.point).value == pytest.approx(best.value, rel=1e-12)
 
 
 def _context(objective):
@@ -185,8 +187,9 @@ def test_minibatch_objectives_start_at_no_more_than_condition_100(tiny):
     for every group."""
     from metatune.tuners.base import Curvature
 
-    tuner = MetagradTuner(tiny, budget=100_000, seed=0, steps=200, groups="layers", mode="reverse")
-    tuner._curvature = Curvature(1e-4, 2.0, 0.0)
-    lr, momentum = tuner.decode_point(tuner.theory_point())
+    tuner = MetagradTuner(tiny, budget=100_000, seed=0, steps=200, groups="layers", mode="reverse",
+                          curvature=Curvature(1e-4, 2.0, 0.0))
+    point = tuner.decode_point(tuner.theory_point())
+    lr, momentum = point.lr, point.momentum
     assert lr == pytest.approx({"hidden": 4 / 2.42, "out": 4 / 2.42}, rel=1e-12)
     assert momentum == pytest.approx({"hidden": 81 / 121, "out": 81 / 121}, rel=1e-12)

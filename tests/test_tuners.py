@@ -9,7 +9,9 @@ import pytest
 
 import metatune as mt
 from metatune import objectives
-from metatune.tuners import METHODS, tune
+from metatune.tuners import METHODS
+from metatune.tuning import tune
+from metatune.point import MetaGradient, Point
 from metatune.tuners.base import Curvature, Trial, TuneResult
 from metatune.objectives import SearchSpace
 from metatune.tuners.metagrad import CATAPULT, MetagradTuner
@@ -107,25 +109,37 @@ def test_metagrad_respects_the_stability_guard(results, quadratic):
     assert all(t.lr < 2 * (1 + t.momentum) / t.lambda_max for t in result.trials)
 
 
-def _with_curvature(tuner: MetagradTuner, lambda_max: float, evals: float = 0.0) -> MetagradTuner:
-    """The tuner, told λ_max at θ₀ (λ_min unknown) instead of estimating it."""
-    tuner._curvature = Curvature(math.nan, lambda_max, evals)
-    return tuner
+def _told(lambda_max: float, evals: float = 0.0) -> Curvature:
+    """λ_max at θ₀ (λ_min unknown), as a tuner is told it instead of estimating it."""
+    return Curvature(math.nan, lambda_max, evals)
+
+
+def encode(lr: float, momentum: float) -> np.ndarray:
+    return Point.scalar(lr, momentum).to_u()
+
+
+def decode(u: np.ndarray) -> tuple[float, float]:
+    point = Point.from_u(u)
+    return point.lrs[0], point.momenta[0]
+
+
+def _gradient(dlr: float, dmomentum: float) -> MetaGradient:
+    return MetaGradient((dlr,), (dmomentum,), amplification=1.0)
 
 
 def test_metagrad_coordinates_round_trip():
-    u = MetagradTuner.encode(0.01, 0.7)
+    u = encode(0.01, 0.7)
     assert u.tolist() == pytest.approx([math.log(0.01), math.log(0.3)], rel=1e-15)
-    assert MetagradTuner.decode(u) == pytest.approx((0.01, 0.7), rel=1e-15)
+    assert decode(u) == pytest.approx((0.01, 0.7), rel=1e-15)
 
 
 @pytest.mark.parametrize("momentum, cap", [(0.0, 0.0396), (0.5, 0.0594), (0.9, 0.07524)])
 def test_metagrad_caps_lr_at_the_margin_under_the_critical_lr(quadratic, momentum, cap):
     """λ_max = 50, margin 1 %: cap = 0.99 · 2(1 + β)/50, so 0.0396, 0.0594, 0.07524 (all under
     the space's 0.1). Oracle for the boundary: numpy eigenvalues of the 2×2 transition."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, margin=0.01, guard=True), 50.0)
+    tuner = MetagradTuner(quadratic, budget=BUDGET, margin=0.01, guard=True, curvature=_told(50.0))
     assert tuner.lr_cap(momentum) == pytest.approx(cap, rel=1e-12)
-    lr, projected = MetagradTuner.decode(tuner.project(MetagradTuner.encode(5.0, momentum)))
+    lr, projected = decode(tuner.project(encode(5.0, momentum)))
     assert (lr, projected) == pytest.approx((cap, momentum), rel=1e-12)
     assert transition_radius(cap, momentum, 50.0) < 1 < transition_radius(cap / 0.99 * 1.001, momentum, 50.0)
 
@@ -138,35 +152,33 @@ def transition_radius(lr: float, momentum: float, lam: float) -> float:
 
 def test_metagrad_without_the_guard_may_go_past_the_critical_lr(quadratic):
     """λ_max = 100, β = 0.5: the critical lr is 2 · 1.5/100 = 0.03; unguarded, only the space's 0.1 binds."""
-    guarded = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=True), 100.0)
-    free = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=False), 100.0)
-    far = MetagradTuner.encode(0.5, 0.5)
+    guarded = MetagradTuner(quadratic, budget=BUDGET, guard=True, curvature=_told(100.0))
+    free = MetagradTuner(quadratic, budget=BUDGET, guard=False, curvature=_told(100.0))
+    far = encode(0.5, 0.5)
     capped = 0.03 * (1 - guarded.margin)
-    assert MetagradTuner.decode(guarded.project(far))[0] == pytest.approx(capped, rel=1e-12)
-    assert MetagradTuner.decode(free.project(far))[0] == pytest.approx(0.1, rel=1e-12)
+    assert decode(guarded.project(far))[0] == pytest.approx(capped, rel=1e-12)
+    assert decode(free.project(far))[0] == pytest.approx(0.1, rel=1e-12)
 
 
 def test_chains_may_step_to_twice_the_critical_lr_where_theta0_is_not_convex(quadratic):
     """λ_max = 100, β = 0.5: the critical lr is 0.03; the theory start and screening are capped
     at 0.03 · (1 − margin). With λ_min unknown (not convex) a chain may go to CATAPULT = 2
     times that, 0.06 (under the space's 0.1); with λ_min = 1 found, to the same 0.03."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard=True), 100.0)
+    tuner = MetagradTuner(quadratic, budget=BUDGET, guard=True, curvature=_told(100.0))
     capped = 0.03 * (1 - tuner.margin)
     assert CATAPULT == 2.0 and tuner.chain_cap(0.5) == pytest.approx(2 * capped, rel=1e-12)
-    chains = tuner.make_chains([(0.02, 0.5)])
-    assert MetagradTuner.decode(chains.project(MetagradTuner.encode(0.5, 0.5)))[0] == pytest.approx(2 * capped, rel=1e-12)
-    assert all(lr <= tuner.lr_cap(m) * (1 + 1e-12) for lr, m in tuner.screen_points(8))
-    convex = MetagradTuner(quadratic, budget=BUDGET, guard=True)
-    convex._curvature = Curvature(1.0, 100.0, 0.0)
+    chains = tuner.make_chains([Point.scalar(0.02, 0.5)])
+    assert decode(chains.project(encode(0.5, 0.5)))[0] == pytest.approx(2 * capped, rel=1e-12)
+    assert all(lr <= tuner.lr_cap(m) * (1 + 1e-12) for lr, m in (p.pairs()[0] for p in tuner.screen_points(8)))
+    convex = MetagradTuner(quadratic, budget=BUDGET, guard=True, curvature=Curvature(1.0, 100.0, 0.0))
     assert convex.chain_cap(0.5) == pytest.approx(capped, rel=1e-12)
 
 
 def test_automatic_guard_holds_where_theta0_is_convex_and_lifts_where_it_is_not(quadratic):
     """guard="auto": λ_min = 1 > 0 found at θ₀ → capped at 2(1 + β)/100 · (1 − margin);
     λ_min not positive (NaN) → only the space's 0.1 binds."""
-    convex = MetagradTuner(quadratic, budget=BUDGET, guard="auto")
-    convex._curvature = Curvature(1.0, 100.0, 0.0)
-    saddle = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, guard="auto"), 100.0)
+    convex = MetagradTuner(quadratic, budget=BUDGET, guard="auto", curvature=Curvature(1.0, 100.0, 0.0))
+    saddle = MetagradTuner(quadratic, budget=BUDGET, guard="auto", curvature=_told(100.0))
     assert convex.lr_cap(0.5) == pytest.approx(0.03 * (1 - convex.margin), rel=1e-12)
     assert saddle.lr_cap(0.5) == pytest.approx(0.1, rel=1e-12)
 
@@ -175,11 +187,11 @@ def test_metagrad_starts_at_the_rate_optimum_the_horizon_can_resolve(quadratic):
     """λ_max = 100, λ_min unknown (negative curvature), T = 20: κ_T = (20/5)² = 16 is below the
     assumed 30, so the start is heavy ball's optimum on [100/16, 100]: √κ = 4, β* = (3/5)² = 9/25
     and η* = 4/(10 + 10/4)² = 4/156.25. The curvature estimate (here told to cost 7) is charged first."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=2_000, seed=0, screen=0, steps=20), 100.0, evals=7.0)
+    tuner = MetagradTuner(quadratic, budget=2_000, seed=0, screen=0, steps=20, curvature=_told(100.0, evals=7.0))
     result = tuner.run()
     first = result.trials[0]
     assert "growth_rate" in first.metrics  # a meta-gradient step, not a screening trial
-    assert (first.lr, first.momentum) == pytest.approx((4 / 156.25, 9 / 25), rel=1e-12)
+    assert (first.point.lr, first.point.momentum) == pytest.approx((4 / 156.25, 9 / 25), rel=1e-12)
     assert first.cumulative_evals == pytest.approx(7.0 + first.gradient_evals, rel=1e-12)
     assert result.best_value < 0.1 * first.value
 
@@ -188,16 +200,16 @@ def test_metagrad_assumes_condition_30_where_theta0_has_negative_curvature(quadr
     """λ_max = 100, λ_min unknown, T = 300 (κ_T = 3600 resolvable): the start is heavy ball's
     optimum on [100/30, 100], β* = ((√30 − 1)/(√30 + 1))², η* = 4/(10 + 10/√30)², and not that
     of κ = 100 (β* = 81/121) nor of κ_T."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET, steps=300), 100.0)
+    tuner = MetagradTuner(quadratic, budget=BUDGET, steps=300, curvature=_told(100.0))
     root = math.sqrt(30.0)
     expected = (4 / (10 + 10 / root) ** 2, ((root - 1) / (root + 1)) ** 2)
-    assert MetagradTuner.decode(tuner.theory_point()) == pytest.approx(expected, rel=1e-12)
+    assert decode(tuner.theory_point()) == pytest.approx(expected, rel=1e-12)
 
 
 def test_metagrad_starts_mid_space_without_positive_curvature(quadratic):
     """λ_max ≤ 0: the geometric middle of η ∈ [1e-5, 1e-1], i.e. 1e-3, at β = 0.5."""
-    tuner = _with_curvature(MetagradTuner(quadratic, budget=BUDGET), -1.0)
-    assert MetagradTuner.decode(tuner.theory_point()) == pytest.approx((1e-3, 0.5), rel=1e-12)
+    tuner = MetagradTuner(quadratic, budget=BUDGET, curvature=_told(-1.0))
+    assert decode(tuner.theory_point()) == pytest.approx((1e-3, 0.5), rel=1e-12)
 
 
 @pytest.fixture
@@ -208,7 +220,7 @@ def rate_optimal_start(monkeypatch):
     def start(self):
         curvature = self.curvature()
         lr, momentum = mt.stability.optimal_hyperparameters(curvature.lambda_min, curvature.lambda_max)
-        return self.project(MetagradTuner.encode(lr, momentum))
+        return self.project(encode(lr, momentum))
 
     monkeypatch.setattr(MetagradTuner, "theory_point", start)
 
@@ -258,12 +270,12 @@ def test_metagrad_charges_its_objectives_measured_multiples(quadratic, mode, cha
 def test_metagrad_retries_an_exploding_start_at_half_the_learning_rate(quadratic):
     from metatune.tuners.chains import MetagradChains
 
-    chains = MetagradChains(quadratic.space, [(0.01, 0.5)])
+    chains = MetagradChains(quadratic.space, [Point.scalar(0.01, 0.5)])
     first = chains.ask()
-    chains.tell(first, value=math.inf, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan, diverged=True)
+    chains.tell(first, value=math.inf, diverged=True)
     retry = chains.ask()
     assert chains.starts[0].grad is None and chains.starts[0].inverse_hessian is None
-    assert (retry.lr, retry.momentum) == pytest.approx((0.005, 0.5), rel=1e-12)
+    assert (retry.point.lr, retry.point.momentum) == pytest.approx((0.005, 0.5), rel=1e-12)
 
 
 def test_the_first_chain_starts_at_the_best_screened_point(results):
@@ -275,9 +287,9 @@ def test_the_first_chain_starts_at_the_best_screened_point(results):
     assert all("growth_rate" not in t.metrics for t in screening) and trials[9] == steps[0] and len(steps) >= 3
     ranked = sorted(screening, key=lambda t: t.value)
     for start in (0, 1):
-        first = next((t for t in steps if t.metrics["start"] == start), None)
+        first = next((t for t in steps if t.chain.start == start), None)
         if start == 0 or first is not None:
-            assert (first.lr, first.momentum, first.value) == pytest.approx(
+            assert (first.point.lr, first.point.momentum, first.value) == pytest.approx(
                 (ranked[start].lr, ranked[start].momentum, ranked[start].value), rel=1e-12)
 
 
@@ -288,20 +300,20 @@ def test_a_worse_start_is_measured_only_once_the_better_chain_stalls():
     from metatune.tuners.chains import STALL, MetagradChains
 
     space = SearchSpace(lr_low=1e-4, lr_high=1.0)
-    chains = MetagradChains(space, [(0.01, 0.5), (0.02, 0.5)], values=[1.0, 2.0])
+    chains = MetagradChains(space, [Point.scalar(0.01, 0.5), Point.scalar(0.02, 0.5)], values=[1.0, 2.0])
     first = chains.ask()
-    assert first.start == 0 and (first.lr, first.momentum) == pytest.approx((0.01, 0.5), rel=1e-12)
-    chains.tell(first, value=1.0, dvalue_dlr=-10.0, dvalue_dmomentum=0.0)
+    assert first.start == 0 and (first.point.lr, first.point.momentum) == pytest.approx((0.01, 0.5), rel=1e-12)
+    chains.tell(first, value=1.0, gradient=_gradient(-10.0, 0.0))
     step = chains.ask()
-    assert step.start == 0 and step.lr > 0.01
-    chains.tell(step, value=0.9, dvalue_dlr=-5.0, dvalue_dmomentum=0.0)  # accepted: 0.9 < 1
+    assert step.start == 0 and step.point.lr > 0.01
+    chains.tell(step, value=0.9, gradient=_gradient(-5.0, 0.0))  # accepted: 0.9 < 1
     assert STALL == 4
     for _ in range(STALL):
         step = chains.ask()
         assert step.start == 0
-        chains.tell(step, value=0.95, dvalue_dlr=-1.0, dvalue_dmomentum=0.0)
+        chains.tell(step, value=0.95, gradient=_gradient(-1.0, 0.0))
     second = chains.ask()
-    assert second.start == 1 and (second.lr, second.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
+    assert second.start == 1 and (second.point.lr, second.point.momentum) == pytest.approx((0.02, 0.5), rel=1e-12)
 
 
 def _cubic(alpha: float) -> tuple[float, float]:
@@ -330,16 +342,16 @@ def test_a_rejected_step_is_retried_at_the_backtracked_fraction_of_the_same_path
     η = 0.01 · e^0.3, and the chain counts one rejection."""
     from metatune.tuners.chains import MetagradChains
 
-    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5)])
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [Point.scalar(0.01, 0.5)])
     first = chains.ask()
-    chains.tell(first, value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    chains.tell(first, value=1.0, gradient=_gradient(-50.0, 0.0))
     second = chains.ask()
-    assert second.lr == pytest.approx(0.01 * math.e, rel=1e-12)
+    assert second.point.lr == pytest.approx(0.01 * math.e, rel=1e-12)
     value = math.exp(-0.5 + 5 / 6)
     slope = -0.5 + 5 / 3  # d log ℓ/d log η = η ∂ℓ/∂η / ℓ
-    chains.tell(second, value=value, dvalue_dlr=slope * value / second.lr, dvalue_dmomentum=0.0)
+    chains.tell(second, value=value, gradient=_gradient(slope * value / second.point.lr, 0.0))
     third = chains.ask()
-    assert (third.lr, third.momentum) == pytest.approx((0.01 * math.exp(0.3), 0.5), rel=1e-9)
+    assert (third.point.lr, third.point.momentum) == pytest.approx((0.01 * math.exp(0.3), 0.5), rel=1e-9)
     assert chains.starts[0].rejections == 1
 
 
@@ -348,7 +360,7 @@ def test_metagrad_starts_a_resolved_quadratic_at_its_finite_horizon_optimum(quad
     population engine, an independent run) no worse than the best of a dense 48 × 48 grid under
     the guard, and far below the rate-optimal point's knife edge."""
     tuner = MetagradTuner(quadratic, budget=BUDGET, seed=0)
-    lr, momentum = tuner.decode(tuner.theory_point())
+    lr, momentum = decode(tuner.theory_point())
     params, space = quadratic.init_params(0), quadratic.space
     lrs, momenta = np.meshgrid(np.geomspace(space.lr_low, space.lr_high, 48), np.linspace(0.0, 0.99, 48))
     keep = lrs <= np.vectorize(tuner.lr_cap)(momenta)
@@ -385,16 +397,16 @@ def test_line_search_points_follow_the_chains_step_direction_and_leave_it_where_
     the chain's accepted point and loss stay; a chain without a gradient offers none."""
     from metatune.tuners.chains import MetagradChains
 
-    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5)])
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [Point.scalar(0.01, 0.5)])
     assert chains.ask(line=True) is None  # no gradient yet
     first = chains.ask()
-    chains.tell(first, value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    chains.tell(first, value=1.0, gradient=_gradient(-50.0, 0.0))
     u, value = chains.starts[0].u.copy(), chains.starts[0].value
     for told, t in [(0.5, 1.0), (0.7, 3.0), (0.6, math.sqrt(3.0))]:
         step = chains.ask(line=True)
         assert step.line == pytest.approx(t, rel=1e-12)
-        assert (step.lr, step.momentum) == pytest.approx((0.01 * math.exp(t), 0.5), rel=1e-9)
-        chains.tell(step, value=told, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan)
+        assert (step.point.lr, step.point.momentum) == pytest.approx((0.01 * math.exp(t), 0.5), rel=1e-9)
+        chains.tell(step, value=told)
     assert chains.starts[0].u.tolist() == u.tolist() and chains.starts[0].value == value
 
 
@@ -409,7 +421,7 @@ def test_metagrads_last_runs_are_value_only_points_on_one_line(quadratic, rate_o
     assert len(tail) >= 2 and result.gradient_evals <= 2_000 + 1e-9
     assert all(t.gradient_evals == quadratic.steps + 1 and "growth_rate" not in t.metrics for t in tail)
     origin = tuner.chains.starts[0].u
-    moves = np.array([MetagradTuner.encode(t.lr, t.momentum) - origin for t in tail])
+    moves = np.array([encode(t.lr, t.momentum) - origin for t in tail])
     unit = moves[0] / np.linalg.norm(moves[0])
     assert np.allclose(moves - np.outer(moves @ unit, unit), 0.0, atol=1e-9)
     assert tuner.remaining() < tuner.trial_cost() or tuner.chains.finished()
@@ -422,17 +434,17 @@ def test_a_line_search_value_is_not_taken_for_a_meta_gradient_and_serves_the_lin
     without proposing it again."""
     from metatune.tuners.chains import LINE_POINTS, MetagradChains
 
-    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [(0.01, 0.5)])
-    chains.tell(chains.ask(), value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    chains = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=1.0), [Point.scalar(0.01, 0.5)])
+    chains.tell(chains.ask(), value=1.0, gradient=_gradient(-50.0, 0.0))
     line = chains.ask(line=True)
-    chains.tell(line, value=0.5, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan)
+    chains.tell(line, value=0.5)
     step = chains.ask()
     assert step is not None and step.line is None and step.u == line.u
 
-    bounded = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=0.01 * math.exp(0.5)), [(0.01, 0.5)])
-    bounded.tell(bounded.ask(), value=1.0, dvalue_dlr=-50.0, dvalue_dmomentum=0.0)
+    bounded = MetagradChains(SearchSpace(lr_low=1e-4, lr_high=0.01 * math.exp(0.5)), [Point.scalar(0.01, 0.5)])
+    bounded.tell(bounded.ask(), value=1.0, gradient=_gradient(-50.0, 0.0))
     line = bounded.ask(line=True)
-    assert line.lr == pytest.approx(0.01 * math.exp(0.5), rel=1e-12)  # the step, clipped at the bound
-    bounded.tell(line, value=0.5, dvalue_dlr=math.nan, dvalue_dmomentum=math.nan)
+    assert line.point.lr == pytest.approx(0.01 * math.exp(0.5), rel=1e-12)  # the step, clipped at the bound
+    bounded.tell(line, value=0.5)
     assert bounded.ask(line=True) is None
     assert len(bounded.starts[0].line) == LINE_POINTS and bounded.starts[0].done

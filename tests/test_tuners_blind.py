@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from metatune import objectives
-from metatune.tuners import METHODS, tune
+from metatune.tuners import METHODS
+from metatune.tuning import tune
 
 BUDGET = 1_500
 WRONG = {"lr": 0.05, "momentum": 0.1, "spectral_radius": 0.3, "lambda_min": 7.0, "lambda_max": 3.0}

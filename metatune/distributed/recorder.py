@@ -1,22 +1,24 @@
 """The one way results leave Ray: a driver-side Ray Tune callback, and the cancel stopper.
 
-:class:`TrialRecorder` turns each reported point into the library's
-:class:`~metatune.tuners.base.Trial` through the job's tuner (which counts the budget and
-calls the job's callback: a progress bar, the service's database writer). A retried trial
-re-reports points it had already reported; they are recorded once. A trial that errors
-after its retries is recorded ``failed`` with its error, one Trial per point it never
-reported, and the job goes on.
+:class:`TrialRecorder` collects each point a Ray trial reports and, when the trial ends,
+concludes its proposal in the job's tuner (:meth:`~metatune.tuners.base.Tuner.conclude`:
+the method is told, every point is recorded as a :class:`~metatune.tuners.base.Trial`,
+the budget charged and the job's callback called: a progress bar, the service's database
+writer). A retried trial re-reports points it had already reported; each is concluded
+once. A trial that errors after its retries is concluded with its reported points and
+one failed outcome, with its error, for each point it never reported; the job goes on.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from metatune.distributed.search import DriverOnly
 from metatune.distributed.trainable import outcome_from_result, reports_a_point
 from metatune.tuners.base import Tuner
 from metatune.tuners.evaluation import Outcome, Proposal
@@ -24,40 +26,69 @@ from metatune.tuners.evaluation import Outcome, Proposal
 Cancel = Callable[[], bool] | threading.Event
 
 
+class DriverOnly:
+    """Objects Ray pickles into its experiment folder but only ever uses live in the driver:
+    the live state (tuners, events, callables) stays out of the pickle."""
+
+    _live_fields: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._live_fields}
+
+    def save(self, checkpoint_path: str) -> None:
+        """A job resumes from the library's own records (its trials), not from Ray's searcher
+        checkpoints: nothing to save."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See :meth:`save`."""
+
+
+@dataclass
+class InFlight:
+    """The proposals of the Ray trials still running (by trial id) and the outcomes each has
+    reported so far: the searcher adds, the recorder concludes."""
+
+    proposals: dict[str, Proposal] = field(default_factory=dict)
+    outcomes: dict[str, dict[int, Outcome]] = field(default_factory=dict)
+
+    def add(self, trial_id: str, proposal: Proposal) -> None:
+        self.proposals[trial_id], self.outcomes[trial_id] = proposal, {}
+
+    def report(self, trial_id: str, result: dict[str, Any], groups: tuple[str, ...]) -> None:
+        if trial_id in self.outcomes and reports_a_point(result):
+            self.outcomes[trial_id][int(result.get("point", 0))] = outcome_from_result(result, groups)
+
+    def pop(self, trial_id: str) -> tuple[Proposal | None, dict[int, Outcome]]:
+        return self.proposals.pop(trial_id, None), self.outcomes.pop(trial_id, {})
+
+
 class TrialRecorder(DriverOnly, Callback):
-    """Records every point of every Ray trial once, in arrival order, in ``tuner``."""
+    """Concludes every Ray trial's proposal once, in the order trials end, in ``tuner``."""
 
-    _live_fields = ("tuner",)
+    _live_fields = ("tuner", "flight")
 
-    def __init__(self, tuner: Tuner) -> None:
-        self.tuner = tuner
-        self.seen: dict[str, set[int]] = {}
+    def __init__(self, tuner: Tuner, flight: InFlight) -> None:
+        self.tuner, self.flight = tuner, flight
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any) -> None:
-        self._record(trial, result)
+        self.flight.report(trial.trial_id, result, self.tuner.groups)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if reports_a_point(trial.last_result):
-            self._record(trial, trial.last_result)
+        """A trial that ended (or was stopped by a cancel): what it reported."""
+        if trial.last_result:
+            self.flight.report(trial.trial_id, trial.last_result, self.tuner.groups)
+        proposal, reported = self.flight.pop(trial.trial_id)
+        if proposal is not None and reported:
+            self.tuner.conclude(proposal, [reported[i] for i in sorted(reported)])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        proposal = Proposal.from_config(trial.config, default_cost=self.tuner.trial_cost(), groups=self.tuner.groups)
-        error = _error_text(trial)
-        seen = self.seen.setdefault(trial.trial_id, set())
-        share = proposal.cost / len(proposal.points)
-        for index, (lr, momentum) in enumerate(proposal.points):
-            if index not in seen:
-                seen.add(index)
-                self.tuner.record_outcome(Outcome(lr, momentum, float("nan"), 0.0, error=error), share, proposal.start)
-
-    def _record(self, trial: Any, result: dict[str, Any]) -> None:
-        index, seen = int(result.get("point", 0)), self.seen.setdefault(trial.trial_id, set())
-        if index in seen:
+        """A trial that failed after its retries: its reported points, the rest failed."""
+        proposal, reported = self.flight.pop(trial.trial_id)
+        if proposal is None:
             return
-        seen.add(index)
-        start = int(result.get("start", -1))
-        self.tuner.record_outcome(outcome_from_result(result, self.tuner.groups), float(result["gradient_evals"]),
-                                  None if start < 0 else start)
+        error = _error_text(trial)
+        self.tuner.conclude(proposal, [reported.get(i) or Outcome(point, math.nan, 0.0, error=error)
+                                       for i, point in enumerate(proposal.points)])
 
 
 def _error_text(trial: Any) -> str:

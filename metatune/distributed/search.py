@@ -1,11 +1,12 @@
 """Ray Tune searchers over metatune's ask/tell methods.
 
-:class:`TunerSearch` lets Ray drive any :class:`~metatune.tuners.base.Tuner` strategy
-(metagrad's chains, random search and the grid as vmapped populations): ``suggest`` asks
-for a proposal that fits the budget not yet committed, ``on_trial_complete`` tells the
-tuner what the trial's points gave. :class:`MetagradSearch` is metagrad for a Ray user's
-own trainable: it proposes ``{"lr", "momentum"}`` and turns the reported meta-gradient into
-the next proposal with the same chains (:mod:`metatune.tuners.chains`) the tuner uses.
+:class:`TunerSearch` lets Ray drive any :class:`~metatune.tuners.base.Tuner` (metagrad's
+chains, Optuna's samplers over the tuner's own study, random search and the grid as
+vmapped populations): ``suggest`` asks for a proposal that fits the budget not yet
+committed; the run's :class:`~metatune.distributed.recorder.TrialRecorder` concludes it
+when its trial ends. :class:`MetagradSearch` is metagrad for a Ray user's own trainable:
+it proposes ``{"lr", "momentum"}`` and turns the reported meta-gradient into the next
+proposal with the same chains (:mod:`metatune.tuners.chains`) the tuner uses.
 """
 
 from __future__ import annotations
@@ -19,69 +20,44 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from metatune import checks
+from metatune.errors import invalid
 from metatune.objectives import SearchSpace
+from metatune.point import MetaGradient, Point
 from metatune.tuners.base import Tuner
 from metatune.tuners.chains import MetagradChains, Step, check_options
-from metatune.tuners.evaluation import Outcome, Proposal
-from metatune.distributed.trainable import METRIC, outcome_from_result, reports_a_point
-
-
-class DriverOnly:
-    """Objects Ray pickles into its experiment folder but only ever uses live in the driver:
-    the live state (tuners, events, callables) stays out of the pickle."""
-
-    _live_fields: tuple[str, ...] = ()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in self._live_fields}
-
-    def save(self, checkpoint_path: str) -> None:
-        """A job resumes from the library's own records (its trials), not from Ray's searcher
-        checkpoints: nothing to save."""
-
-    def restore(self, checkpoint_path: str) -> None:
-        """See :meth:`save`."""
+from metatune.tuners.evaluation import Proposal
+from metatune.distributed.recorder import DriverOnly, InFlight
+from metatune.distributed.trainable import METRIC
 
 
 class TunerSearch(DriverOnly, Searcher):
-    """Ray Tune searcher driving ``tuner.ask``/``tuner.tell`` within ``tuner``'s remaining budget.
+    """Ray Tune searcher asking ``tuner`` for proposals within its remaining budget.
 
-    ``pending``: a proposal to run first (one a resumed job had asked but not recorded).
-    Returns ``Searcher.FINISHED`` when nothing more fits and no trial is in flight; None
-    while the method waits for results (e.g. every metagrad chain has a step running).
+    ``flight``: the proposals in flight, shared with the run's recorder (which removes each
+    as its trial ends). ``pending``: a proposal to run first (one a resumed job had asked but
+    not recorded). Returns ``Searcher.FINISHED`` when nothing more fits and no trial is in
+    flight; None while the method waits for results (e.g. every metagrad chain has a step
+    running).
     """
 
-    _live_fields = ("tuner", "pending")
+    _live_fields = ("tuner", "flight", "pending")
 
-    def __init__(self, tuner: Tuner, pending: Proposal | None = None) -> None:
+    def __init__(self, tuner: Tuner, flight: InFlight, pending: Proposal | None = None) -> None:
         super().__init__(metric=METRIC, mode="min")
-        self.tuner, self.pending = tuner, pending
+        self.tuner, self.flight, self.pending = tuner, flight, pending
         self.limit = tuner.remaining()
         self.committed = 0.0
-        self.proposals: dict[str, Proposal] = {}
-        self.outcomes: dict[str, dict[int, Outcome]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         proposal, self.pending = self.pending or self.tuner.ask(self.limit - self.committed), None
         if proposal is None:
-            return Searcher.FINISHED if not self.proposals or self.tuner.finished() else None
+            return Searcher.FINISHED if not self.flight.proposals or self.tuner.finished() else None
         self.committed += proposal.cost
-        self.proposals[trial_id], self.outcomes[trial_id] = proposal, {}
+        self.flight.add(trial_id, proposal)
         return proposal.to_config()
 
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in self.outcomes and reports_a_point(result):
-            self.outcomes[trial_id][int(result.get("point", 0))] = outcome_from_result(result, self.tuner.groups)
-
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id not in self.proposals:
-            return
-        if result and not error:
-            self.on_trial_result(trial_id, result)
-        proposal, got = self.proposals.pop(trial_id), self.outcomes.pop(trial_id)
-        outcomes = [got.get(i) or Outcome(lr, m, math.nan, 0.0, error="trial failed")
-                    for i, (lr, m) in enumerate(proposal.points)]
-        self.tuner.complete(proposal, outcomes)
+        """Nothing: the recorder concludes the trial (one result path)."""
 
 
 class MetagradSearch(DriverOnly, Searcher):
@@ -117,7 +93,7 @@ class MetagradSearch(DriverOnly, Searcher):
         if isinstance(starts, numbers.Integral):
             count = checks.positive_int("starts", starts, note="or a list of (lr, momentum)")
             starts = sobol_points(space, count, seed)
-        self.chains = MetagradChains(space, list(starts), outer=outer, meta_lr=meta_lr, lr_cap=lr_cap,
+        self.chains = MetagradChains(space, start_points(starts), outer=outer, meta_lr=meta_lr, lr_cap=lr_cap,
                                      max_amplification=max_amplification)
         self.steps: dict[str, Step] = {}
 
@@ -127,7 +103,7 @@ class MetagradSearch(DriverOnly, Searcher):
             return Searcher.FINISHED if self.chains.finished() else None
         self.steps[trial_id] = step
         attempt = self.chains.starts[step.start].attempts
-        return {"lr": step.lr, "momentum": step.momentum, "start": step.start, "attempt": attempt}
+        return {**step.point.to_params(), "start": step.start, "attempt": attempt}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         step = self.steps.pop(trial_id, None)
@@ -135,9 +111,23 @@ class MetagradSearch(DriverOnly, Searcher):
             return
         result = result or {}
         value = math.nan if error else float(result.get(self.metric, math.nan))
-        self.chains.tell(step, value, float(result.get("dvalue_dlr", math.nan)),
-                         float(result.get("dvalue_dmomentum", math.nan)),
-                         float(result.get("amplification", 1.0)), diverged=error or bool(result.get("diverged", False)))
+        gradient = MetaGradient((float(result.get("dvalue_dlr", math.nan)),),
+                                (float(result.get("dvalue_dmomentum", math.nan)),),
+                                amplification=float(result.get("amplification", 1.0)))
+        self.chains.tell(step, value, gradient, diverged=error or bool(result.get("diverged", False)))
+
+
+def start_points(starts: Any) -> list[Point]:
+    """A user's ``starts``, a non-empty list of (lr, momentum) pairs, as points."""
+    if isinstance(starts, (str, bytes)) or not isinstance(starts, (list, tuple)) or not starts:
+        raise invalid("starts", starts, "a non-empty list of (lr, momentum) pairs")
+    points = []
+    for i, pair in enumerate(starts):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise invalid(f"starts[{i}]", pair, "an (lr, momentum) pair")
+        points.append(Point.scalar(checks.learning_rate(f"starts[{i}][0]", pair[0]),
+                                   checks.momentum(f"starts[{i}][1]", pair[1])))
+    return points
 
 
 def sobol_points(space: SearchSpace, n: int, seed: int) -> list[tuple[float, float]]:

@@ -1,7 +1,6 @@
 """What runs inside a Ray trial: evaluate one proposal and report one result per point.
 
-A trial's config is a :class:`~metatune.tuners.evaluation.Proposal` (``to_config``) or
-Optuna's bare ``{"lr", "momentum"}``. The trial rebuilds the job's objective on the
+A trial's config is a :class:`~metatune.tuners.evaluation.Proposal` (``to_config``). The trial rebuilds the job's objective on the
 device Ray gave it (``ray.get_gpu_ids()``: Ray sets ``CUDA_VISIBLE_DEVICES``, so that GPU is
 ``cuda:0`` here; CPU trials run torch on one thread), keeps θ₀ and the minibatches for the
 next trial of the same job in a reused actor, evaluates through the same
@@ -20,9 +19,10 @@ import torch
 
 from metatune import objectives
 from metatune.objectives import Objective
+from metatune.point import Point
 from metatune.tuners.base import is_diverged
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
-from metatune.tuners.groups import flat_point, largest_spectral_radius, point_from_flat
+from metatune.tuners.groups import largest_spectral_radius
 from metatune.tuners.optuna_base import told_value
 
 METRIC = "objective"
@@ -32,7 +32,7 @@ _CONTEXTS: dict[tuple[str, str], Context] = {}
 
 
 @dataclass(frozen=True)
-class Job:
+class TrialSetup:
     """What every trial of one tuning job shares (sent once through Ray's object store)."""
 
     key: str
@@ -59,24 +59,25 @@ def assigned_device() -> str:
     return "cpu"
 
 
-def context_for(job: Job, device: str) -> Context:
-    """θ₀, minibatches and cost model of ``job`` on ``device``, built once per worker process."""
-    key = (job.key, device)
+def context_for(setup: TrialSetup, device: str) -> Context:
+    """θ₀, minibatches and cost model of ``setup``'s job on ``device``, built once per worker process."""
+    key = (setup.key, device)
     if key not in _CONTEXTS:
-        objective = job.objective
-        if job.registered and device != "cpu":
+        objective = setup.objective
+        if setup.registered and device != "cpu":
             objective = objectives.get(objective.name, **{**objective.params, "device": device})
         _CONTEXTS.clear()  # one job's data at a time per reused actor
-        _CONTEXTS[key] = Context.build(objective, job.seed, job.steps)
+        _CONTEXTS[key] = Context.build(objective, setup.seed, setup.steps)
     return _CONTEXTS[key]
 
 
-def result_metrics(outcome: Outcome, index: int, evals: float, context: Context, job: Job,
+def result_metrics(outcome: Outcome, index: int, evals: float, context: Context, setup: TrialSetup,
                    start: int | None) -> dict[str, Any]:
-    """One point's report: the names Ray's ResultGrid and TensorBoard show."""
-    rho = largest_spectral_radius(outcome.lr, outcome.momentum, job.eigenvalues, job.groups)
+    """One point's report: the names Ray's ResultGrid and TensorBoard show (the point as
+    :meth:`~metatune.point.Point.to_params`)."""
+    rho = largest_spectral_radius(outcome.point, setup.eigenvalues)
     return {
-        "point": index, **flat_point(outcome.lr, outcome.momentum), "value": outcome.value,
+        "point": index, **outcome.point.to_params(), "value": outcome.value,
         METRIC: told_value(outcome.value, context.initial_value),
         "diverged": is_diverged(outcome.value, context.initial_value), "spectral_radius": rho,
         "stable": rho < 1.0, "gradient_evals": evals, "wall_time": outcome.seconds,
@@ -84,15 +85,15 @@ def result_metrics(outcome: Outcome, index: int, evals: float, context: Context,
     }
 
 
-def evaluate_trial(config: dict[str, Any], job: Job) -> None:
-    """The Ray Tune function trainable (bind ``job`` with ``tune.with_parameters``)."""
+def evaluate_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """The Ray Tune function trainable (bind ``setup`` with ``tune.with_parameters``)."""
     from ray import tune
 
-    context = context_for(job, assigned_device())
-    proposal = Proposal.from_config(config, default_cost=context.trial_cost(), groups=job.groups)
+    context = context_for(setup, assigned_device())
+    proposal = Proposal.from_config(config)
     share = proposal.cost / len(proposal.points)
     for index, outcome in enumerate(evaluate(context, proposal)):
-        tune.report(result_metrics(outcome, index, share, context, job, proposal.start))
+        tune.report(result_metrics(outcome, index, share, context, setup, proposal.start))
 
 
 OUTCOME_METRICS = ("final_train_loss", "dvalue_dlr", "dvalue_dmomentum", "growth_rate", "amplification")
@@ -104,8 +105,8 @@ def outcome_from_result(result: dict[str, Any], groups: tuple[str, ...] = ()) ->
     """The :class:`Outcome` a trial reported (inverse of :func:`result_metrics`)."""
     per_group = tuple(f"{name}[" for name in OUTCOME_METRICS[1:3])
     metrics = {k: float(v) for k, v in result.items() if k in OUTCOME_METRICS or k.startswith(per_group)}
-    lr, momentum = point_from_flat(result, groups)
-    return Outcome(lr, momentum, float(result.get("value", math.nan)), float(result.get("wall_time", 0.0)), metrics)
+    point = Point.from_params(result, groups)
+    return Outcome(point, float(result.get("value", math.nan)), float(result.get("wall_time", 0.0)), metrics)
 
 
 def reports_a_point(result: dict[str, Any] | None) -> bool:

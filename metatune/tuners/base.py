@@ -1,13 +1,21 @@
 """What every tuning method shares: trials, results, the gradient-evaluation budget, and
-the ask/tell loop.
+the lifecycle of a tuning run.
 
 A method subclasses :class:`Tuner` and implements :meth:`Tuner.ask` (the next
 :class:`~metatune.tuners.evaluation.Proposal` that fits in a remaining budget) and
-:meth:`Tuner.tell` (what its evaluation gave). In-process, :meth:`Tuner.search` evaluates
-each proposal here; on Ray (:mod:`metatune.distributed`) a searcher asks and tells the same
-tuner while Ray trials evaluate. Either way every result passes through
-:meth:`Tuner.record`, which counts the budget and hands each :class:`Trial` to the one
-``callback`` (how progress bars and the service's database writer receive results).
+:meth:`Tuner.tell` (what its evaluation gave). A run has one lifecycle whichever backend
+evaluates the proposals:
+
+* :meth:`Tuner.start`: the curvature for ρ, the clock, the method's :meth:`Tuner.prepare`
+  (charged), and a resumed job's recorded trials replayed into the method;
+* :meth:`Tuner.ask` within the remaining budget, evaluation (here by
+  :func:`~metatune.tuners.evaluation.evaluate`, or in Ray trials), then
+  :meth:`Tuner.conclude`: the method is told and every point recorded as a :class:`Trial`
+  (its cost charged, the one ``callback`` called: progress bars, the service's writer);
+* :meth:`Tuner.finish`: the :class:`TuneResult`.
+
+:meth:`Tuner.run` is that loop in-process; :func:`metatune.distributed.run` drives the
+same calls from Ray Tune.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from metatune.errors import invalid
 from metatune.hessian import GradientGraph
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import HessianOperator, hessian_vector_product, lanczos_quadrature
+from metatune.point import Point
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
-from metatune.tuners.groups import Hyper, largest_spectral_radius, plain, point_key, resolve_groups
-from metatune.tuners.records import DIVERGENCE_FACTOR, STATUSES, Trial, TuneResult, is_diverged
+from metatune.tuners.groups import largest_spectral_radius, resolve_groups
+from metatune.tuners.records import (BUDGET_SLACK, DIVERGENCE_FACTOR, ChainStep, Trial, TrialStatus, TuneResult,
+                                     is_diverged)
 
-__all__ = ["DIVERGENCE_FACTOR", "STATUSES", "BudgetExhausted", "Callback", "Curvature", "Trial", "TuneResult",
+__all__ = ["DIVERGENCE_FACTOR", "BudgetExhausted", "Callback", "Curvature", "Trial", "TrialStatus", "TuneResult",
            "Tuner", "estimate_curvature", "is_diverged"]
 
 class BudgetExhausted(Exception):
@@ -73,6 +83,8 @@ class Tuner(abc.ABC):
         groups: None (one η and one β), "layers", "tensors", or parameter-name prefixes: an η
             and a β per group, each in the space's bounds (:mod:`metatune.tuners.groups`).
         callback: called with each :class:`Trial` as it is recorded.
+        curvature: the spectrum's ends at θ₀ where the caller knows them (its charge is
+            its ``gradient_evals``); None: estimated by :func:`estimate_curvature` and charged.
     """
 
     name: ClassVar[str]
@@ -84,6 +96,7 @@ class Tuner(abc.ABC):
     def __init__(
         self, objective: Objective, *, budget: float, seed: int = 0, space: SearchSpace | None = None,
         steps: int | None = None, groups: str | Sequence[str] | None = None, callback: Callback | None = None,
+        curvature: Curvature | None = None,
     ) -> None:
         self.objective = checks.instance("objective", objective, Objective, "a metatune.objectives.Objective")
         self.budget = checks.positive("budget", budget, note="gradient evaluations")
@@ -101,8 +114,9 @@ class Tuner(abc.ABC):
         self.groups = self.check_groups(groups, self.params)
         self.trials: list[Trial] = []
         self.spent = 0.0
-        self._curvature: Curvature | None = None
+        self._curvature = checks.instance("curvature", curvature, Curvature, "a Curvature", optional=True)
         self._partial: dict[int, tuple[Proposal, list[Outcome]]] = {}
+        self._began = time.perf_counter()
 
     @classmethod
     def check_groups(cls, groups: str | Sequence[str] | None, params: Params) -> tuple[str, ...]:
@@ -125,51 +139,61 @@ class Tuner(abc.ABC):
         """The next proposal costing at most ``remaining`` gradient evaluations; None when
         nothing more fits or (on Ray) while the method waits for results it needs."""
 
-    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
-        """Learn from the evaluation of ``proposal`` (one outcome per point)."""
-
-    def complete(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
-        """Tell the method what ``proposal`` gave (with the recorded part of a population a
-        resumed job had cut short)."""
-        original, recorded = self._partial.pop(id(proposal), (proposal, []))
-        self.tell(original, recorded + outcomes)
+    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> ChainStep | None:
+        """Learn from the evaluation of ``proposal`` (one outcome per point); a method of
+        chains returns where a single point's outcome leaves its chain."""
+        return None
 
     def finished(self) -> bool:
         """True when :meth:`ask` will never propose again, whatever results come back."""
         return False
 
-    # -- the in-process loop --------------------------------------------------------------------
+    # -- the lifecycle ----------------------------------------------------------------------------
 
-    def search(self, history: list[Trial] | None = None) -> None:
-        """Ask, evaluate here, record and tell until nothing more fits in the budget (after
-        replaying ``history``, the trials of an interrupted run of this job)."""
+    def start(self, history: Sequence[Trial] = ()) -> Proposal | None:
+        """Begin the run: estimate the curvature that ρ is reported over (before the clock
+        starts, so no method's wall time includes it; metagrad, which also steers by it, is
+        charged in :meth:`prepare`), start the clock, charge :meth:`prepare`, and replay
+        ``history`` (the trials of an interrupted run of this job). Returns a proposal the
+        interrupted run had asked but not (or only partly) recorded, to evaluate first."""
+        self.curvature()
+        self._began = time.perf_counter()
         self.spent += self.prepare()
-        pending = self.replay(history) if history else None
+        return self.replay(list(history)) if history else None
+
+    def conclude(self, proposal: Proposal, outcomes: list[Outcome]) -> list[Trial]:
+        """Tell the method what ``proposal`` gave (with the recorded part of a population a
+        resumed job had cut short), then record each point's outcome at an equal share of
+        the proposal's cost, placed in its chain where the method has chains."""
+        original, recorded = self._partial.pop(id(proposal), (proposal, []))
+        chain = self.tell(original, recorded + outcomes)
+        share = proposal.cost / len(proposal.points)
+        return [self.record_outcome(outcome, share, chain) for outcome in outcomes]
+
+    def finish(self, cancelled: bool = False) -> TuneResult:
+        """Every trial so far, the wall time since :meth:`start`, and whether the run was cancelled."""
+        return TuneResult(self.name, self.objective.name, self.seed, self.budget, self.trials,
+                          time.perf_counter() - self._began, cancelled)
+
+    def search(self, pending: Proposal | None = None) -> None:
+        """Ask, evaluate here and conclude until nothing more fits in the budget (``pending``
+        first)."""
         while (proposal := pending or self.ask(self.remaining())) is not None:
             pending = None
-            outcomes = evaluate(self.context, proposal)
-            self.record_outcomes(proposal, outcomes)
-            self.complete(proposal, outcomes)
+            self.conclude(proposal, evaluate(self.context, proposal))
 
-    def run(self, history: list[Trial] | None = None) -> TuneResult:
-        """Run the search to the end of the budget and return every trial (resuming after
-        ``history`` when given). The curvature used to report ρ is estimated before the
-        clock starts, so no method's wall time includes it (metagrad, which also steers by
-        it, is charged its gradient evaluations in :meth:`prepare`)."""
-        self.curvature()
-        start = time.perf_counter()
+    def run(self, history: Sequence[Trial] = ()) -> TuneResult:
+        """The whole run in this process (resuming after ``history`` when given)."""
+        pending = self.start(history)
         try:
-            self.search(history)
+            self.search(pending)
         except BudgetExhausted:
             pass
-        return self.result(time.perf_counter() - start)
-
-    def result(self, wall_time: float) -> TuneResult:
-        return TuneResult(self.name, self.objective.name, self.seed, self.budget, self.trials, wall_time)
+        return self.finish()
 
     # -- resuming ------------------------------------------------------------------------------
 
-    def keep(self, trials: list[Trial]) -> None:
+    def keep(self, trials: Sequence[Trial]) -> None:
         """Take trials recorded by an earlier, interrupted run of this job as they are: kept
         with their numbers, charged to the budget, not reported again."""
         for trial in trials:
@@ -179,25 +203,24 @@ class Tuner(abc.ABC):
     def replay(self, history: list[Trial]) -> Proposal | None:
         """Rebuild the method's state from ``history`` (this job's recorded trials): ask as the
         interrupted run did and tell each recorded outcome without evaluating it again. Trials
-        are matched to proposals by their (η, β), so trials that finished out of order (runs
+        are matched to proposals by their point, so trials that finished out of order (runs
         with concurrency) replay too. Returns the first proposal that was asked but not (or
         only partly) recorded, to evaluate next, or None."""
-        recorded: dict[tuple, list[Trial]] = {}
+        recorded: dict[Point, list[Trial]] = {}
         for trial in history:
-            recorded.setdefault(point_key(trial.lr, trial.momentum), []).append(trial)
+            recorded.setdefault(trial.point, []).append(trial)
         pending = None
         while any(recorded.values()):
             proposal = self.ask(self.remaining())
             if proposal is None:
                 break
-            keys = [point_key(*p) for p in proposal.points]
-            found = [recorded[k].pop(0) for k in keys if recorded.get(k)]
+            found = [recorded[p].pop(0) for p in proposal.points if recorded.get(p)]
             self.keep(found)
             if len(found) == len(proposal.points):
                 self.tell(proposal, [_outcome_of(t) for t in found])
                 continue
-            done = {point_key(t.lr, t.momentum) for t in found}
-            rest = tuple(p for p, k in zip(proposal.points, keys) if k not in done)
+            done = {t.point for t in found}
+            rest = tuple(p for p in proposal.points if p not in done)
             pending = Proposal(rest, proposal.cost * len(rest) / len(proposal.points), proposal.hypergrad,
                                proposal.start, proposal.step)
             if found:  # a population cut short: tell it whole once the rest is evaluated
@@ -206,7 +229,7 @@ class Tuner(abc.ABC):
                 pending = proposal
             break
         self.keep(sorted((t for trials in recorded.values() for t in trials), key=lambda t: t.number))
-        return pending if pending is not None and pending.cost <= self.remaining() + 1e-9 else None
+        return pending if pending is not None and pending.cost <= self.remaining() + BUDGET_SLACK else None
 
     # -- budget and records -------------------------------------------------------------------
 
@@ -215,7 +238,7 @@ class Tuner(abc.ABC):
 
     def ensure_affordable(self, evals: float) -> None:
         """Raise :class:`BudgetExhausted` unless ``evals`` fit in what is left."""
-        if evals > self.remaining() + 1e-9:
+        if evals > self.remaining() + BUDGET_SLACK:
             raise BudgetExhausted
 
     def charge(self, evals: float) -> None:
@@ -223,30 +246,24 @@ class Tuner(abc.ABC):
         self.ensure_affordable(evals)
         self.spent += evals
 
-    def record_outcomes(self, proposal: Proposal, outcomes: list[Outcome]) -> list[Trial]:
-        """Record each point's outcome at an equal share of the proposal's cost."""
-        share = proposal.cost / len(proposal.points)
-        return [self.record_outcome(outcome, share, start=proposal.start) for outcome in outcomes]
-
-    def record_outcome(self, outcome: Outcome, evals: float, start: int | None = None) -> Trial:
+    def record_outcome(self, outcome: Outcome, evals: float, chain: ChainStep | None = None) -> Trial:
         """Charge ``evals`` and record one outcome (failed when it carries an error)."""
         self.spent += evals
-        metrics = dict(outcome.metrics) if start is None else {**outcome.metrics, "start": start}
-        return self.record(outcome.lr, outcome.momentum, outcome.value, evals, outcome.seconds,
-                           error=outcome.error, **metrics)
+        return self.record(outcome.point, outcome.value, evals, outcome.seconds, error=outcome.error, chain=chain,
+                           **outcome.metrics)
 
-    def record(self, lr: Hyper, momentum: Hyper, value: float, evals: float, seconds: float,
-               error: str | None = None, **metrics: float) -> Trial:
+    def record(self, point: Point, value: float, evals: float, seconds: float, error: str | None = None,
+               chain: ChainStep | None = None, **metrics: float) -> Trial:
         """Keep one evaluated point (its cost already charged) and report it to the callback."""
         diverged = error is None and is_diverged(value, self.initial_value)
-        status = "failed" if error is not None else "diverged" if diverged else "completed"
-        rho = self.spectral_radius(lr, momentum)
+        status = TrialStatus.FAILED if error is not None else TrialStatus.DIVERGED if diverged \
+            else TrialStatus.COMPLETED
+        rho = self.spectral_radius(point)
         trial = Trial(
-            number=len(self.trials), lr=plain(lr), momentum=plain(momentum),
-            value=float(value) if status == "completed" else math.inf, diverged=diverged, gradient_evals=evals,
-            cumulative_evals=self.spent, wall_time=seconds, spectral_radius=rho, stable=rho < 1.0,
-            metrics={k: float(v) for k, v in metrics.items()}, status=status, error=error,
-            lambda_max=self.curvature().lambda_max,
+            number=len(self.trials), point=point, value=float(value) if status == TrialStatus.COMPLETED else math.inf,
+            diverged=diverged, gradient_evals=evals, cumulative_evals=self.spent, wall_time=seconds,
+            spectral_radius=rho, stable=rho < 1.0, metrics={k: float(v) for k, v in metrics.items()}, status=status,
+            error=error, lambda_max=self.curvature().lambda_max, chain=chain,
         )
         self.trials.append(trial)
         if self.callback is not None:
@@ -259,9 +276,9 @@ class Tuner(abc.ABC):
         """A fixed-(η, β) trial: T gradients and one validation evaluation."""
         return self.steps + 1.0
 
-    def points(self, points: list[tuple[Hyper, Hyper]]) -> Proposal:
+    def points(self, points: Sequence[Point]) -> Proposal:
         """A proposal to train ``points`` at fixed (η, β), T + 1 gradient evaluations each."""
-        return Proposal(tuple((plain(lr), plain(m)) for lr, m in points), self.trial_cost() * len(points))
+        return Proposal(tuple(points), self.trial_cost() * len(points))
 
     def curvature(self) -> Curvature:
         """λ_min, λ_max at θ₀ on the first batch, estimated (:func:`estimate_curvature`)."""
@@ -269,18 +286,18 @@ class Tuner(abc.ABC):
             self._curvature = estimate_curvature(self.objective, self.params, self.batches, self.costs)
         return self._curvature
 
-    def spectral_radius(self, lr: Hyper, momentum: Hyper) -> float:
+    def spectral_radius(self, point: Point) -> float:
         """ρ of the transition over the estimated curvature at θ₀ (λ_max, and λ_min where > 0):
         ρ ≥ 1 means the mode of largest curvature diverges. Per group, the largest ρ of any
         group's (η_g, β_g) over that spectrum: exact when the top mode lies in one group's
         parameters, a bound of that form otherwise."""
-        return largest_spectral_radius(lr, momentum, self.curvature().eigenvalues, self.groups)
+        return largest_spectral_radius(point, self.curvature().eigenvalues)
 
 
 def _outcome_of(trial: Trial) -> Outcome:
     """The outcome a recorded trial stands for (a failed one as NaN with its error)."""
-    value = math.nan if trial.status == "failed" else trial.value
-    return Outcome(trial.lr, trial.momentum, value, trial.wall_time, dict(trial.metrics), trial.error)
+    value = math.nan if trial.status == TrialStatus.FAILED else trial.value
+    return Outcome(trial.point, value, trial.wall_time, dict(trial.metrics), trial.error)
 
 
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:

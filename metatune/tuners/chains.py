@@ -8,18 +8,19 @@ its meta-gradient there, and accepts the point or backs off. The in-process
 Coordinates u = (log η, log(1 − β)) map the open box η > 0, β < 1 onto ℝ² and make equal
 steps equal *relative* changes of η and of 1 − β; the chains descend log ℓ_val, whose
 u-gradient is ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ, ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ. Over G parameter
-groups (:mod:`metatune.tuners.groups`) u = (log η_1 … log η_G, log(1 − β_1) … log(1 − β_G)) ∈ ℝ^{2G}
-and the same formulas hold per group.
+groups u = (log η_1 … log η_G, log(1 − β_1) … log(1 − β_G)) ∈ ℝ^{2G}
+(:meth:`~metatune.point.Point.to_u`) and the same formulas hold per group.
 
 Outer step: BFGS (Nocedal & Wright, Alg. 6.1) with its first step along −∇ as long as
 halves ℓ to first order (:func:`first_step_length`, at least ``meta_lr``) and the inverse
-Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam.
+Hessian rescaled by sᵀy/yᵀy after the first accepted step, or Adam (:mod:`metatune.tuners.adam`).
 A proposal is accepted only if its loss is lower than the last accepted one and its run
 neither diverged nor amplified the sensitivities more than ``max_amplification``;
 otherwise the chain stays and shortens its step: to the minimiser of the cubic that
 matches log ℓ and its slope at both ends (:func:`backtrack`, within [0.1, 0.5] of it), or
 by half where the run failed. A start whose first point explodes is
-retried at half its learning rate.
+retried at half its learning rate. :meth:`MetagradChains.tell` returns whether the chain
+accepted the point: that decision is made here only, and recorded with the trial.
 
 A meta-gradient costs 2–4 runs, and its gradient is worth that only where a later step uses
 it. For the budget's tail the tuner asks for value-only points instead (``ask(line=True)``):
@@ -37,7 +38,9 @@ import numpy as np
 from metatune import checks
 from metatune.errors import invalid
 from metatune.objectives import SearchSpace
-from metatune.tuners.groups import Hyper, hyper_of, values_of
+from metatune.point import MetaGradient, Point
+from metatune.tuners.adam import AdamState, adam_direction, adam_init, adam_update
+from metatune.tuners.records import LOG_FLOOR
 
 OUTER = ("bfgs", "adam")
 
@@ -49,45 +52,28 @@ def check_options(outer: str, meta_lr: float, max_amplification: float) -> tuple
             checks.number("max_amplification", max_amplification, low=1.0, low_open=True, finite=False))
 
 
-def check_starts(starts: list[tuple[Hyper, Hyper]]) -> list[tuple[Hyper, Hyper]]:
-    """At least one (lr, momentum) pair, each a valid learning rate and momentum (or a dict of
-    them by group)."""
+def check_starts(starts: list[Point]) -> list[Point]:
+    """At least one point, each with valid learning rates and momenta."""
     if isinstance(starts, (str, bytes)) or not isinstance(starts, (list, tuple)) or not starts:
-        raise invalid("starts", starts, "a non-empty list of (lr, momentum) pairs")
-    checked = []
+        raise invalid("starts", starts, "a non-empty list of Points")
     for i, start in enumerate(starts):
-        if not isinstance(start, (list, tuple)) or len(start) != 2:
-            raise invalid(f"starts[{i}]", start, "an (lr, momentum) pair")
-        checked.append((_each_group(checks.learning_rate, f"starts[{i}][0]", start[0]),
-                        _each_group(checks.momentum, f"starts[{i}][1]", start[1])))
-    return checked
+        checks.instance(f"starts[{i}]", start, Point, "a metatune.point.Point")
+        for lr, momentum in start.pairs():
+            checks.learning_rate(f"starts[{i}].lr", lr)
+            checks.momentum(f"starts[{i}].momentum", momentum)
+    return list(starts)
 
 
-def _each_group(check: Callable[[str, float], float], name: str, value: Hyper) -> Hyper:
-    if isinstance(value, dict):
-        return {group: check(f"{name}[{group!r}]", number) for group, number in value.items()}
-    return check(name, value)
+def log_loss(value: float) -> float:
+    """log ℓ, finite for ℓ = 0."""
+    return math.log(max(value, LOG_FLOOR))
 
 
-def decode(u: np.ndarray, groups: tuple[str, ...] = ()) -> tuple[Hyper, Hyper]:
-    """(η, β) = (exp u₀, 1 − exp u₁), per group when ``groups`` are given."""
-    half = len(u) // 2
-    return (hyper_of([math.exp(x) for x in u[:half]], groups),
-            hyper_of([1.0 - math.exp(x) for x in u[half:]], groups))
-
-
-def encode(lr: Hyper, momentum: Hyper, groups: tuple[str, ...] = ()) -> np.ndarray:
-    """u = (log η, log(1 − β)), per group when ``groups`` are given."""
-    return np.array([math.log(x) for x in values_of(lr, groups)]
-                    + [math.log(1.0 - x) for x in values_of(momentum, groups)])
-
-
-def log_loss_gradient(lr: Hyper, momentum: Hyper, value: float, dvalue_dlr: Hyper,
-                      dvalue_dmomentum: Hyper, groups: tuple[str, ...] = ()) -> np.ndarray:
+def log_loss_gradient(point: Point, value: float, gradient: MetaGradient) -> np.ndarray:
     """∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β) / ℓ, per group."""
-    lrs, momenta = np.array(values_of(lr, groups)), np.array(values_of(momentum, groups))
-    dlr, dmomentum = np.array(values_of(dvalue_dlr, groups)), np.array(values_of(dvalue_dmomentum, groups))
-    return np.concatenate([dlr * lrs, -dmomentum * (1.0 - momenta)]) / max(value, 1e-300)
+    lrs, momenta = np.array(point.lrs), np.array(point.momenta)
+    dlr, dmomentum = np.array(gradient.dlr), np.array(gradient.dmomentum)
+    return np.concatenate([dlr * lrs, -dmomentum * (1.0 - momenta)]) / max(value, LOG_FLOOR)
 
 
 def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] | None = None) -> np.ndarray:
@@ -114,8 +100,7 @@ class Start:
     grad: np.ndarray | None = None
     step: float = 1.0
     inverse_hessian: np.ndarray | None = None
-    first_moment: np.ndarray | None = None
-    second_moment: np.ndarray | None = None
+    adam: AdamState | None = None
     iterations: int = 0
     attempts: int = 0
     busy: bool = False
@@ -125,18 +110,8 @@ class Start:
     line: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.first_moment is None:
-            self.first_moment, self.second_moment = np.zeros(len(self.u)), np.zeros(len(self.u))
-
-
-def adam_direction(start: Start, grad: np.ndarray, beta1: float = 0.9, beta2: float = 0.999,
-                   eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Adam's bias-corrected step direction m̂/(√v̂ + ε) and the new moments (Kingma & Ba, 2015)."""
-    t = start.iterations + 1
-    m = beta1 * start.first_moment + (1 - beta1) * grad
-    v = beta2 * start.second_moment + (1 - beta2) * grad * grad
-    direction = (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
-    return direction, m, v
+        if self.adam is None:
+            self.adam = adam_init(len(self.u))
 
 
 STALL = 4
@@ -197,8 +172,7 @@ class Step:
     (``line`` = t) only the validation loss there, u = u_chain + t · direction (a line-search point)."""
 
     start: int
-    lr: Hyper
-    momentum: Hyper
+    point: Point
     u: tuple[float, ...]
     line: float | None = None
 
@@ -216,16 +190,17 @@ class MetagradChains:
             carry one value per group.
 
     Example:
-        >>> chains = MetagradChains(SearchSpace(), [(0.01, 0.5)])
+        >>> chains = MetagradChains(SearchSpace(), [Point.scalar(0.01, 0.5)])
         >>> step = chains.ask()
-        >>> round(step.lr, 6), round(step.momentum, 6)
+        >>> round(step.point.lr, 6), round(step.point.momentum, 6)
         (0.01, 0.5)
-        >>> chains.tell(step, value=1.0, dvalue_dlr=-10.0, dvalue_dmomentum=0.0)
-        >>> chains.ask().lr > 0.01
+        >>> chains.tell(step, value=1.0, gradient=MetaGradient((-10.0,), (0.0,), amplification=1.0))
+        True
+        >>> chains.ask().point.lr > 0.01
         True
     """
 
-    def __init__(self, space: SearchSpace, starts: list[tuple[float, float]], *, outer: str = "bfgs",
+    def __init__(self, space: SearchSpace, starts: list[Point], *, outer: str = "bfgs",
                  meta_lr: float = 0.03, lr_cap: Callable[[float], float] | None = None,
                  max_amplification: float = 1e8, groups: tuple[str, ...] = (),
                  values: list[float] | None = None) -> None:
@@ -237,9 +212,9 @@ class MetagradChains:
         self.max_amplification, self._lr_cap, self.groups = max_amplification, lr_cap, tuple(groups)
         if values is not None and len(values) != len(starts):
             raise invalid("values", values, f"one validation loss per start ({len(starts)})")
-        self.starts = [Start(self.project(encode(lr, m, self.groups)), index=i) for i, (lr, m) in enumerate(starts)]
+        self.starts = [Start(self.project(point.to_u()), index=i) for i, point in enumerate(starts)]
         for start, value in zip(self.starts, values or []):
-            start.value = math.log(max(value, 1e-300)) if value > 0 else -math.inf
+            start.value = log_loss(value) if value > 0 else -math.inf
         self.known: dict[tuple[float, ...], tuple] = {}  # u → what tell() was told there, with a meta-gradient
         self.values: dict[tuple[float, ...], tuple] = {}  # u → what a line-search tell() was told there
 
@@ -273,8 +248,7 @@ class MetagradChains:
                 start.done = True
                 continue
             start.busy, start.attempts = True, start.attempts + 1
-            lr, momentum = decode(u, self.groups)
-            step = Step(start.index, lr, momentum, tuple(float(x) for x in u), fraction)
+            step = Step(start.index, Point.from_u(u, self.groups), tuple(float(x) for x in u), fraction)
             memory = self.known.get(step.u) or (self.values.get(step.u) if step.line is not None else None)
             if memory is None:
                 return step
@@ -285,32 +259,36 @@ class MetagradChains:
         """Whether every chain is done (no step from its point stays in the space)."""
         return all(s.done for s in self.starts)
 
-    def tell(self, step: Step, value: float, dvalue_dlr: Hyper, dvalue_dmomentum: Hyper,
-             amplification: float = 1.0, diverged: bool = False) -> None:
-        """Accept ``step`` or back off, given ℓ_val and ∂ℓ/∂η, ∂ℓ/∂β at it (per group as the
-        step's values are; value inf or NaN, or ``diverged``: the run failed)."""
+    def tell(self, step: Step, value: float, gradient: MetaGradient | None = None, diverged: bool = False) -> bool:
+        """Accept ``step`` or back off, given ℓ_val and the meta-gradient at it (value inf or
+        NaN, or ``diverged``: the run failed; no gradient: a line-search point). Returns
+        whether the chain moved to the step's point."""
         start, u = self.starts[step.start], np.array(step.u)
         start.busy = False
-        (self.known if step.line is None else self.values)[step.u] = (value, dvalue_dlr, dvalue_dmomentum,
-                                                                      amplification, diverged)
+        (self.known if step.line is None else self.values)[step.u] = (value, gradient, diverged)
         failed = diverged or not math.isfinite(value)
         if step.line is not None:  # a line-search point: its loss only; the chain stays at u
-            start.line.append((step.line, math.inf if failed else math.log(max(value, 1e-300))))
-            return
-        grad = log_loss_gradient(step.lr, step.momentum, value, dvalue_dlr, dvalue_dmomentum, self.groups)
-        exploded = failed or not np.isfinite(grad).all() or not amplification <= self.max_amplification
-        log_value = math.inf if failed else math.log(max(value, 1e-300))
+            start.line.append((step.line, math.inf if failed else log_loss(value)))
+            return False
+        if gradient is None:  # the run crashed before its meta-gradient: a failed step
+            size = len(step.point.lrs)
+            gradient, failed = MetaGradient((math.nan,) * size, (math.nan,) * size, amplification=math.inf), True
+        grad = log_loss_gradient(step.point, value, gradient)
+        exploded = failed or not np.isfinite(grad).all() or not gradient.amplification <= self.max_amplification
+        log_value = math.inf if failed else log_loss(value)
         if start.grad is None and exploded:
             half = len(start.u) // 2  # every η halved
             start.u = self.project(start.u - np.concatenate([np.full(half, math.log(2.0)), np.zeros(half)]))
         elif start.grad is None or (not exploded and log_value < start.value):
             self._accept(start, u, log_value, grad)
+            return True
         elif exploded:
             start.step, start.rejections = start.step / 2.0, start.rejections + 1
         else:  # the rejected point's loss and slope place the next try along the same path
             move = u - start.u
             start.step *= backtrack(start.value, float(start.grad @ move), log_value, float(grad @ move))
             start.rejections += 1
+        return False
 
     def _accept(self, start: Start, u: np.ndarray, value: float, grad: np.ndarray) -> None:
         if self.outer == "bfgs":
@@ -320,7 +298,7 @@ class MetagradChains:
                 start.inverse_hessian = bfgs_update(start.inverse_hessian, u - start.u, grad - start.grad,
                                                    first=start.iterations == 1)
         else:
-            _, start.first_moment, start.second_moment = adam_direction(start, grad)
+            start.adam = adam_update(start.adam, grad)
         start.u, start.value, start.grad, start.step, start.rejections = u, value, grad, 1.0, 0
         start.iterations += 1
 
@@ -359,9 +337,7 @@ class MetagradChains:
                 start.iterations = 1  # the next accepted step rescales H again
                 target = self.project(start.u - start.inverse_hessian @ start.grad)
         else:
-            t = start.iterations
-            target = self.project(start.u - self.meta_lr * (start.first_moment / (1 - 0.9**t)) / (
-                np.sqrt(start.second_moment / (1 - 0.999**t)) + 1e-8))
+            target = self.project(start.u - self.meta_lr * adam_direction(start.adam))
         if _negligible(start.grad, target - start.u):
             return None
         return target

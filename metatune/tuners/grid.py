@@ -12,8 +12,10 @@ import math
 
 import numpy as np
 
+from metatune.point import Point
 from metatune.tuners.base import Tuner
 from metatune.tuners.evaluation import Proposal
+from metatune.tuners.records import BUDGET_SLACK
 
 
 class GridTuner(Tuner):
@@ -29,7 +31,7 @@ class GridTuner(Tuner):
         make = np.geomspace if space.lr_log else np.linspace
         lrs = make(space.lr_low, space.lr_high, side).tolist()
         momenta = np.linspace(space.momentum_low, space.momentum_high, side).tolist()
-        points = list(itertools.product(lrs, momenta))
+        points = [Point.scalar(lr, m) for lr, m in itertools.product(lrs, momenta)]
         order = np.random.default_rng(self.seed).permutation(len(points))
         return [points[i] for i in order]
 
@@ -38,7 +40,7 @@ class GridTuner(Tuner):
         return 0.0
 
     def ask(self, remaining: float) -> Proposal | None:
-        n = min(self.batch_size, len(self.pending), int((remaining + 1e-9) // self.trial_cost()))
+        n = min(self.batch_size, len(self.pending), int((remaining + BUDGET_SLACK) // self.trial_cost()))
         if n < 1:
             return None
         batch, self.pending = self.pending[:n], self.pending[n:]

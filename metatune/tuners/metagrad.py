@@ -87,10 +87,11 @@ import numpy as np
 from metatune import checks
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
+from metatune.point import Point
 from metatune.tuners.base import Tuner, is_diverged
-from metatune.tuners.chains import OUTER, MetagradChains, check_options, decode, encode, project
+from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
 from metatune.tuners.evaluation import Outcome, Proposal
-from metatune.tuners.groups import Hyper, hyper_of
+from metatune.tuners.records import BUDGET_SLACK, ChainStep
 
 ASSUMED_CONDITION = 100.0
 """The largest κ the starting point assumes on minibatch objectives, whatever Lanczos finds:
@@ -116,6 +117,12 @@ the best η often lies above θ₀'s critical lr (TPE's best on mlp-digits: 1.5�
 explode there are rejected by the back-off. On a quadratic the curvature is θ₀'s
 everywhere, and there chains past the critical lr only diverge (6 of 20 steps on the
 κ = 100 test quadratic), so where Lanczos finds θ₀ convex the chains keep the 1× cap."""
+
+SCREEN = 8
+"""Screening points besides the theory point where the budget affords them twice over: with
+the theory point a population of 9, one vmapped run."""
+SMALL_SCREENS = (4, 2, 1)
+"""Smaller screens tried, largest first, where θ₀ is not convex and SCREEN does not fit."""
 
 __all__ = ["ASSUMED_CONDITION", "CATAPULT", "HORIZON_GRID", "NEGATIVE_CURVATURE_CONDITION", "OUTER", "MetagradTuner",
            "horizon_optimum"]
@@ -167,9 +174,6 @@ class MetagradTuner(Tuner):
 
     # -- coordinates and guard ----------------------------------------------------------------
 
-    decode = staticmethod(decode)
-    encode = staticmethod(encode)
-
     def lr_cap(self, momentum: float, factor: float = 1.0) -> float:
         """The largest η the guard (times ``factor``) and the space allow at β."""
         if not self.guarded():
@@ -194,12 +198,13 @@ class MetagradTuner(Tuner):
         """Clip u into the space and under the stability guard."""
         return project(u, self.space, self.lr_cap)
 
-    def make_chains(self, starts: list[tuple[Hyper, Hyper]], values: list[float] | None = None) -> MetagradChains:
+    def make_chains(self, starts: list[Point], values: list[float] | None = None) -> MetagradChains:
         return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
                               max_amplification=self.max_amplification, groups=self.groups, values=values)
 
-    def decode_point(self, u: np.ndarray) -> tuple[Hyper, Hyper]:
-        return decode(u, self.groups)
+    def decode_point(self, u: np.ndarray) -> Point:
+        """The point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
+        return Point.from_u(u, self.groups)
 
     # -- ask / tell -----------------------------------------------------------------------------
 
@@ -214,16 +219,17 @@ class MetagradTuner(Tuner):
         return cost
 
     def default_screen(self, budget: float) -> int:
-        """Screening points besides the theory point: 8 when they take at most half the
-        budget; where θ₀ has negative curvature (the local quadratic model behind the theory
-        point is only a guess) also 4, 2 or 1, the most that leave two meta-gradients; else
-        0 (convex at θ₀: the budget goes to meta-gradients from the theory point)."""
+        """Screening points besides the theory point: :data:`SCREEN` when they take at most
+        half the budget; where θ₀ has negative curvature (the local quadratic model behind the
+        theory point is only a guess) also one of :data:`SMALL_SCREENS`, the most that leave
+        two meta-gradients; else 0 (convex at θ₀: the budget goes to meta-gradients from the
+        theory point)."""
         trial, hypergrad = self.trial_cost(), self.hypergrad_cost()
-        if budget > 2 * 8 * trial + hypergrad:
-            return 8
+        if budget > 2 * SCREEN * trial + hypergrad:
+            return SCREEN
         if math.isfinite(self.curvature().lambda_min):
             return 0
-        return next((size for size in (4, 2, 1) if budget - (size + 1) * trial >= 2 * hypergrad), 0)
+        return next((size for size in SMALL_SCREENS if budget - (size + 1) * trial >= 2 * hypergrad), 0)
 
     def chain_count(self) -> int:
         """``starts``, but at most one chain per two meta-gradients the rest of the budget buys
@@ -236,22 +242,20 @@ class MetagradTuner(Tuner):
     def ask(self, remaining: float) -> Proposal | None:
         if self.screening is not None:
             proposal, self.screening = self.screening, None
-            if proposal.cost <= remaining + 1e-9:
+            if proposal.cost <= remaining + BUDGET_SLACK:
                 return proposal
             self.chains = self.make_chains([self.decode_point(self.theory_point())])
         if self.chains is None:
             return None
         if self.line_search(remaining):
             step = self.chains.ask(line=True)
-            return None if step is None else Proposal(((step.lr, step.momentum),), self.trial_cost(), None,
-                                                      step.start, step)
-        if self.hypergrad_cost() > remaining + 1e-9:
+            return None if step is None else Proposal((step.point,), self.trial_cost(), None, step.start, step)
+        if self.hypergrad_cost() > remaining + BUDGET_SLACK:
             return None
         step = self.chains.ask()
         if step is None:
             return None
-        return Proposal(((step.lr, step.momentum),), self.hypergrad_cost(), self.mode, step.start, step,
-                        self.plan.checkpoint)
+        return Proposal((step.point,), self.hypergrad_cost(), self.mode, step.start, step, self.plan.checkpoint)
 
     def line_search(self, remaining: float) -> bool:
         """Whether the rest of the budget goes to value-only runs along the best chain's step
@@ -259,32 +263,25 @@ class MetagradTuner(Tuner):
         gradient (a meta-gradient costs 2–4 runs, and the last one's gradient would be
         paid for and never used), provided a chain has a gradient to follow."""
         trial = self.trial_cost()
-        if remaining + 1e-9 >= self.hypergrad_cost() + trial or remaining + 1e-9 < trial:
+        if remaining + BUDGET_SLACK >= self.hypergrad_cost() + trial or remaining + BUDGET_SLACK < trial:
             return False
         return any(s.grad is not None and not s.done for s in self.chains.starts)
 
-    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
-        if proposal.step is not None and proposal.step.line is not None:  # a line-search point
-            outcome = outcomes[0]
-            failed = outcome.error is not None or is_diverged(outcome.value, self.initial_value)
-            self.chains.tell(proposal.step, math.nan if failed else outcome.value, math.nan, math.nan,
-                             diverged=failed)
-            return
-        if proposal.hypergrad is None:  # the screening population: its best points become starts
+    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> ChainStep | None:
+        """The screening population's best points become the chains' starts; a chain's point
+        is told to its chain, which accepts it or backs off (returned as the trial's
+        :class:`~metatune.tuners.records.ChainStep`)."""
+        if proposal.step is None:  # the screening population
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
-            best = sorted(kept, key=lambda o: o.value)
-            count = self.chain_count()
-            if best:
-                self.chains = self.make_chains([(o.lr, o.momentum) for o in best[:count]],
-                                               [o.value for o in best[:count]])
-            else:
-                self.chains = self.make_chains([self.decode_point(self.theory_point())])
-            return
-        outcome, metrics, failed = outcomes[0], outcomes[0].metrics, outcomes[0].error is not None
-        dlr, dmomentum = (derivative(metrics, name, self.groups) for name in ("dvalue_dlr", "dvalue_dmomentum"))
-        self.chains.tell(proposal.step, math.nan if failed else outcome.value, dlr, dmomentum,
-                         metrics.get("amplification", math.inf),
-                         diverged=failed or is_diverged(outcome.value, self.initial_value))
+            best = sorted(kept, key=lambda o: o.value)[:self.chain_count()]
+            self.chains = self.make_chains([o.point for o in best], [o.value for o in best]) if best \
+                else self.make_chains([self.decode_point(self.theory_point())])
+            return None
+        outcome, step = outcomes[0], proposal.step
+        failed = outcome.error is not None or is_diverged(outcome.value, self.initial_value)
+        gradient = None if step.line is not None else outcome.gradient()
+        accepted = self.chains.tell(step, math.nan if failed else outcome.value, gradient, diverged=failed)
+        return ChainStep(step.start, accepted, gradient, step.line)
 
     # -- starting points ------------------------------------------------------------------------
 
@@ -310,7 +307,7 @@ class MetagradTuner(Tuner):
         every = max(len(self.groups), 1)  # every group starts at the same (η, β)
         return self.project(np.array([math.log(lr)] * every + [math.log(1.0 - momentum)] * every))
 
-    def screen_points(self, size: int) -> list[tuple[Hyper, Hyper]]:
+    def screen_points(self, size: int) -> list[Point]:
         """``size`` Sobol points of the guarded space (each group's η log-uniform under the cap
         at its β)."""
         from scipy.stats import qmc
@@ -322,15 +319,8 @@ class MetagradTuner(Tuner):
             momenta = space.momentum_low + row[every:] * (space.momentum_high - space.momentum_low)
             lrs = [math.exp(math.log(space.lr_low) + f * (math.log(max(self.lr_cap(m), space.lr_low))
                                                            - math.log(space.lr_low))) for f, m in zip(row[:every], momenta)]
-            points.append((hyper_of(lrs, self.groups), hyper_of(momenta.tolist(), self.groups)))
+            points.append(Point(tuple(lrs), tuple(float(m) for m in momenta), self.groups))
         return points
-
-
-def derivative(metrics: dict[str, float], name: str, groups: tuple[str, ...]) -> Hyper:
-    """``metrics[name]`` (one group) or ``{g: metrics[f"{name}[{g}]"]}`` (NaN where missing)."""
-    if not groups:
-        return metrics.get(name, math.nan)
-    return {g: metrics.get(f"{name}[{g}]", math.nan) for g in groups}
 
 
 HORIZON_GRID = 64

@@ -23,8 +23,10 @@ import numpy as np
 from metatune import checks
 from metatune.hypergrad import hypergrad
 from metatune.objectives import Objective
-from metatune.tuners.chains import Start, adam_direction
+from metatune.tuners.adam import adam_direction, adam_init, adam_update
+from metatune.tuners.evaluation import Proposal
 from metatune.tuners.metagrad import MetagradTuner
+from metatune.tuners.records import LOG_FLOOR, Trial
 
 
 class OnlineTuner(MetagradTuner):
@@ -51,11 +53,18 @@ class OnlineTuner(MetagradTuner):
         per_stretch = self.costs.hypergrad
         return full * per_stretch("reverse", self.horizon) + (per_stretch("reverse", rest) if rest else 0.0)
 
-    def search(self, history: list | None = None) -> None:
-        """Adaptive runs, each from the (η, β) the last one ended at, until the budget is spent
-        (``history`` is kept as it is: the run does not rebuild its chain from it)."""
-        self.keep(history or [])
-        self.charge(self.curvature().gradient_evals)
+    def prepare(self) -> float:
+        """λ_max at θ₀, for the guard and the theory start the first run begins at."""
+        return self.curvature().gradient_evals
+
+    def replay(self, history: list[Trial]) -> Proposal | None:
+        """A resumed run keeps ``history`` as it is: each run starts where the last ended, so
+        the chain is not rebuilt from it."""
+        self.keep(history)
+        return None
+
+    def search(self, pending: Proposal | None = None) -> None:
+        """Adaptive runs, each from the (η, β) the last one ended at, until the budget is spent."""
         u = self.project(self.theory_point())
         while True:
             u = self.adaptive_run(u)
@@ -65,25 +74,24 @@ class OnlineTuner(MetagradTuner):
         spent = self.run_cost()
         self.charge(spent)
         began = time.perf_counter()
-        start_lr, start_momentum = self.decode(u)
-        state = Start(u)
+        begin = self.decode_point(u)
+        state, adam = u, adam_init(len(u))
         params, velocity, hg = self.params, None, None
         for first in range(0, self.steps, self.horizon):
             k = min(self.horizon, self.steps - first)
             batches = None if self.batches is None else self.batches[first : first + k]
-            lr, momentum = self.decode(state.u)
-            hg = hypergrad(self.objective.train_loss, self.objective.val_loss, params, lr, momentum, k,
+            point = self.decode_point(state)
+            hg = hypergrad(self.objective.train_loss, self.objective.val_loss, params, point.lr, point.momentum, k,
                            batches, mode="reverse", velocity=velocity, costs=self.costs)
             if hg.diverged:
                 break
-            grad = np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, 1e-300)
-            direction, state.first_moment, state.second_moment = adam_direction(state, grad)
-            state.iterations += 1
-            state.u = self.project(state.u - self.meta_lr * direction)
+            lr, momentum = point.lrs[0], point.momenta[0]
+            adam = adam_update(adam, np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, LOG_FLOOR))
+            state = self.project(state - self.meta_lr * adam_direction(adam))
             params, velocity = hg.params, hg.velocity
         value = math.inf if hg is None or hg.diverged else hg.value
-        self.record(lr, momentum, value, spent, time.perf_counter() - began, horizon=self.horizon,
-                    start_lr=start_lr, start_momentum=start_momentum)
+        self.record(point, value, spent, time.perf_counter() - began, horizon=self.horizon,
+                    start_lr=begin.lrs[0], start_momentum=begin.momenta[0])
         if not math.isfinite(value):  # back off: restart from a smaller learning rate
             return self.project(u - np.array([math.log(2.0), 0.0]))
-        return self.project(state.u)
+        return self.project(state)

@@ -18,17 +18,18 @@ from typing import ClassVar
 
 import optuna
 
+from metatune.point import Point
 from metatune.tuners.base import DIVERGENCE_FACTOR, Tuner, is_diverged
 from metatune.tuners.evaluation import Outcome, Proposal
-from metatune.tuners.groups import Hyper, point_from_flat, point_key
+from metatune.tuners.records import BUDGET_SLACK, ChainStep, LOG_FLOOR
 
 
 def told_value(value: float, initial_value: float) -> float:
     """What Optuna is told for ℓ_val: log ℓ_val, or log(DIVERGENCE_FACTOR · ℓ_val(θ₀)) when the
     run diverged or failed (NaN)."""
     if math.isnan(value) or is_diverged(value, initial_value):
-        return math.log(DIVERGENCE_FACTOR * max(initial_value, 1e-300))
-    return math.log(max(value, 1e-300))
+        return math.log(DIVERGENCE_FACTOR * max(initial_value, LOG_FLOOR))
+    return math.log(max(value, LOG_FLOOR))
 
 
 def quiet_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
@@ -56,17 +57,17 @@ class OptunaTuner(Tuner):
             return {"lr": lr, "momentum": momentum}
         return {**{f"lr[{g}]": lr for g in self.groups}, **{f"momentum[{g}]": momentum for g in self.groups}}
 
-    def point(self, values: dict[str, float]) -> tuple[Hyper, Hyper]:
-        """The (η, β) of an Optuna trial's params (:meth:`distributions`)."""
-        return point_from_flat(values, self.groups)
+    def point(self, values: dict[str, float]) -> Point:
+        """The point of an Optuna trial's params (:meth:`distributions`)."""
+        return Point.from_params(values, self.groups)
 
     def prepare(self) -> float:
         self.study = quiet_study(self.make_sampler())
-        self.asked: dict[tuple, list[optuna.trial.Trial]] = {}
+        self.asked: dict[Point, list[optuna.trial.Trial]] = {}
         return 0.0
 
     def ask(self, remaining: float) -> Proposal | None:
-        n = min(self.batch_size, int((remaining + 1e-9) // self.trial_cost()))
+        n = min(self.batch_size, int((remaining + BUDGET_SLACK) // self.trial_cost()))
         if n < 1:
             return None
         with warnings.catch_warnings():
@@ -74,10 +75,11 @@ class OptunaTuner(Tuner):
             asked = [self.study.ask(self.distributions()) for _ in range(n)]
         points = [self.point(t.params) for t in asked]
         for point, trial in zip(points, asked):
-            self.asked.setdefault(point_key(*point), []).append(trial)
+            self.asked.setdefault(point, []).append(trial)
         return self.points(points)
 
-    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> None:
+    def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> ChainStep | None:
         for outcome in outcomes:
-            trial = self.asked[point_key(outcome.lr, outcome.momentum)].pop(0)
+            trial = self.asked[outcome.point].pop(0)
             self.study.tell(trial, told_value(outcome.value, self.initial_value))
+        return None

@@ -4,12 +4,48 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
+
+from metatune.point import Hyper, MetaGradient, Point
 
 DIVERGENCE_FACTOR = 1e3
 """A run whose validation loss ends above this multiple of its start is called diverged."""
 
 
-STATUSES = ("completed", "diverged", "failed")
+LOG_FLOOR = 1e-300
+"""The smallest loss a logarithm is taken of: log ℓ stays finite for a loss of exactly 0."""
+
+BUDGET_SLACK = 1e-9
+"""Gradient evaluations a proposal may exceed what is left by: costs are sums of float
+shares, so a proposal that fits exactly can come out a rounding error above it."""
+
+
+class TrialStatus(str, Enum):
+    """How a trial ended: ``completed``; ``diverged`` (a result: the run blew up); ``failed``
+    (the evaluation itself crashed)."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """A metagrad trial's place in its chain, as the chains decided it when told.
+
+    ``start``: the chain; ``accepted``: whether the chain moved to this point (it improved on
+    the chain's best and its sensitivities did not explode); ``gradient``: the meta-gradient
+    taken there (None for a value-only line-search point); ``line``: that point's fraction t
+    of the step along which the line search runs (None for a meta-gradient step).
+    """
+
+    start: int
+    accepted: bool
+    gradient: MetaGradient | None = None
+    line: float | None = None
 
 
 def is_diverged(value: float, initial_value: float) -> bool:
@@ -21,15 +57,15 @@ def is_diverged(value: float, initial_value: float) -> bool:
 class Trial:
     """One evaluated (η, β): its validation loss after T steps and what it cost.
 
-    ``lr`` and ``momentum`` are floats, or dicts by group prefix in a per-group space.
-    ``value`` is ℓ_val(θ_T) (inf when the run diverged or failed); ``spectral_radius`` is ρ of
-    the momentum transition over the curvature at θ₀; ``status`` is "completed", "diverged"
-    (a result: the run blew up) or "failed" (the evaluation itself crashed; ``error`` says why).
+    ``point`` is the (η, β) evaluated (``lr`` and ``momentum``: floats, or dicts by group
+    prefix in a per-group space). ``value`` is ℓ_val(θ_T) (inf when the run diverged or
+    failed); ``spectral_radius`` is ρ of the momentum transition over the curvature at θ₀;
+    ``error`` says why a failed evaluation crashed; ``chain`` places a metagrad trial in its
+    chain (None for other methods).
     """
 
     number: int
-    lr: float | dict[str, float]
-    momentum: float | dict[str, float]
+    point: Point
     value: float
     diverged: bool
     gradient_evals: float
@@ -38,9 +74,21 @@ class Trial:
     spectral_radius: float
     stable: bool
     metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "completed"
+    status: TrialStatus = TrialStatus.COMPLETED
     error: str | None = None
     lambda_max: float = math.nan
+    chain: ChainStep | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TrialStatus(self.status))
+
+    @property
+    def lr(self) -> Hyper:
+        return self.point.lr
+
+    @property
+    def momentum(self) -> Hyper:
+        return self.point.momentum
 
 
 @dataclass
@@ -57,15 +105,15 @@ class TuneResult:
 
     @property
     def best(self) -> Trial | None:
-        finite = [t for t in self.trials if t.status == "completed"]
+        finite = [t for t in self.trials if t.status == TrialStatus.COMPLETED]
         return min(finite, key=lambda t: t.value) if finite else None
 
     @property
-    def best_lr(self) -> float | dict[str, float]:
+    def best_lr(self) -> Hyper:
         return self.best.lr if self.best else math.nan
 
     @property
-    def best_momentum(self) -> float | dict[str, float]:
+    def best_momentum(self) -> Hyper:
         return self.best.momentum if self.best else math.nan
 
     @property
@@ -80,7 +128,7 @@ class TuneResult:
         """(cumulative gradient evaluations, best value so far) after each trial."""
         best, curve = math.inf, []
         for trial in self.trials:
-            if trial.status == "completed":
+            if trial.status == TrialStatus.COMPLETED:
                 best = min(best, trial.value)
             curve.append((trial.cumulative_evals, best))
         return curve
