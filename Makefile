@@ -29,6 +29,8 @@ demo: $(DEMO_VENV)/.installed
 	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/python examples/service_demo.py
 
 test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/lint-imports
+	$(TEST_VENV)/bin/mypy
 	OMP_NUM_THREADS=1 RAY_AUTH_MODE=disabled $(TEST_VENV)/bin/python -m pytest
 
 bench: $(DEMO_VENV)/.installed

@@ -118,11 +118,7 @@ def evals_to_reach(result: TuneResult, target: float) -> float:
 def _run_dict(result: TuneResult) -> dict[str, Any]:
     return {"seed": result.seed, "wall_time": result.wall_time, "best_value": result.best_value,
             "best_lr": result.best_lr, "best_momentum": result.best_momentum,
-            "trials": [_trial_dict(t) for t in result.trials]}
-
-
-def _trial_dict(trial: Trial) -> dict[str, Any]:
-    return {k: getattr(trial, k) for k in trial.__dataclass_fields__}
+            "trials": [t.to_json() for t in result.trials]}
 
 
 def json_safe(value: Any) -> Any:

@@ -12,7 +12,7 @@ and stores its JSON form (:meth:`TuningJob.to_json`); the worker runs
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Union
 
@@ -23,7 +23,7 @@ from metatune.objectives import Objective, SearchSpace, get
 BACKENDS = ("local", "ray")
 """Where trials run: in this process, or as Ray Tune trials (a local Ray, or a cluster)."""
 
-Groups = Union[str, tuple[str, ...], None]
+Groups = Union[str, list[str], None]
 """None (one η and one β), "layers", "tensors", or parameter-name prefixes."""
 
 JsonValue = Union[str, int, float, bool, None]
@@ -55,7 +55,7 @@ def _groups(value: object) -> Groups:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(g, str) for g in value):
-        return tuple(value)
+        return list(value)
     raise invalid("groups", value, "None, 'layers', 'tensors' or a list of parameter-name prefixes")
 
 
@@ -78,7 +78,7 @@ class TuningJob:
     Example:
         >>> job = TuningJob("quadratic", "tpe", budget=3_000, seed=1)
         >>> TuningJob.from_json(job.to_json()) == job, job.to_json()["budget"]
-        (True, {'gradient_evals': 3000.0, 'inner_steps': None})
+        (True, {'gradient_evals': 3000, 'inner_steps': None})
     """
 
     objective: str
@@ -99,8 +99,7 @@ class TuningJob:
         checks.instance("method", self.method, str, "a tuning method's name, e.g. 'metagrad'")
         checks.instance("objective_params", self.objective_params, Mapping, "a dict of keyword arguments")
         checks.instance("options", self.options, Mapping, "a dict of the method's options")
-        object.__setattr__(self, "budget", checks.positive("budget", self.budget, note="gradient evaluations"))
-        if not math.isfinite(self.budget):
+        if not math.isfinite(checks.positive("budget", self.budget, note="gradient evaluations")):
             raise invalid("budget", self.budget, "a finite number of gradient evaluations")
         checks.positive_int("steps", self.steps, optional=True, note="the inner horizon T")
         checks.instance("space", self.space, SearchSpace, "a SearchSpace", optional=True)
@@ -127,7 +126,7 @@ class TuningJob:
             "objective": self.objective, "objective_params": dict(self.objective_params), "method": self.method,
             "options": dict(self.options),
             "space": {**box,
-                      "groups": list(self.groups) if isinstance(self.groups, tuple) else self.groups},
+                      "groups": self.groups},
             "budget": {"gradient_evals": self.budget, "inner_steps": self.steps},
             "resources": asdict(self.resources), "seed": self.seed, "concurrency": self.concurrency,
             "backend": self.backend,
@@ -160,9 +159,4 @@ def space_json(space: SearchSpace) -> dict[str, dict[str, float | bool]]:
             "momentum": {"low": space.momentum_low, "high": space.momentum_high}}
 
 
-def job_groups(groups: str | Sequence[str] | None) -> Groups:
-    """``groups`` as a job holds it (a list of prefixes becomes a tuple)."""
-    return _groups(groups)
-
-
-__all__ = ["BACKENDS", "Groups", "Resources", "TuningJob", "job_groups", "space_json"]
+__all__ = ["BACKENDS", "Groups", "Resources", "TuningJob", "space_json"]

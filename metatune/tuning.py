@@ -13,7 +13,7 @@ from metatune import checks
 from metatune.errors import invalid
 from metatune.job import TuningJob
 from metatune.objectives import Objective, get
-from metatune.tuners import Callback, TuneResult
+from metatune.tuners import Callback, TuneResult, accepted_options, tuner_class
 from metatune.tuners import run as run_here
 
 JOB_OPTIONS = ("space", "steps", "groups", "resources", "concurrency")
@@ -26,8 +26,7 @@ RAY_OPTIONS = ("cancel", "ray_address", "storage", "max_retries", "reuse_actors"
 def with_options(job: TuningJob, options: Mapping[str, Any]) -> TuningJob:
     """``job`` with ``options``: those among :data:`JOB_OPTIONS` set the job's fields, the
     rest are added to the method's options."""
-    fields = {k: tuple(v) if k == "groups" and isinstance(v, list) else v
-              for k, v in options.items() if k in JOB_OPTIONS}
+    fields = {k: v for k, v in options.items() if k in JOB_OPTIONS}
     own = {**job.options, **{k: v for k, v in options.items() if k not in JOB_OPTIONS}}
     return job.with_changes(options=own, **fields)
 
@@ -89,6 +88,10 @@ def tune(objective: Objective | str | TuningJob, method: str = "metagrad", budge
         return run_job(objective, callback=callback, **run_options)
     built = get(objective) if isinstance(objective, str) else checks.instance(
         "objective", objective, Objective, "an Objective, a registered name or a TuningJob")
+    tuner_class(method)
+    ray = [*RAY_OPTIONS] if backend == "ray" else []
+    checks.keywords(f"tune(method={method!r})", {**options, **run_options},
+                    [*accepted_options(method), *JOB_OPTIONS, *ray, "history"])
     job = job_of(built, method, budget, seed, backend, options)
     return run_job(job, objective=built, callback=callback, **run_options)
 

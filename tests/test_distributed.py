@@ -21,11 +21,20 @@ from ray import tune as ray_tune  # noqa: E402
 import metatune as mt  # noqa: E402
 from metatune import distributed, objectives  # noqa: E402
 from metatune.tuners import METHODS  # noqa: E402
+from metatune.tuning import RAY_OPTIONS, job_of  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the objectives below travel to Ray workers
 
 BUDGET = 1_500
 RAY_METHODS = sorted(m for m, t in METHODS.items() if t.distributable)
+
+
+def ray_run(objective, method, budget, seed=0, **options):  # noqa: ANN001, ANN003, ANN201
+    """:func:`metatune.distributed.run` of the job ``mt.tune(objective, method, budget, seed,
+    backend="ray", **options)`` describes."""
+    run_options = {k: options.pop(k) for k in (*RAY_OPTIONS, "history", "callback") if k in options}
+    job = job_of(objective, method, budget, seed, "ray", options)
+    return distributed.run(job, objective=objective, **run_options)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +48,7 @@ def ray_results(ray_cluster, quadratic):
     out = {}
     for method in RAY_METHODS:
         seen = []
-        result = distributed.run(quadratic, method, BUDGET, seed=0, callback=seen.append,
+        result = ray_run(quadratic, method, BUDGET, seed=0, callback=seen.append,
                                  storage=ray_cluster / "results")
         out[method] = (result, seen)
     return out
@@ -73,7 +82,7 @@ def test_per_group_spaces_on_ray_pick_the_same_points_as_in_process(ray_cluster,
     meta-gradients through Ray's flat results, and at concurrency 1 the search is the
     in-process one."""
     objective = objectives.get("mlp-regression", hidden=8, steps=20)
-    on_ray = distributed.run(objective, method, 600, seed=0, groups="layers", storage=ray_cluster / "groups")
+    on_ray = ray_run(objective, method, 600, seed=0, groups="layers", storage=ray_cluster / "groups")
     local = mt.tune(objective, method, 600, seed=0, groups="layers")
     assert len(on_ray.trials) == len(local.trials) > 5
     assert all(set(t.lr) == set(t.momentum) == {"0", "2", "4"} for t in on_ray.trials)
@@ -88,11 +97,11 @@ def test_tune_backend_ray_and_its_errors(ray_cluster, quadratic):
     with pytest.raises(ValueError, match="backend='spark'"):
         mt.tune(quadratic, "random", budget=100, backend="spark")
     with pytest.raises(ValueError, match="method='online' is invalid: .*runs in-process only"):
-        distributed.run(quadratic, "online", budget=100)
+        ray_run(quadratic, "online", budget=100)
     with pytest.raises(ValueError, match="concurrency=0"):
-        distributed.run(quadratic, "tpe", budget=100, concurrency=0)
+        ray_run(quadratic, "tpe", budget=100, concurrency=0)
     with pytest.raises(ValueError, match=r"resources.gpu=-1"):
-        distributed.run(quadratic, "tpe", budget=100, resources={"gpu": -1})
+        ray_run(quadratic, "tpe", budget=100, resources={"gpu": -1})
 
 
 def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, quadratic):
@@ -100,7 +109,7 @@ def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, qua
     every step carries its meta-gradient, and Ray's own results hold the same metrics. The
     budget's tail, too small for a meta-gradient a later run could use, goes to value-only
     line-search runs, each its own Ray trial."""
-    result = distributed.run(quadratic, "metagrad", 1_500, seed=0, concurrency=2, starts=2,
+    result = ray_run(quadratic, "metagrad", 1_500, seed=0, concurrency=2, starts=2,
                              storage=ray_cluster / "m")
     steps = [t for t in result.trials if "growth_rate" in t.metrics]
     last = max(i for i, t in enumerate(result.trials) if "growth_rate" in t.metrics)
@@ -109,7 +118,7 @@ def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, qua
     assert len(result.trials) == 9 + len(steps) + len(tail) and tail
     assert all(t.gradient_evals == quadratic.steps + 1 for t in tail)
     assert all({"dvalue_dlr", "dvalue_dmomentum"} <= set(t.metrics) for t in steps)
-    starts = [t.metrics["start"] for t in steps]
+    starts = [t.chain.start for t in steps]
     assert starts.count(0) >= 2 and starts.count(1) >= 2
     grid = ray_tune.ExperimentAnalysis(str(_latest(ray_cluster / "m"))).dataframe()
     assert {"value", "lr", "momentum", "spectral_radius", "stable", "gradient_evals", "wall_time",
@@ -199,7 +208,7 @@ def test_fractional_gpus_share_one_gpu_four_at_a_time_and_stay_on_cpu(ray_cluste
 
 
 def test_a_gpu_job_runs_its_trials_on_the_cpu_without_cuda(ray_cluster, quadratic):
-    result = distributed.run(quadratic, "tpe", 31 * 4, seed=0, resources={"cpu": 0.5, "gpu": 0.25}, concurrency=4,
+    result = ray_run(quadratic, "tpe", 31 * 4, seed=0, resources={"cpu": 0.5, "gpu": 0.25}, concurrency=4,
                              storage=ray_cluster / "g")
     assert len(result.trials) == 4 and all(t.status == "completed" for t in result.trials)
 
@@ -233,7 +242,7 @@ def _sabotaged(base: objectives.Objective, log: Path, failures: int, how: str,
 
 def test_a_crashing_trial_is_retried_then_recorded_failed_and_the_job_goes_on(ray_cluster, tmp_path, quadratic):
     log = tmp_path / "attempts.log"
-    result = distributed.run(_sabotaged(quadratic, log, failures=3, how="raise"), "tpe", 31 * 4, seed=0,
+    result = ray_run(_sabotaged(quadratic, log, failures=3, how="raise"), "tpe", 31 * 4, seed=0,
                              max_retries=2, storage=tmp_path / "res")
     assert log.read_text().count("attempt") == 3  # the first trial: one try and two retries
     assert [t.status for t in result.trials] == ["failed", "completed", "completed", "completed"]
@@ -244,7 +253,7 @@ def test_a_crashing_trial_is_retried_then_recorded_failed_and_the_job_goes_on(ra
 
 def test_a_killed_worker_is_retried_and_its_trial_recorded_once(ray_cluster, tmp_path, quadratic):
     log = tmp_path / "attempts.log"
-    result = distributed.run(_sabotaged(quadratic, log, failures=1, how="kill"), "random", 31 * 3, seed=0,
+    result = ray_run(_sabotaged(quadratic, log, failures=1, how="kill"), "random", 31 * 3, seed=0,
                              max_retries=1, storage=tmp_path / "res")
     local = mt.tune(quadratic, "random", 31 * 3, seed=0)
     assert log.read_text().count("attempt") == 1
@@ -260,7 +269,7 @@ def test_cancel_stops_a_running_job_within_five_seconds(ray_cluster, tmp_path, q
             began.append(time.perf_counter())
             threading.Timer(0.5, cancel.set).start()
 
-    result = distributed.run(slow, "tpe", 31 * 100, seed=0, callback=first_trial, cancel=cancel, concurrency=2,
+    result = ray_run(slow, "tpe", 31 * 100, seed=0, callback=first_trial, cancel=cancel, concurrency=2,
                              storage=tmp_path / "res")
     stopped = time.perf_counter() - began[0] - 0.5
     assert result.cancelled and 1 <= len(result.trials) < 100

@@ -333,19 +333,20 @@ def _distributed_cases() -> list[Any]:
         return pytest.importorskip("metatune.distributed")
 
     return [
-        case(lambda: dist().run(tiny(), "tpe", 500, concurrency=0), "concurrency", "0", ">= 1", "run-concurrency"),
-        case(lambda: dist().run(tiny(), "tpe", 500, max_retries=-1), "max_retries", "-1", ">= 0",
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500, concurrency=0), objective=tiny()), "concurrency", "0", ">= 1", "run-concurrency"),
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500), objective=tiny(), max_retries=-1), "max_retries", "-1", ">= 0",
              "run-max-retries"),
-        case(lambda: dist().run(tiny(), "tpe", 500, reuse_actors="yes"), "reuse_actors", "'yes'", "True or False",
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500), objective=tiny(), reuse_actors="yes"), "reuse_actors", "'yes'", "True or False",
              "run-reuse-actors"),
-        case(lambda: dist().run(tiny(), "tpe", 500, cancel=3), "cancel", "3", "threading.Event", "run-cancel"),
-        case(lambda: dist().run(tiny(), "tpe", 500, resources={"cpu": 0}), "resources.cpu", "0", "(0, 1024]",
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500), objective=tiny(), cancel=3), "cancel", "3", "threading.Event", "run-cancel"),
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500, resources={"cpu": 0})), "resources.cpu", "0", "(0, 1024]",
              "run-resources-cpu"),
-        case(lambda: dist().run(tiny(), "tpe", 500, resources={"gpus": 1}), "resources", "{'gpus': 1}",
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500, resources={"gpus": 1})), "resources", "{'gpus': 1}",
              "'cpu', 'gpu'", "run-resources-keys"),
-        case(lambda: dist().run(tiny(), "online", 500), "method", "'online'", "runs in-process only",
+        case(lambda: dist().run(mt.TuningJob("tiny", "online", budget=500), objective=tiny()), "method", "'online'", "runs in-process only",
              "run-method"),
-        case(lambda: dist().run(tiny(), "tpe", 500, mode="reverse"), "mode", "'reverse'", "'concurrency'",
+        case(lambda: dist().run(mt.TuningJob("tiny", "tpe", budget=500, options={"mode": "reverse"}), objective=tiny()),
+             "mode", "'reverse'", "one of []",
              "run-unknown-option"),
         case(lambda: (dist(), mt.tune(tiny(), "tpe", 500, backend="ray", bogus=1))[1], "bogus", "1", "'steps'",
              "tune-ray-unknown-option"),
@@ -400,9 +401,10 @@ def test_every_public_entry_point_has_a_case() -> None:
 
 def test_the_messages_read_as_the_design_says() -> None:
     """Spot checks of whole messages: what a user reads."""
-    accepted = mt.tuners.accepted_options("online")
-    assert {"horizon", "meta_lr", "margin", "guard", "max_amplification", "space", "steps"} <= set(accepted)
-    assert not {"mode", "outer", "screen", "starts", "budget", "seed", "callback"} & set(accepted)
+    own = mt.tuners.accepted_options("online")
+    assert {"horizon", "meta_lr", "margin", "guard", "max_amplification"} <= set(own)
+    assert not {"mode", "outer", "screen", "starts", "budget", "seed", "callback", "space", "steps"} & set(own)
+    accepted = sorted([*own, "concurrency", "groups", "history", "resources", "space", "steps"])
     with pytest.raises(ValueError) as info:
         mt.tune(tiny(), "online", mode="reverse")
     assert str(info.value) == (

@@ -89,5 +89,5 @@ def run(job: TuningJob, objective: Objective | None = None, callback: Callback |
     return build_tuner(job, objective, callback).run(history)
 
 
-__all__ = ["JOB_FIELDS", "METHODS", "ChainStep", "Trial", "TrialStatus", "TuneResult", "Tuner", "accepted_options",
+__all__ = ["JOB_FIELDS", "METHODS", "Callback", "ChainStep", "Trial", "TrialStatus", "TuneResult", "Tuner", "accepted_options",
            "build_tuner", "check_groups", "run", "tuner_class"]

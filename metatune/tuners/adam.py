@@ -23,7 +23,7 @@ EPSILON = 1e-8
 class AdamState(NamedTuple):
     """Gradients seen (t) and the moment estimates m, v."""
 
-    count: int
+    step: int
     first_moment: np.ndarray
     second_moment: np.ndarray
 
@@ -37,7 +37,7 @@ def adam_update(state: AdamState, grad: np.ndarray) -> AdamState:
     """m ← β₁ m + (1 − β₁) g, v ← β₂ v + (1 − β₂) g², t ← t + 1."""
     first = FIRST_DECAY * state.first_moment + (1 - FIRST_DECAY) * grad
     second = SECOND_DECAY * state.second_moment + (1 - SECOND_DECAY) * grad * grad
-    return AdamState(state.count + 1, first, second)
+    return AdamState(state.step + 1, first, second)
 
 
 def adam_direction(state: AdamState) -> np.ndarray:
@@ -48,6 +48,6 @@ def adam_direction(state: AdamState) -> np.ndarray:
         >>> adam_direction(state).round(6).tolist()  # the first step is the gradient's sign
         [1.0, -1.0]
     """
-    t = state.count
+    t = state.step
     return (state.first_moment / (1 - FIRST_DECAY**t)) / (np.sqrt(state.second_moment / (1 - SECOND_DECAY**t))
                                                           + EPSILON)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from metatune._types import Params
 from metatune.costs import CostModel, measure
 from metatune.hypergrad import Plan, hypergrad, resolve
 from metatune.objectives import Objective
@@ -76,7 +77,7 @@ class Context:
     """What every evaluation of one (objective, seed, T) shares."""
 
     objective: Objective
-    params: dict
+    params: Params
     batches: Any
     steps: int
     initial_value: float

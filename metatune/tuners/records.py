@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from metatune.point import Hyper, MetaGradient, Point
 
@@ -85,6 +86,17 @@ class Trial:
     @property
     def lr(self) -> Hyper:
         return self.point.lr
+
+    def to_json(self) -> dict[str, Any]:
+        """The trial as JSON (inf and NaN left as they are: the writer decides how to show them)."""
+        chain = None if self.chain is None else {
+            "start": self.chain.start, "accepted": self.chain.accepted, "line": self.chain.line,
+            "gradient": None if self.chain.gradient is None else self.chain.gradient.to_metrics(self.point.groups)}
+        return {"number": self.number, **self.point.to_json(), "value": self.value, "diverged": self.diverged,
+                "gradient_evals": self.gradient_evals, "cumulative_evals": self.cumulative_evals,
+                "wall_time": self.wall_time, "spectral_radius": self.spectral_radius, "stable": self.stable,
+                "metrics": dict(self.metrics), "status": self.status.value, "error": self.error,
+                "lambda_max": self.lambda_max, "chain": chain}
 
     @property
     def momentum(self) -> Hyper:
