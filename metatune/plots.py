@@ -27,12 +27,14 @@ def _pyplot():  # noqa: ANN202 - matplotlib without a display
     return plt
 
 
-def _save(fig, path: str) -> None:  # noqa: ANN001
-    """Write the figure, creating its folder."""
+def save(fig, path: str) -> str:  # noqa: ANN001
+    """Write the figure to ``path`` (creating its folder), close it, and return the path."""
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
     fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
 
 
 def best_so_far_on(result: TuneResult, grid: np.ndarray) -> np.ndarray:
@@ -45,6 +47,11 @@ def best_so_far_on(result: TuneResult, grid: np.ndarray) -> np.ndarray:
 
 
 def convergence(cmp: Comparison, path: str) -> str:
+    """:func:`convergence_figure` written to ``path``."""
+    return save(convergence_figure(cmp), path)
+
+
+def convergence_figure(cmp: Comparison):  # noqa: ANN201 - a matplotlib Figure
     """Best-so-far validation loss against gradient evaluations: median line, min–max band."""
     plt = _pyplot()
     grid = np.linspace(0.0, cmp.budget, 400)
@@ -65,9 +72,7 @@ def convergence(cmp: Comparison, path: str) -> str:
     ax.set_title(f"{cmp.objective.name}: median over {len(cmp.seeds)} seeds, band = min–max")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _pairs(trial: Trial) -> list[tuple[float, float]]:
@@ -76,6 +81,11 @@ def _pairs(trial: Trial) -> list[tuple[float, float]]:
 
 
 def plane(cmp: Comparison, path: str) -> str:
+    """:func:`plane_figure` written to ``path``."""
+    return save(plane_figure(cmp), path)
+
+
+def plane_figure(cmp: Comparison):  # noqa: ANN201 - a matplotlib Figure
     """The η–β plane: ρ contours and the ρ = 1 boundary from the curvature at θ₀, every trial
     coloured by its validation loss (diverged ones as ×), and metagrad's path. In a
     per-group space each trial appears once per group, at that group's (η_g, β_g)."""
@@ -118,9 +128,7 @@ def plane(cmp: Comparison, path: str) -> str:
                  f"(shaded: ρ > 1)")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-__all__ = ["best_so_far_on", "convergence", "plane"]
+__all__ = ["best_so_far_on", "convergence", "convergence_figure", "plane", "plane_figure", "save"]

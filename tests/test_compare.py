@@ -148,17 +148,10 @@ def test_evals_to_target_never_reached_is_null_in_json(monkeypatch):
 
 
 @pytest.fixture
-def figures(monkeypatch, tmp_path):
-    """The figures the plots draw, kept (open) as they are saved."""
-    kept = {}
-    save = plots._save
-
-    def keep(fig, path):  # noqa: ANN001, ANN202
-        kept[path.rsplit("-", 1)[1]] = fig
-        save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", keep)
-    return kept
+def figures(handmade):
+    """The figures ``cmp.plot`` writes, drawn for the hand-made comparison."""
+    cmp, _ = handmade
+    return {"convergence.png": plots.convergence_figure(cmp), "plane.png": plots.plane_figure(cmp)}
 
 
 def _median_line(ax, label):  # noqa: ANN001, ANN202

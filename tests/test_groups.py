@@ -163,19 +163,8 @@ def test_compare_and_plane_plot_show_each_group(tiny, tmp_path):
     cmp = compare(tiny, ["random", "metagrad"], budget=BUDGET, seeds=[0], groups="tensors")
     for runs in cmp.results.values():
         assert all(len(t.lr) == 3 for t in runs[0].trials)
-    captured = {}
-    original = plots._save
-
-    def keep(fig, path):
-        captured["fig"] = fig
-        original(fig, path)
-
-    plots._save = keep
-    try:
-        plots.plane(cmp, str(tmp_path / "plane.png"))
-    finally:
-        plots._save = original
-    scatter = [c for c in captured["fig"].axes[0].collections if isinstance(c, PathCollection)]
+    figure = plots.plane_figure(cmp)
+    scatter = [c for c in figure.axes[0].collections if isinstance(c, PathCollection)]
     trials = [t for runs in cmp.results.values() for t in runs[0].trials]
     assert sum(len(c.get_offsets()) for c in scatter) == 3 * len(trials)
 
