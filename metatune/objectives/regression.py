@@ -1,8 +1,7 @@
 """``mlp-regression``: a tanh MLP fitting a smooth nonlinear function of 8 inputs from noisy samples.
 
 Inputs x ~ N(0, I₈); target y = sin(2x₀) + x₁x₂ + ½x₃² − cos(x₄) + 0.1 ε, ε ~ N(0, 1) (the last
-three inputs are distractors); mean squared error. Added after metagrad's development as
-an objective no method was tuned on (issue 8): a regression network on generated data,
+three inputs are distractors); mean squared error: a regression network on generated data,
 three layers, so per-layer spaces have 6 hyperparameters.
 
 Example:

@@ -95,18 +95,15 @@ from metatune.tuners.records import BUDGET_SLACK, ChainStep
 
 ASSUMED_CONDITION = 100.0
 """The largest κ the starting point assumes on minibatch objectives, whatever Lanczos finds:
-a start at the estimated κ (β* ≈ 0.9 on logistic-digits, where λ_min ≈ 10⁻⁴ λ_max) left
-metagrad 1.25–1.99× TPE's best at 10 % of its budget, a start at κ = 100 (β* ≈ 0.67)
-1.000–1.009× (3 seeds)."""
+minibatch noise hides the low end of the spectrum (λ_min ≈ 10⁻⁴ λ_max on logistic-digits would
+give β* ≈ 0.9, far more momentum than a noisy run of T steps can use); κ = 100 gives β* ≈ 0.67."""
 
 NEGATIVE_CURVATURE_CONDITION = 30.0
 """κ the theory start assumes where θ₀ has negative curvature (λ_min of the Lanczos run ≤ 0,
 every network in the bench): the local quadratic model says nothing of the low end there, and
 a short run on a network wants less momentum than κ = 100 gives (β* = 0.67; TPE's best on
-mlp-digits lies at β = 0.1–0.3). Chosen among 10, 30 and 100 on the seen networks (seeds 0–2,
-SGD-judged, BENCHMARKS.md): at κ = 30 (β* = 0.48) mlp-digits at 10 % went from 1.30× TPE's best
-to 1.07×, cnn-digits from 1.07× to 1.005×; κ = 10 (β* = 0.27) did better on mlp-digits at
-10 % (1.05×) and worse at 30 % and per tensor."""
+mlp-digits lies at β = 0.1–0.3). κ = 30 gives β* = ((√30 − 1)/(√30 + 1))² = 0.48; the
+comparison with 10 and 100 that chose it is in BENCHMARKS.md."""
 
 CATAPULT = 2.0
 """How far above θ₀'s critical lr the chains may step where θ₀ is not convex (screening and
@@ -143,10 +140,9 @@ class MetagradTuner(Tuner):
         guard: True (the default) keeps those caps; False lifts them (the back-off still
             rejects runs that explode); "auto" keeps them where θ₀ is convex (λ_min > 0 found)
             and lifts them where θ₀ has negative curvature. Networks often train stably above
-            the critical lr of θ₀, whose curvature the first steps reduce: on mlp-digits the
-            1× cap excluded the region where TPE finds its best, which the chains now reach;
-            lifting the cap for screening too put screening runs above it on mlp-regression,
-            where they diverge (4 of 9), so the default stays True (BENCHMARKS.md).
+            the critical lr of θ₀, whose curvature the first steps reduce, and the chains may
+            go there (:data:`CATAPULT`); screening runs above it diverge on some networks, so
+            the default keeps the caps.
         screen: screening points besides the theory point (None: :meth:`default_screen`).
         starts: how many starts take outer steps (on Ray, as concurrent chains).
         max_amplification: reject a step whose sensitivities grew more than this.
