@@ -219,7 +219,10 @@ def _compare_with(client: Client, args: argparse.Namespace, params: dict, method
                                           for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)))
 
         state = client.wait_comparison(created["id"], progress)
-    if not state["table"]:
+    if state["table"] is None and state["status"] == JobStatus.SUCCEEDED:
+        raise UserError(f"comparison {state['id']} ended, but no worker built its table: is `metatune serve` "
+                        f"(without --no-worker) or a `metatune worker` running on its database?")
+    if state["table"] is None:
         errors = {j["error"] for j in state["jobs"] if j["error"]}
         raise UserError(f"comparison {state['id']} ended {state['status']} without results: {errors}")
     print(state["table"]["markdown"])

@@ -83,13 +83,20 @@ class Client:
         return self.request("GET", f"/v1/comparisons/{comparison_id}")
 
     def wait_comparison(self, comparison_id: str, on_progress: Callable[[dict], None] | None = None,
-                        interval: float = 1.0) -> dict[str, Any]:
+                        interval: float = 1.0, table_timeout: float = 600.0) -> dict[str, Any]:
+        """The comparison once every job has ended and, if one succeeded, a worker has built its
+        table and plots (or ``table_timeout`` seconds after the end without them)."""
+        ended = None
         while True:
             state = self.comparison(comparison_id)
             if on_progress is not None:
                 on_progress(state)
-            if JobStatus(state["status"]).final:
-                return state
+            status = JobStatus(state["status"])
+            if status.final:
+                ended = time.monotonic() if ended is None else ended
+                if (state["table"] is not None or status is not JobStatus.SUCCEEDED
+                        or time.monotonic() - ended > table_timeout):
+                    return state
             time.sleep(interval)
 
     def download(self, path: str, target: str) -> str:

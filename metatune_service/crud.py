@@ -314,19 +314,39 @@ def library_trial(row: Trial, metrics: dict[str, float | None]) -> LibraryTrial:
 # -- comparisons ------------------------------------------------------------------------------------
 
 
-def get_comparison(db: Database, *, comparison_id: str, owner: str) -> tuple[Comparison, list[Job]] | None:
+def get_comparison(db: Database, *, comparison_id: str,
+                   owner: str | None = None) -> tuple[Comparison, list[Job]] | None:
+    """The comparison and its jobs (by method, then seed), if it exists and (when ``owner`` is
+    given) belongs to ``owner``."""
     with db.read() as session:
         group = session.get(Comparison, comparison_id)
-        if group is None or group.owner != owner:
+        if group is None or (owner is not None and group.owner != owner):
             return None
         jobs = list(session.scalars(select(Job).where(Job.comparison_id == comparison_id)
                                     .order_by(Job.method, Job.seed)).all())
     return group, jobs
 
 
-def save_comparison_table(db: Database, *, comparison_id: str, table: dict[str, Any]) -> None:
+def save_comparison_table(db: Database, *, comparison_id: str, table: dict[str, Any]) -> bool:
+    """Store the comparison's table unless one is stored already; returns whether it was stored."""
     with db.write() as session:
-        session.execute(update(Comparison).where(Comparison.id == comparison_id).values(table=table))
+        saved = session.execute(update(Comparison).where(Comparison.id == comparison_id, Comparison.table.is_(None))
+                                .values(table=table).returning(Comparison.id)).first()
+    return saved is not None
+
+
+def comparisons_to_build(db: Database, *, ended_before: datetime) -> list[str]:
+    """Comparisons without a table whose jobs have all ended, one of them succeeded, and the
+    last of them before ``ended_before`` (oldest first): those whose table no worker built
+    yet, as when the last open job was cancelled in the queue."""
+    of_group = Job.comparison_id == Comparison.id
+    still_open = select(Job.id).where(of_group, Job.status.not_in(JobStatus.finals())).exists()
+    succeeded = select(Job.id).where(of_group, Job.status == JobStatus.SUCCEEDED).exists()
+    recent = select(Job.id).where(of_group, Job.finished_at >= ended_before).exists()
+    query = (select(Comparison.id).where(Comparison.table.is_(None), succeeded, ~still_open, ~recent)
+             .order_by(Comparison.created_at))
+    with db.read() as session:
+        return list(session.scalars(query).all())
 
 
 def cancel_requested(db: Database, *, job_id: str) -> bool:

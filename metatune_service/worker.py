@@ -1,5 +1,6 @@
 """The job worker: claim a queued job, hold its lease by heartbeats, run it through
-``metatune.distributed``, and write its trials as they arrive through one writer.
+``metatune.distributed``, and write its trials as they arrive through one writer; once a
+comparison's last job has ended, build its table and plots (:mod:`metatune_service.comparisons`).
 
 A worker that dies loses its lease; another worker claims the job again and resumes it
 (its recorded trials are kept and replayed into the method, not run again). A job that
@@ -17,14 +18,15 @@ import threading
 import time
 import traceback
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from metatune import objectives
 from metatune.tuners.base import Trial as LibraryTrial
-from metatune_service import crud
+from metatune_service import comparisons, crud
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
-from metatune_service.models import Job
+from metatune_service.models import Job, utcnow
 from metatune_service.status import JobStatus
 from metatune_service.validation import groups_of, space_of
 
@@ -65,20 +67,44 @@ class JobWriter:
 
 
 class Worker:
-    """Claims and runs jobs until ``stop`` is set."""
+    """Claims and runs jobs until ``stop`` is set; builds comparisons' tables when their last
+    job ends (after running it) or when idle (a comparison whose last open job was cancelled
+    in the queue, or whose builder died)."""
 
     def __init__(self, db: Database, settings: Settings, name: str | None = None) -> None:
         self.db, self.settings = db, settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.failed_builds: set[str] = set()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             job = crud.claim_job(self.db, worker=self.name, lease_seconds=self.settings.lease_seconds,
                                  max_attempts=self.settings.max_attempts)
             if job is None:
+                self.build_comparisons()
                 stop.wait(self.settings.poll_seconds)
                 continue
             self.execute(job, stop)
+            if job.comparison_id is not None and not stop.is_set():
+                self.build_comparison(job.comparison_id)
+
+    def build_comparisons(self) -> None:
+        """Build the tables of comparisons whose jobs all ended at least a lease ago (time for
+        the worker that ended the last one to build it) and that still have none."""
+        ended_before = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+        for comparison_id in crud.comparisons_to_build(self.db, ended_before=ended_before):
+            if comparison_id not in self.failed_builds:
+                self.build_comparison(comparison_id)
+
+    def build_comparison(self, comparison_id: str) -> None:
+        """Build the comparison's table and plots if its jobs have all ended (a build that
+        fails is logged and not tried again by this worker)."""
+        try:
+            if comparisons.build(self.db, self.settings, comparison_id):
+                log.info("built the table and plots of comparison %s", comparison_id)
+        except Exception:  # noqa: BLE001 - the jobs' results stand; the table is what is missing
+            log.exception("comparison %s: its table could not be built", comparison_id)
+            self.failed_builds.add(comparison_id)
 
     def execute(self, job: Job, stop: threading.Event | None = None) -> None:
         """Run one claimed job to its end (succeeded, cancelled, failed or released)."""
