@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from metatune.tuners.base import Trial as LibraryTrial
 from metatune.tuners.groups import Hyper
 from metatune.tuners.metagrad import derivative
 from metatune_service.core.db import Database
-from metatune_service.models import ApiToken, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
+from metatune_service.models import ApiToken, Clock, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
 from metatune_service.status import JobStatus
 
 
@@ -125,9 +125,11 @@ def request_cancel(db: Database, *, job_id: str) -> Job | None:
     return job
 
 
-def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: int) -> Job | None:
-    """Claim the oldest queued job, or a running one whose lease expired (its worker died)."""
-    now = utcnow()
+def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: int,
+              clock: Clock = utcnow) -> Job | None:
+    """Claim the oldest queued job, or a running one whose lease expired (its worker died) by
+    ``clock``'s time."""
+    now = clock()
     claimable = or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.lease_expires < now))
     pick = select(Job.id).where(claimable).order_by(Job.created_at).limit(1)
     if not db.is_sqlite:
@@ -150,11 +152,18 @@ def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: 
     return job
 
 
-def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float) -> bool | None:
-    """Renew the lease; returns whether a cancel was requested (None: the lease was lost)."""
-    now = utcnow()
+def _held_by(job_id: str, worker: str) -> ColumnElement[bool]:
+    """The job's row while ``worker`` holds its lease (it runs there)."""
+    return (Job.id == job_id) & (Job.lease_holder == worker) & (Job.status == JobStatus.RUNNING)
+
+
+def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float,
+              clock: Clock = utcnow) -> bool | None:
+    """Renew the lease until ``lease_seconds`` after ``clock``'s time; returns whether a cancel
+    was requested (None: the lease was lost)."""
+    now = clock()
     with db.write() as session:
-        done = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == JobStatus.RUNNING)
+        done = session.execute(update(Job).where(_held_by(job_id, worker))
                                .values(heartbeat_at=now, lease_expires=now + timedelta(seconds=lease_seconds))
                                .returning(Job.cancel_requested)).first()
     return None if done is None else bool(done[0])
@@ -163,22 +172,24 @@ def heartbeat(db: Database, *, job_id: str, worker: str, lease_seconds: float) -
 def _hold(session: Session, job_id: str, worker: str) -> Job | None:
     """The job, if ``worker`` still holds it, checked by an UPDATE so that the check and what
     follows are one transaction under the job's row lock (the write lock on SQLite)."""
-    held = session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == JobStatus.RUNNING)
-                           .values(heartbeat_at=utcnow()).returning(Job.id)).first()
+    held = session.execute(update(Job).where(_held_by(job_id, worker)).values(heartbeat_at=utcnow())
+                           .returning(Job.id)).first()
     return None if held is None else session.get(Job, job_id)
 
 
-def finish_job(db: Database, *, job_id: str, worker: str, status: JobStatus, error: str | None = None) -> None:
+def finish_job(db: Database, *, job_id: str, worker: str, status: JobStatus, error: str | None = None,
+               clock: Clock = utcnow) -> None:
+    """End the job with ``status`` at ``clock``'s time, if ``worker`` still holds it."""
     with db.write() as session:
         job = _hold(session, job_id, worker)
         if job is not None:
-            job.status, job.finished_at, job.error, job.lease_expires = status, utcnow(), error, None
+            job.status, job.finished_at, job.error, job.lease_expires = status, clock(), error, None
 
 
 def release_job(db: Database, *, job_id: str, worker: str, error: str | None) -> None:
     """Give a job back to the queue after a failed attempt (claimed again up to max_attempts)."""
     with db.write() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.lease_holder == worker, Job.status == JobStatus.RUNNING)
+        session.execute(update(Job).where(_held_by(job_id, worker))
                         .values(status=JobStatus.QUEUED, lease_holder=None, lease_expires=None, error=error))
 
 

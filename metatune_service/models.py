@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
@@ -17,6 +16,10 @@ from metatune_service.status import JobStatus
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+Clock = Callable[[], datetime]
+"""What leases are timed by: :func:`utcnow`, or a test's clock that moves when told."""
 
 
 def new_id() -> str:

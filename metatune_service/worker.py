@@ -26,7 +26,7 @@ from metatune.tuners.base import Trial as LibraryTrial
 from metatune_service import comparisons, crud
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
-from metatune_service.models import Job, utcnow
+from metatune_service.models import Clock, Job, utcnow
 from metatune_service.status import JobStatus
 from metatune_service.validation import groups_of, space_of
 
@@ -69,17 +69,17 @@ class JobWriter:
 class Worker:
     """Claims and runs jobs until ``stop`` is set; builds comparisons' tables when their last
     job ends (after running it) or when idle (a comparison whose last open job was cancelled
-    in the queue, or whose builder died)."""
+    in the queue, or whose builder died). Leases are timed by ``clock``."""
 
-    def __init__(self, db: Database, settings: Settings, name: str | None = None) -> None:
-        self.db, self.settings = db, settings
+    def __init__(self, db: Database, settings: Settings, name: str | None = None, clock: Clock = utcnow) -> None:
+        self.db, self.settings, self.clock = db, settings, clock
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.failed_builds: set[str] = set()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             job = crud.claim_job(self.db, worker=self.name, lease_seconds=self.settings.lease_seconds,
-                                 max_attempts=self.settings.max_attempts)
+                                 max_attempts=self.settings.max_attempts, clock=self.clock)
             if job is None:
                 self.build_comparisons()
                 stop.wait(self.settings.poll_seconds)
@@ -91,7 +91,7 @@ class Worker:
     def build_comparisons(self) -> None:
         """Build the tables of comparisons whose jobs all ended at least a lease ago (time for
         the worker that ended the last one to build it) and that still have none."""
-        ended_before = utcnow() - timedelta(seconds=self.settings.lease_seconds)
+        ended_before = self.clock() - timedelta(seconds=self.settings.lease_seconds)
         for comparison_id in crud.comparisons_to_build(self.db, ended_before=ended_before):
             if comparison_id not in self.failed_builds:
                 self.build_comparison(comparison_id)
@@ -109,7 +109,7 @@ class Worker:
     def execute(self, job: Job, stop: threading.Event | None = None) -> None:
         """Run one claimed job to its end (succeeded, cancelled, failed or released)."""
         cancel, done = threading.Event(), threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job.id, cancel, done, stop), daemon=True)
+        beat = threading.Thread(target=self.keep_lease, args=(job.id, cancel, done, stop), daemon=True)
         beat.start()
         writer = JobWriter(self.db, job.id, self.name)
         try:
@@ -118,7 +118,7 @@ class Worker:
             if result.cancelled and stop is not None and stop.is_set():  # the worker stops, not the job
                 crud.release_job(self.db, job_id=job.id, worker=self.name, error=None)
             else:
-                crud.finish_job(self.db, job_id=job.id, worker=self.name,
+                crud.finish_job(self.db, job_id=job.id, worker=self.name, clock=self.clock,
                                 status=JobStatus.CANCELLED if result.cancelled else JobStatus.SUCCEEDED)
         except Exception as error:  # noqa: BLE001 - recorded on the job, which is retried or failed
             if _caused_by(error, LeaseLost):  # Ray wraps errors raised in its callbacks
@@ -131,7 +131,8 @@ class Worker:
             except Exception:  # noqa: BLE001 - the attempt failed already; its error is what matters
                 pass
             if job.attempts >= self.settings.max_attempts or isinstance(error, ValueError):
-                crud.finish_job(self.db, job_id=job.id, worker=self.name, status=JobStatus.FAILED, error=message)
+                crud.finish_job(self.db, job_id=job.id, worker=self.name, status=JobStatus.FAILED, error=message,
+                                clock=self.clock)
             else:
                 crud.release_job(self.db, job_id=job.id, worker=self.name, error=message)
         finally:
@@ -151,24 +152,25 @@ class Worker:
             space=space_of(spec), groups=groups_of(spec), **spec["options"],
         )
 
-    def _heartbeat(self, job_id: str, cancel: threading.Event, done: threading.Event,
-                   stop: threading.Event | None) -> None:
-        """Poll for a cancel request every ``poll_seconds``; renew the lease every
-        ``heartbeat_seconds``; stop the run when the lease is lost or the worker stops."""
-        renewed = attempted = time.monotonic()
+    def keep_lease(self, job_id: str, cancel: threading.Event, done: threading.Event,
+                   stop: threading.Event | None = None) -> None:
+        """Until ``done``: poll for a cancel request every ``poll_seconds``; renew the lease
+        once ``heartbeat_seconds`` have passed by ``clock``; set ``cancel`` when a cancel is
+        requested, the worker stops, or the lease is lost or has run out unrenewed."""
+        renewed = attempted = self.clock()
         while not done.wait(self.settings.poll_seconds):
             try:
                 if (stop is not None and stop.is_set()) or crud.cancel_requested(self.db, job_id=job_id):
                     cancel.set()
-                if time.monotonic() - attempted >= self.settings.heartbeat_seconds:
-                    attempted = time.monotonic()
+                if (self.clock() - attempted).total_seconds() >= self.settings.heartbeat_seconds:
+                    attempted = self.clock()
                     if crud.heartbeat(self.db, job_id=job_id, worker=self.name,
-                                      lease_seconds=self.settings.lease_seconds) is None:
+                                      lease_seconds=self.settings.lease_seconds, clock=self.clock) is None:
                         cancel.set()
                     renewed = attempted
             except Exception as error:  # noqa: BLE001 - a database hiccup: retry, unless the lease ran out
                 log.warning("heartbeat of job %s failed: %s", job_id, error)
-            if time.monotonic() - renewed > self.settings.lease_seconds:
+            if (self.clock() - renewed).total_seconds() > self.settings.lease_seconds:
                 cancel.set()  # another worker may hold the job now: stop running it here
 
 

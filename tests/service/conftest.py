@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -18,6 +19,7 @@ from metatune_service.core.config import Settings  # noqa: E402
 from metatune_service.core.db import Database  # noqa: E402
 from metatune_service.core.migrations import upgrade  # noqa: E402
 from metatune_service.main import create_app  # noqa: E402
+from metatune_service.models import utcnow  # noqa: E402
 from metatune_service.worker import Worker  # noqa: E402
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
@@ -68,6 +70,21 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'metatune.db'}"
+
+
+class FakeClock:
+    """A clock for leases that moves only when told (``advance``), from the real time; it
+    counts its reads, so that a test knows when a thread has looked at it."""
+
+    def __init__(self) -> None:
+        self.now, self.reads = utcnow(), 0
+
+    def __call__(self) -> datetime:
+        self.reads += 1
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def free_port() -> int:

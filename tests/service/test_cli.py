@@ -29,10 +29,10 @@ def test_the_service_commands_and_benchmark_come_through_entry_points():
     assert {p.value for p in entry_points(group="metatune.commands")} == {"metatune_service.cli"}
     assert {p.value for p in entry_points(group="metatune.benchmarks")} == {"metatune_service.bench"}
     parser = build_parser()
-    for argv in (["serve"], ["worker"], ["submit", "job.json"], ["jobs"], ["db", "current"],
-                 ["token", "create", "--owner", "alice"]):
-        assert parser.parse_args(argv).handler.__module__ == "metatune_service.cli"
-    assert parser.parse_args(["bench", "service"]).run_benchmark.__module__ == "metatune_service.bench"
+    commands = (["serve"], ["worker"], ["submit", "job.json"], ["jobs"], ["db", "current"],
+                ["token", "create", "--owner", "alice"])
+    assert {parser.parse_args(argv).handler.__module__ for argv in commands} == {"metatune_service.cli"}
+    assert {parser.parse_args(["bench", "service"]).run_benchmark.__module__} == {"metatune_service.bench"}
 
 
 def test_an_unreachable_server_is_one_line_on_stderr_and_exit_code_two(capsys):

@@ -4,9 +4,15 @@ that keeps failing given up after max_attempts."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 from metatune_service import crud
+from metatune_service.core.config import Settings
+from metatune_service.worker import Worker
+
+from .conftest import FakeClock
 
 SPEC = {"method": "tpe", "objective": "quadratic", "seed": 0, "budget": {"gradient_evals": 31.0}}
 
@@ -27,16 +33,21 @@ def test_concurrent_workers_claim_each_job_exactly_once(migrated):
 
 
 def test_an_expired_lease_is_reclaimed_and_a_job_is_given_up_after_max_attempts(migrated):
+    clock = FakeClock()
+    lease = {"lease_seconds": 10, "max_attempts": 2, "clock": clock}
     (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
-    assert crud.claim_job(migrated, worker="a", lease_seconds=0.2, max_attempts=2).id == job.id
-    assert crud.claim_job(migrated, worker="b", lease_seconds=0.2, max_attempts=2) is None  # a's lease holds
-    assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=0.2) is False
-    time.sleep(0.3)
-    again = crud.claim_job(migrated, worker="b", lease_seconds=0.2, max_attempts=2)
+    assert crud.claim_job(migrated, worker="a", **lease).id == job.id
+    clock.advance(9)
+    assert crud.claim_job(migrated, worker="b", **lease) is None  # a's lease holds
+    assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=10, clock=clock) is False
+    clock.advance(9)
+    assert crud.claim_job(migrated, worker="b", **lease) is None  # renewed: it holds 10 s from the heartbeat
+    clock.advance(2)
+    again = crud.claim_job(migrated, worker="b", **lease)
     assert again.id == job.id and again.attempts == 2 and again.lease_holder == "b"
-    assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=0.2) is None  # a lost it
-    time.sleep(0.3)
-    assert crud.claim_job(migrated, worker="c", lease_seconds=0.2, max_attempts=2) is None
+    assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=10, clock=clock) is None  # a lost it
+    clock.advance(11)
+    assert crud.claim_job(migrated, worker="c", **lease) is None
     gave_up = crud.get_job(migrated, job_id=job.id)
     assert gave_up.status == "failed" and "gave up after 2 attempts" in gave_up.error
 
@@ -46,3 +57,63 @@ def test_a_cancel_request_reaches_the_heartbeat(migrated):
     crud.claim_job(migrated, worker="a", lease_seconds=60, max_attempts=3)
     assert crud.request_cancel(migrated, job_id=job.id).status == "running"
     assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=60) is True
+
+
+
+def lease_keeper(migrated, clock: FakeClock, name: str) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """Worker ``name``'s lease loop for the job it claims, polling every 10 ms (real time),
+    its lease timed by ``clock``; returned once the loop has read the clock."""
+    settings = Settings(database_url="sqlite://", lease_seconds=30, heartbeat_seconds=5, poll_seconds=0.01)
+    job = crud.claim_job(migrated, worker=name, lease_seconds=30, max_attempts=3, clock=clock)
+    cancel, done = threading.Event(), threading.Event()
+    worker = Worker(migrated, settings, name=name, clock=clock)
+    reads = clock.reads
+    thread = threading.Thread(target=worker.keep_lease, args=(job.id, cancel, done), daemon=True)
+    thread.start()
+    wait_until(lambda: clock.reads > reads)
+    return thread, cancel, done
+
+
+def wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def instant(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite's are naive UTC
+
+
+def test_a_worker_renews_its_lease_as_its_clock_passes_the_heartbeat_interval(migrated):
+    clock = FakeClock()
+    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    thread, cancel, done = lease_keeper(migrated, clock, "a")
+    try:
+        for _ in range(10):  # 100 s of heartbeats every 10 s, over a 30 s lease
+            clock.advance(10)
+            expected = clock() + timedelta(seconds=30)
+            wait_until(lambda: instant(crud.get_job(migrated, job_id=job.id).lease_expires) == expected)
+            assert crud.claim_job(migrated, worker="b", lease_seconds=30, max_attempts=3, clock=clock) is None
+        assert not cancel.is_set()
+    finally:
+        done.set()
+        thread.join(timeout=30)
+
+
+def test_a_worker_whose_lease_was_taken_stops_its_run_at_its_next_heartbeat(migrated):
+    clock, later = FakeClock(), FakeClock()
+    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    thread, cancel, done = lease_keeper(migrated, clock, "a")
+    try:
+        later.now = clock() + timedelta(seconds=31)  # b's time: a's lease has expired (a stalled)
+        taken = crud.claim_job(migrated, worker="b", lease_seconds=30, max_attempts=3, clock=later)
+        assert taken.id == job.id and taken.lease_holder == "b"
+        time.sleep(0.1)  # ten of a's polls: no heartbeat is due by a's clock, so a runs on
+        assert not cancel.is_set()
+        clock.advance(5)  # a's heartbeat is due; its lease is 25 s from running out by its own clock
+        assert cancel.wait(timeout=30)
+        assert crud.get_job(migrated, job_id=job.id).lease_holder == "b"
+    finally:
+        done.set()
+        thread.join(timeout=30)
