@@ -213,10 +213,12 @@ def _compare_with(client: Client, args: argparse.Namespace, params: dict, method
     print(f"comparison {created['id']}: {len(created['jobs'])} jobs on {client.url}")
     with tqdm(total=total, unit="grad", unit_scale=True, desc="compare") as bar:
         def progress(state: dict) -> None:
-            done = sum(j["budget"] if JobStatus(j["status"]).final else j["gradient_evals"] for j in state["jobs"])
+            done = sum(j["budget"] if JobStatus(j["status"]).final else j["gradient_evals"]
+                       for j in state["jobs"])
             bar.update(max(done - bar.n, 0))
-            bar.set_postfix_str(", ".join(f"{s}: {sum(j['status'] == s for j in state['jobs'])}"
-                                          for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)))
+            shown = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+            counts = {s: sum(j["status"] == s for j in state["jobs"]) for s in shown}
+            bar.set_postfix_str(", ".join(f"{s}: {n}" for s, n in counts.items()))
 
         state = client.wait_comparison(created["id"], progress)
     if state["table"] is None and state["status"] == JobStatus.SUCCEEDED:

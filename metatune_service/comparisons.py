@@ -36,7 +36,8 @@ def overall_status(jobs: Sequence[Job]) -> JobStatus:
     job ended and none succeeded; running while a job runs or some have ended; else queued."""
     statuses = {j.status for j in jobs}
     if all(s.final for s in statuses):
-        return next((s for s in (JobStatus.SUCCEEDED, JobStatus.FAILED) if s in statuses), JobStatus.CANCELLED)
+        outcomes = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return next((s for s in outcomes if s in statuses), JobStatus.CANCELLED)
     return JobStatus.RUNNING if statuses - {JobStatus.QUEUED} else JobStatus.QUEUED
 
 
@@ -94,7 +95,8 @@ def library_comparison(db: Database, jobs: Sequence[Job]) -> LibraryComparison:
 
 def _result(db: Database, job: Job, budget: float) -> TuneResult:
     trials = crud.library_trials(db, job_id=job.id)
-    wall = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else math.nan
+    ran = job.finished_at and job.started_at
+    wall = (job.finished_at - job.started_at).total_seconds() if ran else math.nan
     return TuneResult(job.method, job.objective, job.seed, budget, trials, wall)
 
 

@@ -130,13 +130,15 @@ def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: 
     """Claim the oldest queued job, or a running one whose lease expired (its worker died) by
     ``clock``'s time."""
     now = clock()
-    claimable = or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.lease_expires < now))
+    expired = (Job.status == JobStatus.RUNNING) & (Job.lease_expires < now)
+    claimable = or_(Job.status == JobStatus.QUEUED, expired)
     pick = select(Job.id).where(claimable).order_by(Job.created_at).limit(1)
     if not db.is_sqlite:
         pick = pick.with_for_update(skip_locked=True)
     statement = (
         update(Job).where(Job.id == pick.scalar_subquery(), claimable)
-        .values(status=JobStatus.RUNNING, lease_holder=worker, lease_expires=now + timedelta(seconds=lease_seconds),
+        .values(status=JobStatus.RUNNING, lease_holder=worker,
+                lease_expires=now + timedelta(seconds=lease_seconds),
                 heartbeat_at=now, attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))
         .returning(Job.id)
     )
@@ -341,8 +343,9 @@ def get_comparison(db: Database, *, comparison_id: str,
 def save_comparison_table(db: Database, *, comparison_id: str, table: dict[str, Any]) -> bool:
     """Store the comparison's table unless one is stored already; returns whether it was stored."""
     with db.write() as session:
-        saved = session.execute(update(Comparison).where(Comparison.id == comparison_id, Comparison.table.is_(None))
-                                .values(table=table).returning(Comparison.id)).first()
+        unbuilt = (Comparison.id == comparison_id) & Comparison.table.is_(None)
+        saved = session.execute(update(Comparison).where(unbuilt).values(table=table)
+                                .returning(Comparison.id)).first()
     return saved is not None
 
 

@@ -71,7 +71,8 @@ class Worker:
     job ends (after running it) or when idle (a comparison whose last open job was cancelled
     in the queue, or whose builder died). Leases are timed by ``clock``."""
 
-    def __init__(self, db: Database, settings: Settings, name: str | None = None, clock: Clock = utcnow) -> None:
+    def __init__(self, db: Database, settings: Settings, name: str | None = None,
+                 clock: Clock = utcnow) -> None:
         self.db, self.settings, self.clock = db, settings, clock
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.failed_builds: set[str] = set()
@@ -131,8 +132,8 @@ class Worker:
             except Exception:  # noqa: BLE001 - the attempt failed already; its error is what matters
                 pass
             if job.attempts >= self.settings.max_attempts or isinstance(error, ValueError):
-                crud.finish_job(self.db, job_id=job.id, worker=self.name, status=JobStatus.FAILED, error=message,
-                                clock=self.clock)
+                crud.finish_job(self.db, job_id=job.id, worker=self.name, status=JobStatus.FAILED,
+                                error=message, clock=self.clock)
             else:
                 crud.release_job(self.db, job_id=job.id, worker=self.name, error=message)
         finally:

@@ -21,7 +21,8 @@ def test_the_library_never_imports_the_service():
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            imported += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("metatune_service", "service")]
+            imported += [f"{path.name}: {n}" for n in names
+                         if n.split(".")[0] in ("metatune_service", "service")]
     assert imported == []
 
 
@@ -43,7 +44,8 @@ def test_an_unreachable_server_is_one_line_on_stderr_and_exit_code_two(capsys):
     assert err.startswith("metatune compare: error:") and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["submit", "no-such-spec.json"], ["jobs", "--server", "http://127.0.0.1:1"]])
+@pytest.mark.parametrize("argv", [["submit", "no-such-spec.json"],
+                                  ["jobs", "--server", "http://127.0.0.1:1"]])
 def test_a_service_command_s_user_error_is_one_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

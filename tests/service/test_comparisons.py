@@ -20,7 +20,8 @@ from metatune_service.worker import Worker
 OBJECTIVE = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}}
 # Methods in the order of the comparison's jobs (by name): the table's target is the median best
 # value of the first method other than metagrad, in that order.
-BODY = {**OBJECTIVE, "methods": ["random", "tpe"], "seeds": 1, "budget": {"inner_steps": 30, "gradient_evals": 31 * 6}}
+BODY = {**OBJECTIVE, "methods": ["random", "tpe"], "seeds": 1,
+        "budget": {"inner_steps": 30, "gradient_evals": 31 * 6}}
 
 
 def local_objective() -> mt.objectives.Objective:
@@ -41,7 +42,8 @@ def assert_table_is_compare_s(table: dict, methods: list[str]) -> None:
     served = {row["method"]: row for row in table["summary"]}
     assert set(served) == set(methods)
     for row in local.summary():
-        assert served[row["method"]]["best_value_median"] == pytest.approx(row["best_value_median"], rel=1e-12)
+        best = served[row["method"]]["best_value_median"]
+        assert best == pytest.approx(row["best_value_median"], rel=1e-12)
         reach = served[row["method"]]["evals_to_target_median"]
         assert (math.inf if reach is None else reach) == pytest.approx(row["evals_to_target_median"])
     assert table["target"] == pytest.approx(local.target, rel=1e-12)
@@ -51,7 +53,8 @@ def test_reading_an_ended_comparison_builds_and_writes_nothing_until_a_worker_do
     client = served.client()
     created = client.post("/v1/comparisons", json=BODY).json()
     run_next_job_here(served.db)
-    assert crud.comparisons_to_build(served.db, ended_before=utcnow() + timedelta(minutes=1)) == []  # one job open
+    in_a_minute = utcnow() + timedelta(minutes=1)
+    assert crud.comparisons_to_build(served.db, ended_before=in_a_minute) == []  # one job is open
     run_next_job_here(served.db)
     state = client.get(f"/v1/comparisons/{created['id']}").json()
     assert state["status"] == "succeeded" and state["table"] is None and state["plots"] == []

@@ -45,7 +45,7 @@ def test_an_expired_lease_is_reclaimed_and_a_job_is_given_up_after_max_attempts(
     clock.advance(2)
     again = crud.claim_job(migrated, worker="b", **lease)
     assert again.id == job.id and again.attempts == 2 and again.lease_holder == "b"
-    assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=10, clock=clock) is None  # a lost it
+    assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=10, clock=clock) is None  # lost
     clock.advance(11)
     assert crud.claim_job(migrated, worker="c", **lease) is None
     gave_up = crud.get_job(migrated, job_id=job.id)
@@ -60,7 +60,8 @@ def test_a_cancel_request_reaches_the_heartbeat(migrated):
 
 
 
-def lease_keeper(migrated, clock: FakeClock, name: str) -> tuple[threading.Thread, threading.Event, threading.Event]:
+def lease_keeper(migrated, clock: FakeClock,
+                 name: str) -> tuple[threading.Thread, threading.Event, threading.Event]:
     """Worker ``name``'s lease loop for the job it claims, polling every 10 ms (real time),
     its lease timed by ``clock``; returned once the loop has read the clock."""
     settings = Settings(database_url="sqlite://", lease_seconds=30, heartbeat_seconds=5, poll_seconds=0.01)

@@ -154,7 +154,7 @@ def test_a_comparison_runs_as_jobs_and_serves_the_compare_table_and_plots(served
         (m, s) for m in ("tpe", "random") for s in (0, 1)}
     assert client.get(f"/v1/comparisons/{created['id']}/plots/plane.png").status_code == 409
     deadline = time.monotonic() + 120
-    while (state := client.get(f"/v1/comparisons/{created['id']}").json())["table"] is None:  # the worker builds it
+    while (state := client.get(f"/v1/comparisons/{created['id']}").json())["table"] is None:  # a worker's
         assert time.monotonic() < deadline and state["status"] != "failed"
         time.sleep(0.3)
     assert state["status"] == "succeeded"

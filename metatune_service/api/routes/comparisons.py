@@ -54,14 +54,15 @@ def read(comparison_id: str, db: DatabaseDep, settings: SettingsDep, owner: Owne
     summary = crud.summaries(db, jobs=jobs)
     plots = [f"/v1/comparisons/{group.id}/plots/{name}.png" for name in comparisons.plots_of(settings, group.id)]
     return ComparisonPublic(id=group.id, name=group.name, objective=group.objective,
-                            status=comparisons.overall_status(jobs), jobs=[job_public(db, j, summary[j.id]) for j in jobs],
-                            table=group.table, plots=plots)
+                            status=comparisons.overall_status(jobs), table=group.table, plots=plots,
+                            jobs=[job_public(db, j, summary[j.id]) for j in jobs])
 
 
 @router.get("/{comparison_id}/plots/{name}.png", response_class=FileResponse,
             responses={404: {"description": "no such comparison or plot"},
                        409: {"description": "the plot is not built (yet)"}})
-def plot(comparison_id: str, name: str, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> FileResponse:
+def plot(comparison_id: str, name: str, db: DatabaseDep, settings: SettingsDep,
+         owner: OwnerDep) -> FileResponse:
     """``convergence`` (best so far against gradient evaluations) or ``plane`` (η–β with ρ = 1)."""
     _, jobs = owned_comparison(db, comparison_id, owner)
     if name not in comparisons.PLOTS:
