@@ -17,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 
-from metatune import objectives
 from metatune.compare import Comparison as LibraryComparison
 from metatune.compare import json_safe
 from metatune.tuners import TuneResult
@@ -78,9 +77,8 @@ def build(db: Database, settings: Settings, comparison_id: str) -> bool:
 def library_comparison(db: Database, jobs: Sequence[Job]) -> LibraryComparison:
     """The library's Comparison over the succeeded jobs' recorded trials; its target is the
     median best value of the first method other than metagrad (as ``metatune compare``)."""
-    spec = jobs[0].spec
-    objective = objectives.get(spec["objective"], **spec["objective_params"])
-    budget = spec["budget"]["gradient_evals"]
+    shared = jobs[0].tuning_job()
+    objective, budget = shared.build_objective(), shared.budget
     results: dict[str, list[TuneResult]] = {}
     for job in jobs:
         if job.status is JobStatus.SUCCEEDED:

@@ -17,9 +17,10 @@ from typing import Any, Sequence
 from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from metatune.tuners.base import Trial as LibraryTrial
-from metatune.tuners.groups import Hyper
-from metatune.tuners.metagrad import derivative
+from metatune.job import TuningJob
+from metatune.point import Hyper, Point
+from metatune.tuners import Trial as LibraryTrial
+from metatune.tuners import TrialStatus
 from metatune_service.core.db import Database
 from metatune_service.models import ApiToken, Clock, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
 from metatune_service.status import JobStatus
@@ -61,9 +62,10 @@ def _aware(moment: datetime) -> datetime:
 # -- jobs -------------------------------------------------------------------------------------------
 
 
-def create_jobs(db: Database, *, owner: str, specs: Sequence[dict[str, Any]],
+def create_jobs(db: Database, *, owner: str, specs: Sequence[TuningJob],
                 comparison: dict[str, Any] | None = None) -> tuple[list[Job], Comparison | None]:
-    """Queue ``specs`` (validated) in one transaction, optionally as one comparison."""
+    """Queue ``specs`` (validated jobs, stored as their JSON) in one transaction, optionally as
+    one comparison."""
     with db.write() as session:
         group = None
         if comparison is not None:
@@ -71,7 +73,7 @@ def create_jobs(db: Database, *, owner: str, specs: Sequence[dict[str, Any]],
                                spec=comparison["spec"])
             session.add(group)
             session.flush()
-        jobs = [Job(owner=owner, spec=spec, method=spec["method"], objective=spec["objective"], seed=spec["seed"],
+        jobs = [Job(owner=owner, spec=spec.to_json(), method=spec.method, objective=spec.objective, seed=spec.seed,
                     comparison_id=group.id if group else None) for spec in specs]
         session.add_all(jobs)
     return jobs, group
@@ -199,32 +201,35 @@ def release_job(db: Database, *, job_id: str, worker: str, error: str | None) ->
 
 
 def hyper_columns(name: str, value: Hyper) -> dict[str, Any]:
-    """The two columns of one η, β or derivative ``name``: ``{name: v, name_groups: None}`` for a
-    float, ``{name: None, name_groups: {prefix: v}}`` per group (inf and NaN as NULL/null)."""
+    """The two columns of one η, β or derivative ``name`` in a point's JSON form:
+    ``{name: v, name_groups: None}`` for a float, ``{name: None, name_groups: {prefix: v}}`` per
+    group (inf and NaN as NULL/null)."""
     if isinstance(value, Mapping):
         return {name: None, f"{name}_groups": {g: _finite(float(v)) for g, v in value.items()}}
     return {name: _finite(float(value)), f"{name}_groups": None}
 
 
-def hyper_value(scalar: float | None, groups: dict[str, float] | None) -> Hyper:
-    """Inverse of :func:`hyper_columns`: the per-group dict where stored, else the float."""
-    return dict(groups) if groups is not None else scalar
+def point_columns(point: Point) -> dict[str, Any]:
+    """The columns a :class:`~metatune.point.Point` is stored in: ``lr``/``momentum`` for a
+    scalar point, ``lr_groups``/``momentum_groups`` per group (from :meth:`Point.to_json`)."""
+    data = point.to_json()
+    return {**hyper_columns("lr", data["lr"]), **hyper_columns("momentum", data["momentum"])}
 
 
-def point_of(row: Trial | MetagradStep) -> tuple[Hyper, Hyper]:
-    """(η, β) of a stored trial or metagrad step: floats, or dicts by group prefix."""
-    return hyper_value(row.lr, row.lr_groups), hyper_value(row.momentum, row.momentum_groups)
+def point_of(row: Trial | MetagradStep) -> Point:
+    """Inverse of :func:`point_columns` (through :meth:`Point.from_json`)."""
+    return Point.from_json({"lr": row.lr_groups if row.lr_groups is not None else row.lr,
+                            "momentum": row.momentum_groups if row.momentum_groups is not None else row.momentum})
 
 
 def trial_row(job_id: str, trial: LibraryTrial, lambda_max: float | None) -> dict[str, Any]:
     """The ``trials`` row of a library Trial (inf and NaN stored as NULL)."""
     return {
-        "job_id": job_id, "number": trial.number, **hyper_columns("lr", trial.lr),
-        **hyper_columns("momentum", trial.momentum), "status": trial.status, "value": _finite(trial.value),
-        "spectral_radius": _finite(trial.spectral_radius),
+        "job_id": job_id, "number": trial.number, **point_columns(trial.point), "status": trial.status.value,
+        "value": _finite(trial.value), "spectral_radius": _finite(trial.spectral_radius),
         "stable": trial.stable, "lambda_max": lambda_max, "gradient_evals": trial.gradient_evals,
         "cumulative_evals": trial.cumulative_evals, "wall_seconds": trial.wall_time, "error": trial.error,
-        "start": int(trial.metrics["start"]) if "start" in trial.metrics else None,
+        "start": None if trial.chain is None else trial.chain.start,
     }
 
 
@@ -249,40 +254,31 @@ def write_trials(db: Database, *, job_id: str, worker: str, trials: Sequence[Lib
             session.execute(insert(TrialMetric), metrics)
         _add_metagrad_steps(session, job_id, trials)
         for trial in trials:
-            if trial.status == "completed" and (job.best_value is None or trial.value < job.best_value):
+            if trial.status == TrialStatus.COMPLETED and (job.best_value is None or trial.value < job.best_value):
                 job.best_value, job.best_trial = trial.value, trial.number
             job.gradient_evals = max(job.gradient_evals, trial.cumulative_evals)
     return True
 
 
 def _add_metagrad_steps(session: Session, job_id: str, trials: Sequence[LibraryTrial]) -> None:
-    """One row per meta-gradient trial. A step is accepted when it improved on its chain's
-    best so far (the chains' rule, less the amplification check, which the growth rate shows)."""
-    steps = [t for t in trials if "growth_rate" in t.metrics]  # hypergrad_metrics: the meta-gradient's trials
-    chains: dict[int, list[float]] = {}
-    for start in {int(t.metrics.get("start", 0)) for t in steps}:
-        count, best = session.execute(select(func.count(), func.min(MetagradStep.value))
-                                      .where(MetagradStep.job_id == job_id, MetagradStep.start == start)).one()
-        chains[start] = [int(count), math.inf if best is None else best]
+    """One row per meta-gradient trial, numbered within its chain, with the chains' own
+    decision to accept it (:class:`~metatune.tuners.ChainStep`), as recorded with the trial."""
+    steps = [t for t in trials if t.chain is not None and t.chain.gradient is not None]
+    counts: dict[int, int] = {}
+    for start in {t.chain.start for t in steps}:
+        counts[start] = int(session.scalar(select(func.count()).where(MetagradStep.job_id == job_id,
+                                                                      MetagradStep.start == start)) or 0)
     rows = []
     for trial in steps:
-        chain = chains[int(trial.metrics.get("start", 0))]
-        accepted = trial.status == "completed" and trial.value < chain[1]
-        rows.append({"job_id": job_id, "trial_number": trial.number, "start": int(trial.metrics.get("start", 0)),
-                     "step": chain[0], "value": _finite(trial.value), **_step_hyper_columns(trial),
-                     "growth_rate": trial.metrics.get("growth_rate"), "accepted": accepted})
-        chain[0] += 1
-        chain[1] = min(chain[1], trial.value) if accepted else chain[1]
+        chain, gradient = trial.chain, trial.chain.gradient
+        dlr, dmomentum = gradient.as_point_values(trial.point.groups)
+        rows.append({"job_id": job_id, "trial_number": trial.number, "start": chain.start, "step": counts[chain.start],
+                     "value": _finite(trial.value), **point_columns(trial.point),
+                     **hyper_columns("dvalue_dlr", dlr), **hyper_columns("dvalue_dmomentum", dmomentum),
+                     "growth_rate": _finite(gradient.growth_rate), "accepted": chain.accepted})
+        counts[chain.start] += 1
     if rows:
         session.execute(insert(MetagradStep), rows)
-
-
-def _step_hyper_columns(trial: LibraryTrial) -> dict[str, Any]:
-    """η, β and the meta-gradient ∂ℓ/∂η, ∂ℓ/∂β of a metagrad trial, as floats or per group."""
-    groups = tuple(trial.lr) if isinstance(trial.lr, Mapping) else ()
-    dlr, dmomentum = (derivative(trial.metrics, name, groups) for name in ("dvalue_dlr", "dvalue_dmomentum"))
-    return {**hyper_columns("lr", trial.lr), **hyper_columns("momentum", trial.momentum),
-            **hyper_columns("dvalue_dlr", dlr), **hyper_columns("dvalue_dmomentum", dmomentum)}
 
 
 def list_trials(db: Database, *, job_id: str, after: int = -1, limit: int = 1000) -> list[Trial]:
@@ -315,9 +311,9 @@ def library_trials(db: Database, *, job_id: str) -> list[LibraryTrial]:
 
 def library_trial(row: Trial, metrics: dict[str, float | None]) -> LibraryTrial:
     """The library Trial a stored row stands for (NULL value: inf; NULL metrics left out)."""
-    lr, momentum = point_of(row)
-    return LibraryTrial(number=row.number, lr=lr, momentum=momentum,
-                        value=row.value if row.value is not None else math.inf, diverged=row.status == "diverged",
+    return LibraryTrial(number=row.number, point=point_of(row),
+                        value=row.value if row.value is not None else math.inf,
+                        diverged=row.status == TrialStatus.DIVERGED,
                         gradient_evals=row.gradient_evals, cumulative_evals=row.cumulative_evals,
                         wall_time=row.wall_seconds, spectral_radius=row.spectral_radius or math.nan,
                         stable=bool(row.stable), metrics={k: v for k, v in metrics.items() if v is not None},

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from metatune.job import TuningJob
 from metatune_service.status import JobStatus
 
 
@@ -90,6 +91,10 @@ class Job(Base):
                                                passive_deletes=True, order_by="Trial.number")
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    def tuning_job(self) -> TuningJob:
+        """The job as the library runs it (its stored ``spec`` is :meth:`TuningJob.to_json`)."""
+        return TuningJob.from_json(self.spec)
 
 
 GroupValues = JSON(none_as_null=True)

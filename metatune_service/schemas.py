@@ -7,14 +7,30 @@ Nothing in a spec is code: objectives and methods are names the server knows.
 
 from __future__ import annotations
 
+import inspect
 from datetime import datetime
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metatune import tuners
+from metatune.job import Resources as LibraryResources
+from metatune.tuners import TrialStatus
+from metatune.tuners.chains import OUTER
+from metatune.tuners.metagrad import MetagradTuner
 from metatune_service.status import JobStatus
 
-Method = Literal["metagrad", "tpe", "random", "grid", "cmaes", "gp"]
+METHODS = tuple(name for name, tuner in tuners.METHODS.items() if tuner.distributable)
+"""The library's methods that run on Ray (the worker's backend)."""
+Method = Literal[METHODS]  # type: ignore[valid-type]
+
+_METAGRAD = inspect.signature(MetagradTuner.__init__).parameters
+_RESOURCES = LibraryResources()
+
+
+def metagrad_default(name: str) -> Any:
+    """The default of metagrad's option ``name``: the library's, stated once."""
+    return _METAGRAD[name].default
 
 
 class Strict(BaseModel):
@@ -50,7 +66,7 @@ Groups = Union[Annotated[str, Field(max_length=80)], Annotated[list[Annotated[st
 per module), "tensors" (one per parameter tensor) or parameter-name prefixes. Only the shape
 is checked here; the values by :func:`metatune.tuners.check_groups` (the Python API's check)."""
 
-Hyper = Union[float, dict[str, float]]
+Hyper = Union[float, dict[str, float]]  # metatune.point.Hyper, spelled for pydantic
 """η or β: one float, or one per group keyed by prefix (a per-group space)."""
 
 
@@ -68,21 +84,21 @@ class Budget(Strict):
 
 
 class Resources(Strict):
-    cpu: float = Field(default=1.0, gt=0, description="CPUs per trial")
-    gpu: float = Field(default=0.0, ge=0, description="GPUs per trial (0.25: four trials share one)")
+    cpu: float = Field(default=_RESOURCES.cpu, gt=0, description="CPUs per trial")
+    gpu: float = Field(default=_RESOURCES.gpu, ge=0, description="GPUs per trial (0.25: four trials share one)")
 
 
 class MetagradOptions(Strict):
     """metagrad's options (see ``mt.tune``)."""
 
-    mode: Literal["auto", "forward", "reverse"] = "auto"
-    outer: Literal["bfgs", "adam"] = "bfgs"
-    meta_lr: float = Field(default=0.03, gt=0, le=10)
-    margin: float = Field(default=1e-4, ge=0, lt=1)
-    guard: bool | Literal["auto"] = True
-    screen: int | None = Field(default=None, ge=0, le=1024)
-    starts: int = Field(default=2, ge=1, le=64)
-    max_amplification: float = Field(default=1e8, gt=1)
+    mode: Literal["auto", "forward", "reverse"] = metagrad_default("mode")
+    outer: Literal[OUTER] = metagrad_default("outer")  # type: ignore[valid-type]
+    meta_lr: float = Field(default=metagrad_default("meta_lr"), gt=0, le=10)
+    margin: float = Field(default=metagrad_default("margin"), ge=0, lt=1)
+    guard: bool | Literal["auto"] = metagrad_default("guard")
+    screen: int | None = Field(default=metagrad_default("screen"), ge=0, le=1024)
+    starts: int = Field(default=metagrad_default("starts"), ge=1, le=64)
+    max_amplification: float = Field(default=metagrad_default("max_amplification"), gt=1)
 
 
 class NoOptions(Strict):
@@ -119,7 +135,7 @@ class TrialSummary(BaseModel):
     lr: Hyper
     momentum: Hyper
     value: float | None
-    status: str
+    status: TrialStatus
 
 
 class JobPublic(BaseModel):
@@ -155,7 +171,7 @@ class TrialPublic(BaseModel):
     number: int
     lr: Hyper
     momentum: Hyper
-    status: str
+    status: TrialStatus
     value: float | None
     spectral_radius: float | None
     stable: bool | None

@@ -1,6 +1,7 @@
 """A job spec against what this server knows and allows: the registry of objectives and
-their parameter types, each method's options, and the server's limits. Produces the spec
-as stored (every default filled in), or a :class:`SpecError` naming what to change."""
+their parameter types, each method's options, and the server's limits. Produces the
+:class:`~metatune.job.TuningJob` to store (every default filled in), or a :class:`SpecError`
+naming what to change."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pydantic import ValidationError
 
 from metatune import objectives, tuners
 from metatune.errors import UserError
+from metatune.job import Resources, TuningJob
 from metatune_service.core.config import Settings
-from metatune_service.schemas import JobCreate, MetagradOptions, NoOptions
+from metatune_service.schemas import JobCreate, LrRange, MetagradOptions, MomentumRange, NoOptions
 
 FORBIDDEN_PARAMS = ("device",)
 """Objective parameters a client may not set: the worker places trials on devices."""
@@ -78,8 +80,9 @@ def check_groups(method: str, groups: str | list[str] | None, objective: objecti
     return groups
 
 
-def normalise(job: JobCreate, settings: Settings) -> dict[str, Any]:
-    """The stored spec of ``job``, or SpecError."""
+def normalise(job: JobCreate, settings: Settings) -> TuningJob:
+    """The :class:`~metatune.job.TuningJob` a request describes, every default filled in (what
+    the service stores and its worker runs), or SpecError."""
     objective = check_objective(job.objective, job.objective_params, settings.max_objective_size)
     steps = job.budget.inner_steps or objective.steps
     if steps > settings.max_inner_steps:
@@ -102,26 +105,15 @@ def normalise(job: JobCreate, settings: Settings) -> dict[str, Any]:
     if job.concurrency > settings.max_concurrency:
         raise SpecError(f"concurrency={job.concurrency} exceeds this server's limit {settings.max_concurrency}")
     groups = check_groups(job.method, job.space.groups, objective, job.seed)
-    space = objective.space
-    lr = job.space.lr.model_dump() if job.space.lr else {"low": space.lr_low, "high": space.lr_high, "log": space.lr_log}
-    momentum = (job.space.momentum.model_dump() if job.space.momentum
-                else {"low": space.momentum_low, "high": space.momentum_high})
-    return {
-        "objective": job.objective, "objective_params": params, "method": job.method,
-        "options": check_options(job.method, job.options),
-        "space": {"lr": lr, "momentum": momentum, "groups": groups},
-        "budget": {"gradient_evals": float(evals), "inner_steps": steps}, "resources": resources.model_dump(),
-        "seed": job.seed, "concurrency": job.concurrency,
-    }
-
-
-def space_of(spec: dict[str, Any]) -> objectives.SearchSpace:
-    """The search box of a stored spec (its groups apart: :func:`groups_of`)."""
-    lr, momentum = spec["space"]["lr"], spec["space"]["momentum"]
-    return objectives.SearchSpace(lr_low=lr["low"], lr_high=lr["high"], lr_log=lr["log"],
-                                  momentum_low=momentum["low"], momentum_high=momentum["high"])
-
-
-def groups_of(spec: dict[str, Any]) -> str | list[str] | None:
-    """The stored spec's ``space.groups`` (None in specs stored before per-group spaces)."""
-    return spec["space"].get("groups")
+    default = objective.space
+    lr = job.space.lr or LrRange(low=default.lr_low, high=default.lr_high, log=default.lr_log)
+    momentum = job.space.momentum or MomentumRange(low=default.momentum_low, high=default.momentum_high)
+    try:
+        space = objectives.SearchSpace(lr_low=lr.low, lr_high=lr.high, lr_log=lr.log, momentum_low=momentum.low,
+                                       momentum_high=momentum.high)
+        return TuningJob(job.objective, job.method, params, check_options(job.method, job.options),
+                         budget=float(evals), steps=steps, space=space, groups=groups, seed=job.seed,
+                         resources=Resources(cpu=resources.cpu, gpu=resources.gpu), concurrency=job.concurrency,
+                         backend="ray")
+    except ValueError as error:
+        raise SpecError(f"space: {error}") from None

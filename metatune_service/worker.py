@@ -21,14 +21,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from metatune import objectives
 from metatune.tuners.base import Trial as LibraryTrial
 from metatune_service import comparisons, crud
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.models import Clock, Job, utcnow
 from metatune_service.status import JobStatus
-from metatune_service.validation import groups_of, space_of
 
 log = logging.getLogger("metatune.worker")
 
@@ -143,15 +141,9 @@ class Worker:
     def _run(self, job: Job, writer: JobWriter, cancel: threading.Event) -> Any:
         from metatune import distributed
 
-        spec = job.spec
-        objective = objectives.get(spec["objective"], **spec["objective_params"])
         history = crud.library_trials(self.db, job_id=job.id) if job.attempts > 1 else []
-        return distributed.run(
-            objective, spec["method"], spec["budget"]["gradient_evals"], spec["seed"],
-            resources=spec["resources"], concurrency=spec["concurrency"], callback=writer, cancel=cancel,
-            ray_address=self.settings.ray_address, storage=self.settings.output_dir / "ray", history=history,
-            space=space_of(spec), groups=groups_of(spec), **spec["options"],
-        )
+        return distributed.run(job.tuning_job(), callback=writer, cancel=cancel, ray_address=self.settings.ray_address,
+                               storage=self.settings.output_dir / "ray", history=history)
 
     def keep_lease(self, job_id: str, cancel: threading.Event, done: threading.Event,
                    stop: threading.Event | None = None) -> None:

@@ -8,17 +8,18 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+from metatune.job import TuningJob
 from metatune_service import crud
 from metatune_service.core.config import Settings
 from metatune_service.worker import Worker
 
 from .conftest import FakeClock
 
-SPEC = {"method": "tpe", "objective": "quadratic", "seed": 0, "budget": {"gradient_evals": 31.0}}
+SPEC = TuningJob("quadratic", "tpe", budget=31.0)
 
 
 def test_concurrent_workers_claim_each_job_exactly_once(migrated):
-    crud.create_jobs(migrated, owner="alice", specs=[{**SPEC, "seed": s} for s in range(40)])
+    crud.create_jobs(migrated, owner="alice", specs=[SPEC.with_changes(seed=s) for s in range(40)])
 
     def claim_all(worker: str) -> list[str]:
         got = []

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 import metatune as mt
+from metatune.point import Point
 from metatune.tuners.groups import resolve_groups
 from metatune_service import crud
 from metatune_service.models import Job, MetagradStep
@@ -68,7 +69,7 @@ def assert_steps_per_group(served, job_id: str, trials: list[dict]) -> None:  # 
     for step in steps:
         trial = by_number[step.trial_number]
         assert step.lr is None and step.momentum is None and step.dvalue_dlr is None
-        assert crud.point_of(step) == (trial["lr"], trial["momentum"])
+        assert crud.point_of(step) == Point.from_json(trial)
         assert step.dvalue_dlr_groups == {g: trial["metrics"][f"dvalue_dlr[{g}]"] for g in trial["lr"]}
         assert step.dvalue_dmomentum_groups == {g: trial["metrics"][f"dvalue_dmomentum[{g}]"] for g in trial["lr"]}
 

@@ -11,6 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
+from metatune.job import TuningJob
+from metatune.point import MetaGradient, Point
+from metatune.tuners import ChainStep
 from metatune.tuners.base import Trial as LibraryTrial
 from metatune_service import crud
 from metatune_service.core.db import Database
@@ -110,11 +113,11 @@ def insert_0001_rows(db: Database) -> None:
 
 
 def per_group_trial(number: int) -> LibraryTrial:
-    lr, momentum = {"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9}
-    metrics = {"growth_rate": 1.0, "dvalue_dlr[0]": 1.0, "dvalue_dlr[2]": math.nan, "dvalue_dmomentum[0]": 3.0,
-               "dvalue_dmomentum[2]": 4.0}
-    return LibraryTrial(number=number, lr=lr, momentum=momentum, value=0.25, diverged=False, gradient_evals=31.0,
-                        cumulative_evals=31.0, wall_time=0.1, spectral_radius=0.5, stable=True, metrics=metrics)
+    point = Point.of({"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9})
+    gradient = MetaGradient((1.0, math.nan), (3.0, 4.0), growth_rate=1.0, amplification=1.0)
+    return LibraryTrial(number=number, point=point, value=0.25, diverged=False, gradient_evals=31.0,
+                        cumulative_evals=31.0, wall_time=0.1, spectral_radius=0.5, stable=True,
+                        metrics=gradient.to_metrics(point.groups), chain=ChainStep(0, True, gradient))
 
 
 def test_0002_keeps_0001_rows_and_its_downgrade_removes_only_per_group_jobs(database_url):
@@ -127,8 +130,8 @@ def test_0002_keeps_0001_rows_and_its_downgrade_removes_only_per_group_jobs(data
         assert (old.lr, old.momentum, old.value, old.metrics) == (0.1, 0.9, 0.5, {"dvalue_dlr": 2.0})
         with db.read() as session:
             (step,) = session.scalars(select(MetagradStep)).all()
-        assert crud.point_of(step) == (0.1, 0.9) and step.lr_groups is None and step.dvalue_dlr == 2.0
-        spec = {"method": "metagrad", "objective": "mlp-regression", "seed": 0, "space": {"groups": ["0", "2"]}}
+        assert crud.point_of(step) == Point.scalar(0.1, 0.9) and step.lr_groups is None and step.dvalue_dlr == 2.0
+        spec = TuningJob("mlp-regression", "metagrad", groups=["0", "2"])
         (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
         crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3)
         assert crud.write_trials(db, job_id=job.id, worker="w", trials=[per_group_trial(0)], lambda_max=None)

@@ -115,7 +115,7 @@ async def _event_stream(db: Database, job_id: str, interval: float) -> AsyncIter
         if job.status != status:
             status = job.status
             yield _sse("status", {"status": status.value, "gradient_evals": job.gradient_evals,
-                                  "budget": job.spec["budget"]["gradient_evals"], "error": job.error})
+                                  "budget": job.tuning_job().budget, "error": job.error})
         if status.final:
             return
         await asyncio.sleep(interval)
