@@ -96,18 +96,19 @@ async def _load(base: str, clients: int, submissions: int, read_seconds: float) 
 
 def ingestion(url: str, trials: int = 2000, batch: int = 32) -> float:
     """Rows (trials + their metrics) per second through :func:`metatune_service.crud.write_trials`."""
-    from metatune.tuners.base import Trial
+    from metatune.job import TuningJob
+    from metatune.point import MetaGradient, Point
+    from metatune.tuners import ChainStep, Trial
     from metatune_service import crud
     from metatune_service.core.db import Database
 
     db = Database(url)
-    crud.create_jobs(db, owner="bench", specs=[{"method": "tpe", "objective": "quadratic", "seed": 0,
-                                                 "budget": {"gradient_evals": 1.0}}])
+    crud.create_jobs(db, owner="bench", specs=[TuningJob("quadratic", "metagrad", budget=1.0)])
     job = crud.claim_job(db, worker="bench", lease_seconds=600, max_attempts=5)  # the oldest queued job
-    metrics = {"final_train_loss": 0.5, "dvalue_dlr": 1.0, "dvalue_dmomentum": 2.0, "growth_rate": 0.1,
-               "amplification": 3.0}
-    rows = [Trial(n, 0.1, 0.9, 1.0 / (n + 1), False, 31.0, 31.0 * (n + 1), 0.01, 0.9, True, metrics)
-            for n in range(trials)]
+    gradient = MetaGradient((1.0,), (2.0,), growth_rate=0.1, amplification=3.0)
+    metrics = {"final_train_loss": 0.5, **gradient.to_metrics()}
+    rows = [Trial(n, Point.scalar(0.1, 0.9), 1.0 / (n + 1), False, 31.0, 31.0 * (n + 1), 0.01, 0.9, True, metrics,
+                  chain=ChainStep(0, True, gradient)) for n in range(trials)]
     began = time.perf_counter()
     for first in range(0, trials, batch):
         if not crud.write_trials(db, job_id=job.id, worker="bench", trials=rows[first:first + batch], lambda_max=100.0):

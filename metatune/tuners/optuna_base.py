@@ -6,8 +6,8 @@ process sees a loss that spans orders of magnitude on a usable scale); a diverge
 failed trial is told log(DIVERGENCE_FACTOR · ℓ_val(θ₀)), worse than any trial that did not
 diverge, so the study never crashes and the sampler learns to avoid the region. Samplers
 that do not learn from results sequentially (random) ask for a batch at a time, trained
-as one vmapped population. On Ray, the sequential samplers run inside Ray Tune's
-``OptunaSearch`` with the same sampler and distributions (:mod:`metatune.distributed`).
+as one vmapped population. On Ray the same tuner asks its own study
+(:mod:`metatune.distributed`), so the sampler and distributions are the same there.
 """
 
 from __future__ import annotations
