@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import torch
 
 from metatune.errors import InvalidArgumentError, UserError
+from metatune.plugins import load
 
 COMMANDS_GROUP = "metatune.commands"
 
@@ -174,13 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def plugins() -> list[Any]:
     """The objects of the ``metatune.commands`` entry points that load (one that fails to
     import is named on stderr and skipped: the library's own commands still work)."""
-    found = []
-    for point in entry_points(group=COMMANDS_GROUP):
-        try:
-            found.append(point.load())
-        except ImportError as error:
-            print(f"metatune: commands of {point.value} skipped: {error}", file=sys.stderr)
-    return found
+    return load(COMMANDS_GROUP, "metatune")
 
 
 def _server_compare() -> Callable[[argparse.Namespace, dict, list[str]], int]:

@@ -9,10 +9,9 @@ Speed and memory targets live here, not in timed tests. A package adds a benchma
 from __future__ import annotations
 
 import argparse
-import sys
-from importlib.metadata import entry_points
 from types import ModuleType
 
+from metatune import plugins
 from metatune.bench import cost, hypergrad, population, ray, tuning
 
 BUILT_IN = (hypergrad, population, tuning, cost, ray)
@@ -22,13 +21,7 @@ BENCHMARKS_GROUP = "metatune.benchmarks"
 def benchmarks() -> tuple[ModuleType, ...]:
     """The built-in benchmarks, then those of installed packages (one that fails to import is
     named on stderr and skipped)."""
-    found = []
-    for point in entry_points(group=BENCHMARKS_GROUP):
-        try:
-            found.append(point.load())
-        except ImportError as error:
-            print(f"metatune bench: {point.name} skipped: {error}", file=sys.stderr)
-    return (*BUILT_IN, *found)
+    return (*BUILT_IN, *plugins.load(BENCHMARKS_GROUP, "metatune bench"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
