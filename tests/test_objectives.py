@@ -217,14 +217,15 @@ def test_entry_point_registration(monkeypatch: pytest.MonkeyPatch) -> None:
         return [_FakeEntryPoint()]
 
     monkeypatch.setattr(base, "entry_points", fake_entry_points)
-    monkeypatch.setattr(base, "_entry_points_loaded", False)
     try:
+        assert objectives.load_entry_points() == ["ep-problem"]
         built = objectives.get("ep-problem", scale=5.0)
         assert groups == [objectives.ENTRY_POINT_GROUP]
         assert built.params == {"scale": 5.0, "steps": 7}
         assert "ep-problem" in objectives.names()
     finally:
-        base._FACTORIES.pop("ep-problem", None)
+        objectives.unregister("ep-problem")
+    assert "ep-problem" not in objectives.names()
 
 
 def test_rnn_sensitivities_explode_at_a_large_learning_rate() -> None:

@@ -20,9 +20,12 @@ from metatune.objectives.base import (
     SearchSpace,
     describe,
     get,
+    load_entry_points,
     names,
     parameters,
     register,
+    unregister,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "Objective", "SearchSpace", "describe", "get", "names", "parameters", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "Objective", "SearchSpace", "describe", "get", "load_entry_points", "names",
+           "parameters", "register", "unregister"]

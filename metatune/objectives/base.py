@@ -101,13 +101,26 @@ def register(name: str) -> Callable[[Factory], Factory]:
     return add
 
 
-def _load_entry_points() -> None:
+def load_entry_points() -> list[str]:
+    """Register the factories of the ``metatune.objectives`` entry-point group (a name already
+    registered keeps its factory); returns the names found. Runs once by itself on first use
+    of the registry; call it again after installing a package in a running process."""
     global _entry_points_loaded
-    if _entry_points_loaded:
-        return
     _entry_points_loaded = True
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    for entry in found:
         _FACTORIES.setdefault(entry.name, entry.load())
+    return [entry.name for entry in found]
+
+
+def unregister(name: str) -> None:
+    """Remove objective ``name`` from the registry (nothing if it is not there)."""
+    _FACTORIES.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    if not _entry_points_loaded:
+        load_entry_points()
 
 
 def names() -> list[str]:
