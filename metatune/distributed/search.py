@@ -26,6 +26,7 @@ from metatune.point import MetaGradient, Point
 from metatune.tuners.base import Tuner
 from metatune.tuners.chains import MetagradChains, Step, check_options
 from metatune.tuners.evaluation import Proposal
+from metatune.tuners.records import BUDGET_SLACK
 from metatune.distributed.recorder import DriverOnly, InFlight
 from metatune.distributed.trainable import METRIC
 
@@ -35,9 +36,10 @@ class TunerSearch(DriverOnly, Searcher):
 
     ``flight``: the proposals in flight, shared with the run's recorder (which removes each
     as its trial ends). ``pending``: a proposal to run first (one a resumed job had asked but
-    not recorded). Returns ``Searcher.FINISHED`` when nothing more fits and no trial is in
-    flight; None while the method waits for results (e.g. every metagrad chain has a step
-    running).
+    not recorded). Returns ``Searcher.FINISHED`` once the budget not yet committed affords no
+    run, or nothing more fits and no trial is in flight (the trials in flight still end and
+    are recorded); None while the method waits for results (e.g. every metagrad chain has a
+    step running).
     """
 
     _live_fields = ("tuner", "flight", "pending")
@@ -51,7 +53,8 @@ class TunerSearch(DriverOnly, Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         proposal, self.pending = self.pending or self.tuner.ask(self.limit - self.committed), None
         if proposal is None:
-            return Searcher.FINISHED if not self.flight.proposals or self.tuner.finished() else None
+            exhausted = self.limit - self.committed + BUDGET_SLACK < self.tuner.trial_cost()  # not even one run fits
+            return Searcher.FINISHED if exhausted or not self.flight.proposals or self.tuner.finished() else None
         self.committed += proposal.cost
         self.flight.add(trial_id, proposal)
         return proposal.to_config()
