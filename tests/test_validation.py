@@ -280,6 +280,7 @@ OBJECTIVES = [
     case(lambda: objectives.parameters("nope"), "objective", "'nope'", "one of", "parameters-name"),
     case(lambda: objectives.register(""), "name", "''", "non-empty string", "register-name"),
     case(lambda: objectives.register("x")(3), "factory", "3", "a function", "register-factory"),
+    case(lambda: objectives.unregister(3), "name", "3", "a registered objective's name", "unregister-name"),
     case(lambda: objectives.SearchSpace(lr_low=0.0), "lr_low", "0.0", "> 0", "space-lr-low"),
     case(lambda: objectives.SearchSpace(lr_low="small"), "lr_low", "'small'", "> 0", "space-lr-type"),
     case(lambda: objectives.SearchSpace(lr_low=1.0, lr_high=0.5), "space.lr", "(1.0, 0.5)", "0 < low < high",
@@ -391,7 +392,7 @@ def test_every_public_entry_point_has_a_case() -> None:
         "dynamics": ["init_state", "heavy_ball", "nesterov", "update_rule", "group_hyperparameter", "check_lr",
                      "check_momentum"],
         "objectives": [n for n in objectives.__all__ if inspect.isfunction(getattr(objectives, n))
-                       and n not in ("names", "describe")] + ["SearchSpace"],
+                       and n not in ("names", "describe", "load_entry_points")] + ["SearchSpace"],
         "costs": ["measure", "CostModel"],
     }
     missing = [f"{module}.{name}" for module, names in public.items() for name in names

@@ -115,7 +115,7 @@ def load_entry_points() -> list[str]:
 
 def unregister(name: str) -> None:
     """Remove objective ``name`` from the registry (nothing if it is not there)."""
-    _FACTORIES.pop(name, None)
+    _FACTORIES.pop(checks.instance("name", name, str, "a registered objective's name"), None)
 
 
 def _load_entry_points() -> None:
