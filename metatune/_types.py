@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from metatune.schedule import Knots
 
 Params = dict[str, Tensor]
 """Model parameters by name, as ``dict(model.named_parameters())``."""
@@ -25,5 +28,8 @@ ValLoss = Callable[[Params], Tensor]
 Scalar = Union[float, Tensor]
 """A scalar hyperparameter: a Python number or a 0-d tensor."""
 
-HyperArg = Union[Scalar, Mapping[str, Scalar]]
-"""A hyperparameter as given by a user: one scalar, or scalars keyed by name prefix."""
+HyperValue = Union[Scalar, "Knots"]
+"""One group's hyperparameter: a scalar, a tensor of one value per step, or Knots."""
+
+HyperArg = Union[HyperValue, Mapping[str, HyperValue]]
+"""A hyperparameter as given by a user: one value (or path), or values keyed by name prefix."""

@@ -4,12 +4,15 @@ Heavy ball:  v ← β v + g(θ),  θ ← θ − η v                 (v₀ = 0)
 Nesterov:    v ← β v + g(θ),  θ ← θ − η (g(θ) + β v)
 
 Hyperparameters are tensors so that gradients reach them. A user gives each as one
-scalar or as scalars keyed by parameter-name prefix (per-layer hyperparameters);
-:func:`group_hyperparameter` turns either form into :class:`GroupedScalar`.
+scalar, a tensor of one value per step, or :class:`~metatune.schedule.Knots` (a schedule),
+or as a dict of those keyed by parameter-name prefix (per-layer hyperparameters);
+:func:`group_hyperparameter` turns any form into a :class:`GroupedPath`, whose
+:meth:`GroupedPath.per_param` gives the 0-d η and β of each parameter at step t.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
@@ -17,8 +20,9 @@ import torch
 from torch import Tensor
 
 from metatune import checks
-from metatune._types import HyperArg, Params, Scalar
+from metatune._types import HyperArg, Params
 from metatune.errors import invalid
+from metatune.schedule import Knots, knot_positions
 
 SCALAR_GROUP = ""
 """The group key used when a hyperparameter is one scalar for every parameter."""
@@ -89,24 +93,81 @@ def update_rule(nesterov_: bool) -> UpdateRule:
     return nesterov if checks.flag("nesterov", nesterov_) else heavy_ball
 
 
-class GroupedScalar(NamedTuple):
-    """A hyperparameter as one 0-d tensor per group, and the group of each parameter.
+CONSTANT, PER_STEP, KNOTTED = "constant", "steps", "knots"
+"""How a group's hyperparameter varies over the run: one 0-d tensor, one value per step (a
+tensor of length T), or K knots interpolated over the T steps (:mod:`metatune.schedule`)."""
 
-    ``values[SCALAR_GROUP]`` alone means one scalar shared by every parameter.
+
+@functools.lru_cache(maxsize=64)
+def _positions(knots: int, steps: int) -> tuple[tuple[int, float], ...]:
+    return tuple(knot_positions(knots, steps))
+
+
+class GroupedPath(NamedTuple):
+    """A hyperparameter as one tensor per group, how each varies over the run, and the group
+    of each parameter.
+
+    ``values[SCALAR_GROUP]`` alone means one value (or path) shared by every parameter.
+    ``kinds[g]`` is :data:`CONSTANT` (a 0-d tensor), :data:`PER_STEP` (length T) or
+    :data:`KNOTTED` (K knots, interpolated in log when ``log`` — learning rates — and linearly
+    otherwise, :func:`metatune.schedule.knot_positions`).
     """
 
     values: dict[str, Tensor]
+    kinds: dict[str, str]
     groups: dict[str, str]
+    log: bool
+    steps: int
 
     @property
     def per_group(self) -> bool:
         """True when the user gave a dict (per-layer hyperparameters)."""
         return list(self.values) != [SCALAR_GROUP]
 
-    def per_param(self, values: Mapping[str, Tensor] | None = None) -> Params:
-        """Each parameter's tensor (from ``values`` if given, e.g. tensors under a transform)."""
+    @property
+    def constant(self) -> bool:
+        """True when every group holds one value for the whole run."""
+        return all(kind == CONSTANT for kind in self.kinds.values())
+
+    def at(self, t: int, values: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Each group's 0-d value at step t (from ``values`` if given: tensors under a transform)."""
         source = self.values if values is None else values
-        return {name: source[group] for name, group in self.groups.items()}
+        return {group: self._value(group, source[group], t) for group in self.values}
+
+    def _value(self, group: str, tensor: Tensor, t: int) -> Tensor:
+        kind = self.kinds[group]
+        if kind == CONSTANT:
+            return tensor
+        if kind == PER_STEP:
+            return tensor[t]
+        i, a = _positions(len(tensor), self.steps)[t]
+        if a == 0.0:
+            return tensor[i]
+        if a == 1.0:
+            return tensor[i + 1]
+        if self.log:
+            return torch.exp((1.0 - a) * torch.log(tensor[i]) + a * torch.log(tensor[i + 1]))
+        return (1.0 - a) * tensor[i] + a * tensor[i + 1]
+
+    def coefficients(self, group: str, t: int, value: Tensor) -> tuple[tuple[int, Tensor | float], ...]:
+        """∂h_t/∂z for the group's tensor z at step t, as (index in z, coefficient) pairs:
+        the nonzero entries only (one or two), given the group's value ``value`` = h_t."""
+        kind = self.kinds[group]
+        if kind == CONSTANT:
+            return ((0, 1.0),)
+        if kind == PER_STEP:
+            return ((t, 1.0),)
+        tensor = self.values[group]
+        i, a = _positions(len(tensor), self.steps)[t]
+        pairs = [(i, 1.0 - a), (i + 1, a)] if len(tensor) > 1 else [(0, 1.0)]
+        if self.log:  # η_t = exp(Σ w log z): ∂η_t/∂z_k = η_t w_k / z_k
+            return tuple((k, value * w / tensor[k]) for k, w in pairs if w != 0.0)
+        return tuple((k, w) for k, w in pairs if w != 0.0)
+
+    def per_param(self, t: int = 0, values: Mapping[str, Tensor] | None = None) -> Params:
+        """Each parameter's 0-d value at step t."""
+        at = self.at(t, values)
+        return {name: at[group] for name, group in self.groups.items()}
 
 
 def _matching_group(name: str, prefixes: list[str]) -> str | None:
@@ -116,17 +177,20 @@ def _matching_group(name: str, prefixes: list[str]) -> str | None:
 
 
 def group_hyperparameter(
-    value: HyperArg, params: Params, *, name: str, like: Tensor
-) -> GroupedScalar:
-    """Turn a user's scalar or prefix-keyed dict into a :class:`GroupedScalar`.
+    value: HyperArg, params: Params, *, name: str, like: Tensor, steps: int = 1, log: bool = False
+) -> GroupedPath:
+    """Turn a user's hyperparameter into a :class:`GroupedPath` over ``steps`` steps.
 
-    Scalars become 0-d tensors of ``like``'s dtype and device; tensors keep their
-    autograd graph. Raises ``ValueError`` if a dict leaves a parameter uncovered or
-    names a prefix that matches no parameter.
+    Each value (or each value of a prefix-keyed dict) is a scalar, a tensor of length
+    ``steps`` (one per step) or :class:`~metatune.schedule.Knots`; ``log``: knots interpolate
+    in log (learning rates). Scalars become tensors of ``like``'s dtype and device; tensors
+    keep their autograd graph. Raises ``ValueError`` if a dict leaves a parameter uncovered
+    or names a prefix that matches no parameter, or a path has the wrong length.
     """
     if not isinstance(value, Mapping):
-        tensor = _as_scalar_tensor(value, name=name, like=like)
-        return GroupedScalar({SCALAR_GROUP: tensor}, {n: SCALAR_GROUP for n in params})
+        tensor, kind = _as_path(value, name=name, like=like, steps=steps)
+        return GroupedPath({SCALAR_GROUP: tensor}, {SCALAR_GROUP: kind}, {n: SCALAR_GROUP for n in params}, log,
+                           steps)
     if not value:
         raise invalid(name, dict(value), "a scalar or a non-empty dict of name prefix -> scalar")
     prefixes = [str(k) for k in value]
@@ -137,30 +201,51 @@ def group_hyperparameter(
     unused = sorted(set(prefixes) - set(groups.values()))
     if unused:
         raise invalid(name, dict(value), f"prefixes of parameter names {list(params)}; unused: {unused}")
-    values = {k: _as_scalar_tensor(v, name=f"{name}[{k!r}]", like=like) for k, v in value.items()}
-    return GroupedScalar(values, groups)  # type: ignore[arg-type]
+    paths = {k: _as_path(v, name=f"{name}[{k!r}]", like=like, steps=steps) for k, v in value.items()}
+    return GroupedPath({k: t for k, (t, _) in paths.items()}, {k: kind for k, (_, kind) in paths.items()},
+                       groups, log, steps)  # type: ignore[arg-type]
 
 
-def _as_scalar_tensor(value: Scalar, *, name: str, like: Tensor) -> Tensor:
+def _as_path(value: object, *, name: str, like: Tensor, steps: int) -> tuple[Tensor, str]:
+    """A scalar, a per-step tensor of length ``steps`` or :class:`~metatune.schedule.Knots`, as
+    (tensor, kind)."""
+    if isinstance(value, Knots):
+        if len(value) > steps:
+            raise invalid(name, f"{len(value)} knots", f"at most steps={steps} knots")
+        tensor = value.tensor(like)
+        return (tensor[0], CONSTANT) if len(value) == 1 else (tensor, KNOTTED)
+    if isinstance(value, Tensor) and value.dim() == 1 and value.numel() > 1:
+        if value.numel() != steps:
+            raise invalid(name, tuple(value.shape), f"a scalar, a tensor of length steps={steps} (one per step) "
+                                                    "or metatune.schedule.Knots")
+        return value.to(dtype=like.dtype, device=like.device), PER_STEP
+    return _as_scalar_tensor(value, name=name, like=like), CONSTANT
+
+
+def _as_scalar_tensor(value: object, *, name: str, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise invalid(name, tuple(value.shape), "a scalar (a number or a one-element tensor)")
         return value.reshape(()).to(dtype=like.dtype, device=like.device)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise invalid(name, value, "a number, a one-element tensor or a dict of them")
+        raise invalid(name, value, "a number, a one-element tensor, a tensor per step, Knots, or a dict of them")
     return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
 
-def check_lr(lr: GroupedScalar, *, name: str = "lr") -> None:
-    """Raise ``ValueError`` unless every learning rate is finite and > 0."""
-    _check_each_group(lr, name, checks.learning_rate)
+def check_lr(lr: GroupedPath, *, name: str = "lr") -> None:
+    """Raise ``ValueError`` unless every learning rate (at every step or knot) is finite and > 0."""
+    _check_each_group(lr, name, checks.LEARNING_RATE)
 
 
-def check_momentum(momentum: GroupedScalar, *, name: str = "momentum") -> None:
-    """Raise ``ValueError`` unless every momentum β lies in [0, 1)."""
-    _check_each_group(momentum, name, checks.momentum)
+def check_momentum(momentum: GroupedPath, *, name: str = "momentum") -> None:
+    """Raise ``ValueError`` unless every momentum β (at every step or knot) lies in [0, 1)."""
+    _check_each_group(momentum, name, checks.MOMENTUM)
 
 
-def _check_each_group(value: GroupedScalar, name: str, check: Callable[[str, float], float]) -> None:
+def _check_each_group(value: GroupedPath, name: str, interval: checks.Interval) -> None:
     for group, tensor in value.values.items():
-        check(name if group == SCALAR_GROUP else f"{name}[{group!r}]", float(tensor.detach()))
+        label = name if group == SCALAR_GROUP else f"{name}[{group!r}]"
+        if tensor.dim() == 0:
+            interval.check(label, float(tensor.detach()))
+        else:
+            interval.check_all(label, tensor.detach().cpu().double().numpy())

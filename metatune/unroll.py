@@ -22,6 +22,9 @@ from metatune.errors import invalid
 GradFn = Callable[[Params, Batch], tuple[Params, Tensor]]
 """``grad_fn(params, batch) -> (∇ℓ by name, ℓ)``."""
 
+HyperAt = Callable[[int], dynamics.Hyperparameters]
+"""Each parameter's (η, β) at step t."""
+
 StepFn = Callable[
     [Params, dynamics.MomentumState, dynamics.Hyperparameters, Batch],
     tuple[Params, dynamics.MomentumState, Tensor],
@@ -43,8 +46,8 @@ class InnerProblem:
     train_loss: TrainLoss
     params: Params
     velocity: Params
-    lr: dynamics.GroupedScalar
-    momentum: dynamics.GroupedScalar
+    lr: dynamics.GroupedPath
+    momentum: dynamics.GroupedPath
     steps: int
     batches: list[Batch]
     nesterov: bool
@@ -54,9 +57,13 @@ class InnerProblem:
         return dynamics.update_rule(self.nesterov)
 
     def hyperparameters(self, lr: Mapping[str, Tensor] | None = None,
-                        momentum: Mapping[str, Tensor] | None = None) -> dynamics.Hyperparameters:
-        """Per-parameter (η, β), optionally from replacement group tensors."""
-        return dynamics.Hyperparameters(self.lr.per_param(lr), self.momentum.per_param(momentum))
+                        momentum: Mapping[str, Tensor] | None = None) -> HyperAt:
+        """Per-parameter (η, β) at each step, optionally from replacement group tensors (the
+        same object at every step when both are constant)."""
+        if self.lr.constant and self.momentum.constant:
+            fixed = dynamics.Hyperparameters(self.lr.per_param(0, lr), self.momentum.per_param(0, momentum))
+            return lambda t: fixed
+        return lambda t: dynamics.Hyperparameters(self.lr.per_param(t, lr), self.momentum.per_param(t, momentum))
 
 
 def prepare(
@@ -78,8 +85,8 @@ def prepare(
     steps = check_steps(steps)
     batch_list = check_batches(batches, steps)
     like = next(iter(params.values()))
-    lr_g = dynamics.group_hyperparameter(lr, params, name="lr", like=like)
-    momentum_g = dynamics.group_hyperparameter(momentum, params, name="momentum", like=like)
+    lr_g = dynamics.group_hyperparameter(lr, params, name="lr", like=like, steps=steps, log=True)
+    momentum_g = dynamics.group_hyperparameter(momentum, params, name="momentum", like=like, steps=steps)
     dynamics.check_lr(lr_g)
     dynamics.check_momentum(momentum_g)
     nesterov = checks.flag("nesterov", nesterov)
@@ -167,18 +174,20 @@ def run_steps(
     step: StepFn,
     params: Params,
     state: dynamics.MomentumState,
-    hyper: dynamics.Hyperparameters,
+    hyper: HyperAt,
     batches: Sequence[Batch],
     on_step: Callable[[int, Params, dynamics.MomentumState], None] | None = None,
+    start: int = 0,
 ) -> tuple[Params, dynamics.MomentumState, Tensor]:
-    """Apply ``step`` once per batch; ``on_step(t, θₜ₊₁, stateₜ₊₁)`` sees each new state.
+    """Apply ``step`` once per batch at (η, β) = ``hyper(start + t)``; ``on_step(t, θₜ₊₁,
+    stateₜ₊₁)`` sees each new state (t counted from ``start``).
 
     Returns the final θ and state and the detached per-step losses, copied into one
     tensor so that no step's graph outlives the step.
     """
     losses = LossRecord(len(batches), like=next(iter(params.values())))
     for t, batch in enumerate(batches):
-        params, state, loss = step(params, state, hyper, batch)
+        params, state, loss = step(params, state, hyper(start + t), batch)
         losses.record(t, loss)
         if on_step is not None:
             on_step(t, params, state)
@@ -211,8 +220,10 @@ def unroll(
     Args:
         train_loss: ``train_loss(params, batch) -> scalar``.
         params: initial θ₀ by name (not modified).
-        lr: η > 0, a scalar or a dict of name prefix -> scalar (per-layer).
-        momentum: β in [0, 1), same forms as ``lr``.
+        lr: η > 0: a scalar, a tensor of length ``steps`` (η_t per step),
+            :class:`~metatune.schedule.Knots` (η at K knots, interpolated in log η over the
+            steps), or a dict of name prefix -> any of those (per-layer).
+        momentum: β in [0, 1), same forms as ``lr`` (knots interpolated linearly in β).
         steps: T >= 1.
         batches: at least T batches, or None to pass ``batch=None``.
         nesterov: Nesterov momentum instead of heavy ball.

@@ -253,34 +253,42 @@ def test_hessian_vector_products_by_double_backward_equal_the_explicit_hessian()
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_the_written_out_tangent_step_equals_a_jvp_of_the_update_rule(nesterov):
-    """advance against torch.func.jvp of dynamics' rule in (θ, v, g, h), per-group: parameter
-    "a" takes η₀, β₂ and "b" η₁, β₃ of h = (η₀, η₁, β₂, β₃)."""
+    """advance against torch.func.jvp of dynamics' rule in (θ, v, g, h) over h = (η₀, η₁, η₂,
+    β₃, β₄): parameter "a" takes η₀ and β₃; "b" takes a step between two knots, η = exp(¼ log η₁
+    + ¾ log η₂) and β = 0.4 β₃ + 0.6 β₄, so its rows hold two coefficients each."""
     from metatune import dynamics
     from metatune.hypergrad.forward import advance
-    from metatune.hypergrad.layout import per_param
 
     gen = torch.Generator().manual_seed(1)
 
     def randn(*shape):  # noqa: ANN001, ANN202
         return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
-    layout = (("a", 0, 2), ("b", 1, 3))
+    def values(h):  # noqa: ANN001, ANN202
+        lr_b = torch.exp(0.25 * torch.log(h[1]) + 0.75 * torch.log(h[2]))
+        return dynamics.Hyperparameters({"a": h[0], "b": lr_b}, {"a": h[3], "b": 0.4 * h[3] + 0.6 * h[4]})
+
     params, velocity, grads = ({"a": randn(3, 2), "b": randn(4)} for _ in range(3))
-    hyper = torch.tensor([0.1, 0.05, 0.9, 0.5], dtype=torch.float64)
-    s_params, s_velocity, hvps = ({"a": randn(4, 3, 2), "b": randn(4, 4)} for _ in range(3))
-    s_hyper = torch.eye(4, dtype=torch.float64)
+    hyper = torch.tensor([0.1, 0.05, 0.2, 0.9, 0.5], dtype=torch.float64)
+    k = len(hyper)
+    s_params, s_velocity, hvps = ({"a": randn(k, 3, 2), "b": randn(k, 4)} for _ in range(3))
+    at = values(hyper)
+    lr_b = at.lr["b"]
+    lr_rows = {"a": ((0, 1.0),), "b": ((1, lr_b * 0.25 / hyper[1]), (2, lr_b * 0.75 / hyper[2]))}
+    momentum_rows = {"a": ((3, 1.0),), "b": ((3, 0.4), (4, 0.6))}
     rule = dynamics.update_rule(nesterov)
 
     def update(p, v, g, h):  # noqa: ANN001, ANN202
-        new_p, new_state = rule(p, dynamics.MomentumState(v), g, per_param(layout, h))
+        new_p, new_state = rule(p, dynamics.MomentumState(v), g, values(h))
         return new_p, new_state.velocity
 
-    new_p, new_v, got_sp, got_sv = advance(nesterov, layout, (params, velocity, hyper), (s_params, s_velocity, s_hyper),
-                                           grads, hvps)
-    for i in range(4):
+    new_p, new_v, got_sp, got_sv = advance(nesterov, (at, lr_rows, momentum_rows), (params, velocity),
+                                           (s_params, s_velocity), grads, hvps)
+    eye = torch.eye(k, dtype=torch.float64)
+    for i in range(k):
         pick = {n: t[i] for n, t in s_params.items()}, {n: t[i] for n, t in s_velocity.items()}
         (p_ref, v_ref), (sp_ref, sv_ref) = torch.func.jvp(
-            update, (params, velocity, grads, hyper), (*pick, {n: t[i] for n, t in hvps.items()}, s_hyper[i]))
+            update, (params, velocity, grads, hyper), (*pick, {n: t[i] for n, t in hvps.items()}, eye[i]))
         for n in params:
             assert torch.allclose(new_p[n], p_ref[n], rtol=0, atol=1e-15)
             assert torch.allclose(new_v[n], v_ref[n], rtol=0, atol=1e-15)

@@ -57,8 +57,8 @@ def test_points_key_trials_by_value() -> None:
 
 
 @pytest.mark.parametrize("lr, momentum, match", [
-    (0.1, {"a": 0.5}, "both floats or both dicts"),
-    ({"a": 0.1}, 0.5, "both floats or both dicts"),
+    (0.1, {"a": 0.5}, "both dicts of those by group"),
+    ({"a": 0.1}, 0.5, "both dicts of those by group"),
     ({"a": 0.1}, {"b": 0.5}, "one momentum per group"),
 ])
 def test_mismatched_halves_are_refused(lr: object, momentum: object, match: str) -> None:
@@ -67,7 +67,7 @@ def test_mismatched_halves_are_refused(lr: object, momentum: object, match: str)
 
 
 def test_a_point_has_one_value_per_group() -> None:
-    with pytest.raises(ValueError, match="one lr and one momentum per group"):
+    with pytest.raises(ValueError, match=r"lr and momentum value\(s\) per group"):
         Point((0.1, 0.2), (0.5,), ("a", "b"))
     with pytest.raises(ValueError, match="point"):
         Point.from_json({"lr": "fast", "momentum": 0.5})

@@ -4,7 +4,9 @@ For momentum SGD, sₜ₊₁ = rule(θₜ, vₜ, g(θₜ), h), so the tangents o
 
     Sₜ₊₁ = ∂rule/∂(θ, v) · (Sθ, Sv) + ∂rule/∂g · H Sθ + ∂rule/∂h,    H = ∇²ℓ(θₜ; bₜ).
 
-The only costly term is H Sθ, one Hessian-vector product per tangent. Since H is
+with ∂rule/∂h picking the hyperparameters of step t: for a schedule, η_t and β_t depend on
+one value per step or on the two knots either side of t (:mod:`metatune.schedule`), so
+those terms stay sparse. The only costly term is H Sθ, one Hessian-vector product per tangent. Since H is
 symmetric, H s = (sᵀH)ᵀ is a vector-Jacobian product of the gradient: each step builds the
 gradient once with a graph and backpropagates each of the k tangents through it
 (reverse-over-reverse, :mod:`metatune.hessian`), 1 + k · ``backward_step`` gradients a
@@ -28,27 +30,30 @@ from metatune import dynamics
 from metatune._types import Batch, Params, TrainLoss, ValLoss
 from metatune.costs import CostModel
 from metatune.hessian import gradient_and_hvps
-from metatune.hypergrad.layout import (
-    Layout,
-    growth_rate,
-    hyper_keys,
-    hyper_vector,
-    layout_of,
-    per_param,
-    squared_norm,
-)
+from metatune.hypergrad.layout import Slices, growth_rate, hyper_keys, hyper_vector, slices_of, split, squared_norm
 from metatune.hypergrad.result import HypergradResult, build_result
 from metatune.unroll import InnerProblem, LossRecord
 
-State = tuple[Params, Params, Tensor]
-"""(θ, v, h): parameters, velocity and the k hyperparameters as one vector."""
-Tangents = tuple[Params, Params, Tensor]
-"""(Sθ, Sv, Sh), each with a leading axis of k (Sh = I: tangent i moves hyperparameter i)."""
+State = tuple[Params, Params]
+"""(θ, v): parameters and velocity."""
+Tangents = tuple[Params, Params]
+"""(Sθ, Sv), each with a leading axis of k: tangent i moves hyperparameter i."""
+Rows = dict[str, tuple[tuple[int, "Tensor | float"], ...]]
+"""Per parameter: the (i, ∂h_t/∂z_i) pairs of its η (or β) at step t over the k-vector z —
+one pair for a constant (coefficient 1), one or two for a schedule."""
+StepHyper = tuple[dynamics.Hyperparameters, Rows, Rows]
+"""(η, β) of each parameter at step t, and the rows of η and of β."""
 StepOut = tuple[Params, Params, Params, Params, Tensor]
 """θ', v', Sθ', Sv' and ℓ(θ; batch)."""
 
 
-def advance(nesterov: bool, layout: Layout, state: State, tangents: Tangents, grads: Params,
+def _add(rows: tuple[tuple[int, Tensor | float], ...], target: Tensor, term: Tensor, sign: float) -> None:
+    """target[i] += sign · c · term for each (i, c) of ``rows``."""
+    for i, c in rows:
+        target[i] += sign * term if isinstance(c, float) and c == 1.0 else sign * c * term
+
+
+def advance(nesterov: bool, hyper: StepHyper, state: State, tangents: Tangents, grads: Params,
             hvps: Params) -> tuple[Params, Params, Params, Params]:
     """The step of (θ, v) and of its k tangents given g and H Sθ (``dynamics``' rules).
 
@@ -56,39 +61,53 @@ def advance(nesterov: bool, layout: Layout, state: State, tangents: Tangents, gr
         Sv' = β Sv + H Sθ + Sβ v,            Sθ' = Sθ − η Sv' − Sη v'
     Nesterov, θ' = θ − η(g + βv'):
         Sθ' = Sθ − η(H Sθ + β Sv' + Sβ v') − Sη (g + βv')
-    where Sη, Sβ pick tangent i for a parameter whose η (β) is hyperparameter i (Sh = I), so
-    those terms touch one row each. Written out, since a jvp of the rule vmapped over k costs
-    as much again as the products here (``tests/test_hypergrad.py`` checks it against one).
+    where Sη = ∂η_t/∂z and Sβ = ∂β_t/∂z are the rows of ``hyper`` (one or two nonzero
+    entries: z_i itself, or the knots either side of step t), so those terms touch one or two
+    tangents each. Written out, since a jvp of the rule vmapped over k costs as much again as
+    the products here (``tests/test_hypergrad.py`` checks it against one).
     """
-    params, velocity, hyper = state
-    s_params, s_velocity, _ = tangents
+    params, velocity = state
+    s_params, s_velocity = tangents
+    values, lr_rows, momentum_rows = hyper
     rule = dynamics.update_rule(nesterov)
-    new_params, new_state = rule(params, dynamics.MomentumState(velocity), grads, per_param(layout, hyper))
+    new_params, new_state = rule(params, dynamics.MomentumState(velocity), grads, values)
     new_velocity = new_state.velocity
     s_params_out, s_velocity_out = {}, {}
-    for name, i, j in layout:
-        lr, momentum = hyper[i], hyper[j]
+    for name in params:
+        lr, momentum = values.lr[name], values.momentum[name]
         s_v = momentum * s_velocity[name] + hvps[name]
-        s_v[j] += velocity[name]
+        _add(momentum_rows[name], s_v, velocity[name], 1.0)
         if nesterov:
             s_p = s_params[name] - lr * (hvps[name] + momentum * s_v)
-            s_p[j] -= lr * new_velocity[name]
-            s_p[i] -= grads[name] + momentum * new_velocity[name]
+            _add(momentum_rows[name], s_p, lr * new_velocity[name], -1.0)
+            _add(lr_rows[name], s_p, grads[name] + momentum * new_velocity[name], -1.0)
         else:
             s_p = s_params[name] - lr * s_v
-            s_p[i] -= new_velocity[name]
+            _add(lr_rows[name], s_p, new_velocity[name], -1.0)
         s_params_out[name], s_velocity_out[name] = s_p, s_v
     return new_params, new_velocity, s_params_out, s_velocity_out
 
 
-def tangent_step(train_loss: TrainLoss, nesterov: bool, layout: Layout, state: State,
+def step_hyperparameters(problem: InnerProblem, slices: Slices, hyper: Tensor, t: int) -> StepHyper:
+    """Each parameter's (η_t, β_t) and their rows ∂h_t/∂z in the k-vector ``hyper``."""
+    lr_values, momentum_values = split(problem, slices, hyper)
+    out: list[tuple[Params, Rows]] = []
+    for kind, path, given in (("lr", problem.lr, lr_values), ("momentum", problem.momentum, momentum_values)):
+        at = path.at(t, given)
+        rows = {g: tuple((slices[(kind, g)][0] + i, c) for i, c in path.coefficients(g, t, at[g])) for g in at}
+        out.append(({n: at[g] for n, g in path.groups.items()}, {n: rows[g] for n, g in path.groups.items()}))
+    (lrs, lr_rows), (momenta, momentum_rows) = out
+    return dynamics.Hyperparameters(lrs, momenta), lr_rows, momentum_rows
+
+
+def tangent_step(train_loss: TrainLoss, nesterov: bool, hyper: StepHyper, state: State,
                  tangents: Tangents, batch: Batch) -> StepOut:
     """One step of (θ, v) and of its k tangents (eager): autograd's double backward for H Sθ."""
     grads, hvps, loss = gradient_and_hvps(train_loss, state[0], tangents[0], batch)
-    return (*advance(nesterov, layout, state, tangents, grads, hvps), loss)
+    return (*advance(nesterov, hyper, state, tangents, grads, hvps), loss)
 
 
-def functional_tangent_step(train_loss: TrainLoss, nesterov: bool, layout: Layout, state: State,
+def functional_tangent_step(train_loss: TrainLoss, nesterov: bool, hyper: StepHyper, state: State,
                             tangents: Tangents, batch: Batch) -> StepOut:
     """:func:`tangent_step` in ``torch.func`` terms (a vjp of the gradient, vmapped over the
     k tangents), which ``torch.compile`` traces whole."""
@@ -98,12 +117,14 @@ def functional_tangent_step(train_loss: TrainLoss, nesterov: bool, layout: Layou
 
     grads, vjp, loss = torch.func.vjp(gradient, state[0], has_aux=True)
     (hvps,) = torch.func.vmap(vjp)(tangents[0])
-    return (*advance(nesterov, layout, state, tangents, grads, hvps), loss)
+    return (*advance(nesterov, hyper, state, tangents, grads, hvps), loss)
 
 
 @functools.cache
 def compiled_tangent_step() -> Callable[..., StepOut]:
-    """:func:`functional_tangent_step` through ``torch.compile`` (compiled once per loss function)."""
+    """:func:`functional_tangent_step` through ``torch.compile`` (compiled once per loss function
+    and per structure of the rows: a schedule's rows change with t, so compiling pays for
+    constant hyperparameters)."""
     return torch.compile(functional_tangent_step, dynamic=False)
 
 
@@ -111,18 +132,20 @@ def forward(problem: InnerProblem, val_loss: ValLoss, compile_: bool, costs: Cos
     """Forward mode: carry the k tangents through every step; memory flat in T."""
     keys = hyper_keys(problem)
     hyper = hyper_vector(problem, keys)
-    layout = layout_of(problem, keys)
+    slices = slices_of(problem)
     step = compiled_tangent_step() if compile_ else tangent_step
+    constant = problem.lr.constant and problem.momentum.constant
+    fixed = step_hyperparameters(problem, slices, hyper, 0) if constant else None
     params, velocity = problem.params, problem.velocity
     s_params = {n: torch.zeros((len(keys), *p.shape), dtype=p.dtype, device=p.device) for n, p in params.items()}
     s_velocity = {n: torch.zeros_like(s) for n, s in s_params.items()}
-    s_hyper = torch.eye(len(keys), dtype=hyper.dtype, device=hyper.device)
     probe = problem.steps - problem.steps // 2
     norm_probe = torch.zeros((), dtype=torch.float64)
     losses = LossRecord(problem.steps, like=next(iter(params.values())))
     for t, batch in enumerate(problem.batches):
+        at = fixed or step_hyperparameters(problem, slices, hyper, t)
         params, velocity, s_params, s_velocity, loss = step(
-            problem.train_loss, problem.nesterov, layout, (params, velocity, hyper), (s_params, s_velocity, s_hyper), batch
+            problem.train_loss, problem.nesterov, at, (params, velocity), (s_params, s_velocity), batch
         )
         losses.record(t, loss)
         if t + 1 == probe:

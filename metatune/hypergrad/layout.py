@@ -1,5 +1,6 @@
-"""The differentiated hyperparameters as one vector and their map to the parameters, and
-the growth-rate estimate both modes share."""
+"""The differentiated hyperparameters as one vector — each group's η and β: a constant, one
+value per step, or K knots — and where each lies in it, and the growth-rate estimate both
+modes share."""
 
 from __future__ import annotations
 
@@ -8,37 +9,46 @@ import math
 import torch
 from torch import Tensor
 
-from metatune import dynamics
 from metatune.unroll import InnerProblem
 
-HyperKey = tuple[str, str]
-"""("lr" | "momentum", group prefix): one differentiated hyperparameter scalar."""
+HyperKey = tuple[str, str, int]
+"""("lr" | "momentum", group prefix, position): one differentiated number — the group's
+constant (position 0), its value at one step, or at one knot."""
+
+Slices = dict[tuple[str, str], tuple[int, int]]
+"""(kind, group) -> (offset, length) of the group's tensor in the hyperparameter vector."""
 
 
 def hyper_keys(problem: InnerProblem) -> list[HyperKey]:
-    return [("lr", g) for g in problem.lr.values] + [("momentum", g) for g in problem.momentum.values]
+    """Every differentiated number, η's groups first, each group's tensor flattened."""
+    return [(kind, group, k) for kind, path in (("lr", problem.lr), ("momentum", problem.momentum))
+            for group, tensor in path.values.items() for k in range(max(tensor.numel(), 1))]
 
 
 def hyper_vector(problem: InnerProblem, keys: list[HyperKey]) -> Tensor:
     """The k differentiated hyperparameters as one detached 1-d tensor, in ``keys`` order."""
-    source = {"lr": problem.lr.values, "momentum": problem.momentum.values}
-    return torch.stack([source[kind][group].detach() for kind, group in keys])
+    return torch.cat([tensor.detach().reshape(-1) for path in (problem.lr, problem.momentum)
+                      for tensor in path.values.values()])
 
 
-Layout = tuple[tuple[str, int, int], ...]
-"""(parameter name, index of its η, index of its β) in the hyperparameter vector."""
+def slices_of(problem: InnerProblem) -> Slices:
+    """Where each group's tensor lies in the vector of :func:`hyper_vector`."""
+    out, offset = {}, 0
+    for kind, path in (("lr", problem.lr), ("momentum", problem.momentum)):
+        for group, tensor in path.values.items():
+            out[(kind, group)] = (offset, max(tensor.numel(), 1))
+            offset += max(tensor.numel(), 1)
+    return out
 
 
-def layout_of(problem: InnerProblem, keys: list[HyperKey]) -> Layout:
-    index = {key: i for i, key in enumerate(keys)}
-    return tuple(
-        (n, index[("lr", problem.lr.groups[n])], index[("momentum", problem.momentum.groups[n])])
-        for n in problem.params
-    )
-
-
-def per_param(layout: Layout, hyper: Tensor) -> dynamics.Hyperparameters:
-    return dynamics.Hyperparameters({n: hyper[i] for n, i, _ in layout}, {n: hyper[j] for n, _, j in layout})
+def split(problem: InnerProblem, slices: Slices, hyper: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The group tensors (η's, β's) as views of the vector ``hyper``, shaped as given."""
+    out: tuple[dict[str, Tensor], dict[str, Tensor]] = ({}, {})
+    for side, (kind, path) in zip(out, (("lr", problem.lr), ("momentum", problem.momentum))):
+        for group, tensor in path.values.items():
+            offset, length = slices[(kind, group)]
+            side[group] = hyper[offset:offset + length].reshape(tensor.shape)
+    return out
 
 
 def growth_rate(norm_a: float, norm_b: float, span: int) -> float:

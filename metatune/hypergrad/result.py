@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Union
 
 from torch import Tensor
 
@@ -13,13 +14,19 @@ from metatune.hypergrad.layout import HyperKey
 from metatune.unroll import InnerProblem, is_finite
 
 
+HyperGradient = Union[float, list[float], dict[str, Union[float, list[float]]]]
+"""∂ℓ_val/∂η or ∂ℓ_val/∂β in the form the hyperparameter was given."""
+
+
 @dataclass(frozen=True)
 class HypergradResult:
     """A meta-gradient and what it is worth.
 
     Attributes:
         value: ℓ_val(θ_T).
-        lr: ∂ℓ_val/∂η (a dict keyed by prefix for per-layer learning rates).
+        lr: ∂ℓ_val/∂η: a float, or a list with one derivative per step (η given per step) or
+            per knot (η given as :class:`~metatune.schedule.Knots`); a dict of those keyed by
+            prefix for per-layer learning rates.
         momentum: ∂ℓ_val/∂β (likewise).
         growth_rate: per-step log growth γ of the sensitivities (module docstring).
         diverged: True when the run or the meta-gradient is NaN/inf.
@@ -30,8 +37,8 @@ class HypergradResult:
     """
 
     value: float
-    lr: float | dict[str, float]
-    momentum: float | dict[str, float]
+    lr: HyperGradient
+    momentum: HyperGradient
     growth_rate: float
     diverged: bool
     gradient_evals: float
@@ -52,11 +59,11 @@ class HypergradResult:
 def build_result(problem: InnerProblem, keys: list[HyperKey], value: Tensor, grads: Tensor, growth: float,  # noqa: PLR0913
                  cost: float, mode: str, window: int, losses: Tensor, final: tuple[Params, Params]) -> HypergradResult:
     numbers = grads.detach().tolist()
-    by_kind: dict[str, dict[str, float]] = {"lr": {}, "momentum": {}}
-    for (kind, group), number in zip(keys, numbers):
-        by_kind[kind][group] = number
-    lr = by_kind["lr"] if problem.lr.per_group else by_kind["lr"][dynamics.SCALAR_GROUP]
-    mom = by_kind["momentum"] if problem.momentum.per_group else by_kind["momentum"][dynamics.SCALAR_GROUP]
+    by_kind: dict[str, dict[str, list[float]]] = {"lr": {}, "momentum": {}}
+    for (kind, group, _), number in zip(keys, numbers):
+        by_kind[kind].setdefault(group, []).append(number)
+    lr = _shaped(problem.lr, by_kind["lr"])
+    mom = _shaped(problem.momentum, by_kind["momentum"])
     diverged = not is_finite(value, losses, *numbers)
     params, velocity = ({n: t.detach() for n, t in state.items()} for state in final)
     return HypergradResult(
@@ -64,3 +71,8 @@ def build_result(problem: InnerProblem, keys: list[HyperKey], value: Tensor, gra
     )
 
 
+def _shaped(path: dynamics.GroupedPath, grads: dict[str, list[float]]) -> HyperGradient:
+    """Each group's derivatives in the form its hyperparameter was given: a float for a
+    constant, a list per step or per knot; a dict by prefix for per-group values."""
+    shaped = {g: numbers[0] if path.kinds[g] == dynamics.CONSTANT else numbers for g, numbers in grads.items()}
+    return shaped if path.per_group else shaped[dynamics.SCALAR_GROUP]

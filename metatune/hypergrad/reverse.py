@@ -15,7 +15,7 @@ from torch import Tensor
 from metatune import dynamics
 from metatune._types import Batch, Params, TrainLoss, ValLoss
 from metatune.costs import CostModel
-from metatune.hypergrad.layout import growth_rate, hyper_keys, hyper_vector, layout_of, per_param
+from metatune.hypergrad.layout import growth_rate, hyper_keys, hyper_vector, slices_of, split
 from metatune.hypergrad.result import HypergradResult, build_result
 from metatune.unroll import InnerProblem, StepFn, autograd_gradient, make_step, run_steps
 
@@ -73,7 +73,7 @@ def reverse(
     stored, losses = _store_segment_starts(problem, [a for a, _ in segments])
     probes = (problem.steps - window // 2, problem.steps)
     norms: dict[int, float] = {}
-    layout = layout_of(problem, keys)
+    slices = slices_of(problem)
     hyper_grads = torch.zeros_like(hyper_vector(problem, keys))
     step = _graph_step(problem, compile_)
     adjoint: tuple[Params, Params] | None = None
@@ -84,7 +84,8 @@ def reverse(
         probed: dict[int, Params] = {}
         end_params, end_state, segment_losses = run_steps(
             step, start_params, dynamics.MomentumState(start_velocity),
-            per_param(layout, hyper), problem.batches[a:b], _keep_params_at(a, probes, probed),
+            problem.hyperparameters(*split(problem, slices, hyper)), problem.batches[a:b],
+            _keep_params_at(a, probes, probed), start=a,
         )
         if adjoint is None:  # the last segment ends in the validation loss
             final = (end_params, end_state.velocity)
@@ -130,7 +131,8 @@ def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dic
     losses = []
     for a, b in zip([0, *starts], starts):
         with torch.no_grad():
-            params, state, segment_losses = run_steps(plain, params, state, problem.hyperparameters(), problem.batches[a:b])
+            params, state, segment_losses = run_steps(plain, params, state, problem.hyperparameters(),
+                                                      problem.batches[a:b], start=a)
         stored[b] = (params, state.velocity)
         losses.append(segment_losses)
     return stored, torch.cat(losses)

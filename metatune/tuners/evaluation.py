@@ -69,7 +69,7 @@ class Outcome:
 
     def gradient(self) -> MetaGradient | None:
         """The meta-gradient among the metrics, or None where none was taken."""
-        return MetaGradient.from_metrics(self.metrics, self.point.groups)
+        return MetaGradient.from_metrics(self.metrics, self.point.groups, self.point.knots)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:
     """Train (or differentiate) every point of ``proposal``; one :class:`Outcome` per point."""
     if proposal.hypergrad is not None:
         return [evaluate_hypergrad(context, proposal.points[0], proposal.hypergrad, proposal.checkpoint)]
-    if len(proposal.points) == 1 or proposal.points[0].groups:  # no per-group populations
+    first = proposal.points[0]
+    if len(proposal.points) == 1 or first.groups or not first.constant:  # populations of scalar points only
         return [evaluate_point(context, point) for point in proposal.points]
     return evaluate_population(context, list(proposal.points))
 
@@ -116,7 +117,8 @@ def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:
 def evaluate_point(context: Context, point: Point) -> Outcome:
     """ℓ_val(θ_T) after T steps at fixed (η, β) from θ₀ (inf if the parameters blew up)."""
     objective, began = context.objective, time.perf_counter()
-    run = unroll(objective.train_loss, context.params, point.lr, point.momentum, context.steps, context.batches)
+    lr, momentum = point.hyperparameters(context.steps)
+    run = unroll(objective.train_loss, context.params, lr, momentum, context.steps, context.batches)
     value = float(objective.val_loss(run.params)) if is_finite(*run.params.values()) else math.inf
     return Outcome(point, value, time.perf_counter() - began, {"final_train_loss": float(run.losses[-1])})
 
@@ -135,7 +137,8 @@ def evaluate_population(context: Context, points: list[Point]) -> list[Outcome]:
 def evaluate_hypergrad(context: Context, point: Point, mode: str, checkpoint: int | None = None) -> Outcome:
     """ℓ_val(θ_T) with its meta-gradient ∂ℓ/∂η, ∂ℓ/∂β, the growth rate and amplification."""
     objective, began = context.objective, time.perf_counter()
-    hg = hypergrad(objective.train_loss, objective.val_loss, context.params, point.lr, point.momentum, context.steps,
+    lr, momentum = point.hyperparameters(context.steps)
+    hg = hypergrad(objective.train_loss, objective.val_loss, context.params, lr, momentum, context.steps,
                    context.batches, mode=mode, checkpoint=checkpoint, costs=context.costs)
     return Outcome(point, hg.value, time.perf_counter() - began, hypergrad_metrics(hg))
 
@@ -143,8 +146,8 @@ def evaluate_hypergrad(context: Context, point: Point, mode: str, checkpoint: in
 def hypergrad_metrics(hg: Any) -> dict[str, float]:
     """The metrics of a :class:`~metatune.hypergrad.HypergradResult` a searcher reads:
     :meth:`~metatune.point.MetaGradient.to_metrics` (``dvalue_dlr``, ``dvalue_dmomentum``, per
-    group ``dvalue_dlr[<prefix>]``, …; ``growth_rate``, ``amplification``)."""
-    groups = tuple(hg.lr) if isinstance(hg.lr, dict) else ()
+    group ``dvalue_dlr[<prefix>]``, per knot ``dvalue_dlr@<k>``, …; ``growth_rate``,
+    ``amplification``)."""
     point = Point.of(hg.lr, hg.momentum)  # the derivatives have a point's shape
     gradient = MetaGradient(point.lrs, point.momenta, float(hg.growth_rate), float(hg.amplification))
-    return gradient.to_metrics(groups)
+    return gradient.to_metrics(point.groups, point.knots)

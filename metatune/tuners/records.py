@@ -91,7 +91,7 @@ class Trial:
         """The trial as JSON (inf and NaN left as they are: the writer decides how to show them)."""
         chain = None if self.chain is None else {
             "start": self.chain.start, "accepted": self.chain.accepted, "line": self.chain.line,
-            "gradient": None if self.chain.gradient is None else self.chain.gradient.to_metrics(self.point.groups)}
+            "gradient": None if self.chain.gradient is None else self.chain.gradient.to_metrics(self.point.groups, self.point.knots)}
         return {"number": self.number, **self.point.to_json(), "value": self.value, "diverged": self.diverged,
                 "gradient_evals": self.gradient_evals, "cumulative_evals": self.cumulative_evals,
                 "wall_time": self.wall_time, "spectral_radius": self.spectral_radius, "stable": self.stable,
