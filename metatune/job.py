@@ -19,6 +19,7 @@ from typing import Any, Union
 from metatune import checks
 from metatune.errors import invalid
 from metatune.objectives import Objective, SearchSpace, get
+from metatune.schedule import Schedule
 
 BACKENDS = ("local", "ray")
 """Where trials run: in this process, or as Ray Tune trials (a local Ray, or a cluster)."""
@@ -71,6 +72,8 @@ class TuningJob:
         steps: the inner horizon T of each trial (None: the objective's).
         space: the (η, β) box (None: the objective's default).
         groups: an η and a β per parameter group ("layers", "tensors" or prefixes), or None.
+        schedule: η_t and β_t over the run (:class:`~metatune.schedule.Schedule`): K knots
+            each per group, or the warm-up + cosine family; K = 1 (the default) is one (η, β).
         seed: seeds θ₀, the minibatches and the method.
         resources, concurrency: per Ray trial, and trials at once (Ray only).
         backend: "local" or "ray".
@@ -89,6 +92,7 @@ class TuningJob:
     steps: int | None = None
     space: SearchSpace | None = None
     groups: Groups = None
+    schedule: Schedule = field(default_factory=Schedule)
     seed: int = 0
     resources: Resources = field(default_factory=Resources)
     concurrency: int = 1
@@ -104,6 +108,9 @@ class TuningJob:
         checks.positive_int("steps", self.steps, optional=True, note="the inner horizon T")
         checks.instance("space", self.space, SearchSpace, "a SearchSpace", optional=True)
         object.__setattr__(self, "groups", _groups(self.groups))
+        object.__setattr__(self, "schedule", Schedule.parse(self.schedule))  # type: ignore[arg-type]
+        if self.steps is not None:
+            self.schedule.check_steps(self.steps)
         checks.integer("seed", self.seed, low=0)
         object.__setattr__(self, "resources", Resources.parse(self.resources))
         checks.positive_int("concurrency", self.concurrency, note="trials running at once")
@@ -125,8 +132,7 @@ class TuningJob:
         return {
             "objective": self.objective, "objective_params": dict(self.objective_params), "method": self.method,
             "options": dict(self.options),
-            "space": {**box,
-                      "groups": self.groups},
+            "space": {**box, "groups": self.groups, "schedule": self.schedule.to_json()},
             "budget": {"gradient_evals": self.budget, "inner_steps": self.steps},
             "resources": asdict(self.resources), "seed": self.seed, "concurrency": self.concurrency,
             "backend": self.backend,
@@ -148,7 +154,8 @@ class TuningJob:
         return cls(objective=data["objective"], method=data.get("method", "metagrad"),
                    objective_params=dict(data.get("objective_params") or {}), options=dict(data.get("options") or {}),
                    budget=budget.get("gradient_evals", 20_000.0), steps=budget.get("inner_steps"), space=box,
-                   groups=_groups(space.get("groups")), seed=data.get("seed", 0),
+                   groups=_groups(space.get("groups")), schedule=Schedule.parse(space.get("schedule")),
+                   seed=data.get("seed", 0),
                    resources=Resources.parse(data.get("resources")), concurrency=data.get("concurrency", 1),
                    backend=data.get("backend", "local"))
 

@@ -16,7 +16,7 @@ from metatune.objectives import Objective, get
 from metatune.tuners import Callback, TuneResult, accepted_options, tuner_class
 from metatune.tuners import run as run_here
 
-JOB_OPTIONS = ("space", "steps", "groups", "resources", "concurrency")
+JOB_OPTIONS = ("space", "steps", "groups", "schedule", "resources", "concurrency")
 """Keyword arguments of :func:`tune` that set a field of the job rather than a method option."""
 
 RAY_OPTIONS = ("cancel", "ray_address", "storage", "max_retries", "reuse_actors")
@@ -67,7 +67,8 @@ def tune(objective: Objective | str | TuningJob, method: str = "metagrad", budge
         seed: seeds θ₀, the minibatches and the method.
         callback: receives each :class:`~metatune.tuners.base.Trial` as it is recorded.
         backend: "local" (every trial in this process) or "ray" (trials on Ray Tune).
-        options: the job's ``space``, ``steps``, ``groups``, ``resources`` and ``concurrency``;
+        options: the job's ``space``, ``steps``, ``groups``, ``schedule`` (K knots, or a
+            :class:`~metatune.schedule.Schedule`), ``resources`` and ``concurrency``;
             the Ray backend's ``cancel``, ``ray_address``, ``storage``, ``max_retries`` and
             ``reuse_actors``; ``history``; the rest are the method's own options
             (:func:`metatune.tuners.accepted_options`: metagrad's ``mode``, …).

@@ -405,7 +405,7 @@ def test_the_messages_read_as_the_design_says() -> None:
     own = mt.tuners.accepted_options("online")
     assert {"horizon", "meta_lr", "margin", "guard", "max_amplification"} <= set(own)
     assert not {"mode", "outer", "screen", "starts", "budget", "seed", "callback", "space", "steps"} & set(own)
-    accepted = sorted([*own, "concurrency", "groups", "history", "resources", "space", "steps"])
+    accepted = sorted([*own, "concurrency", "groups", "history", "resources", "schedule", "space", "steps"])
     with pytest.raises(ValueError) as info:
         mt.tune(tiny(), "online", mode="reverse")
     assert str(info.value) == (

@@ -54,9 +54,10 @@ class InFlight:
     def add(self, trial_id: str, proposal: Proposal) -> None:
         self.proposals[trial_id], self.outcomes[trial_id] = proposal, {}
 
-    def report(self, trial_id: str, result: dict[str, Any], groups: tuple[str, ...]) -> None:
+    def report(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self.outcomes and reports_a_point(result):
-            self.outcomes[trial_id][int(result.get("point", 0))] = outcome_from_result(result, groups)
+            index = int(result.get("point", 0))
+            self.outcomes[trial_id][index] = outcome_from_result(result, self.proposals[trial_id].points[index])
 
     def pop(self, trial_id: str) -> tuple[Proposal | None, dict[int, Outcome]]:
         return self.proposals.pop(trial_id, None), self.outcomes.pop(trial_id, {})
@@ -71,12 +72,12 @@ class TrialRecorder(DriverOnly, Callback):
         self.tuner, self.flight = tuner, flight
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any) -> None:
-        self.flight.report(trial.trial_id, result, self.tuner.groups)
+        self.flight.report(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial that ended (or was stopped by a cancel): what it reported."""
         if trial.last_result:
-            self.flight.report(trial.trial_id, trial.last_result, self.tuner.groups)
+            self.flight.report(trial.trial_id, trial.last_result)
         proposal, reported = self.flight.pop(trial.trial_id)
         if proposal is not None and reported:
             self.tuner.conclude(proposal, [reported[i] for i in sorted(reported)])

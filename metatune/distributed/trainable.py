@@ -97,15 +97,15 @@ def evaluate_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 
 OUTCOME_METRICS = ("final_train_loss", "dvalue_dlr", "dvalue_dmomentum", "growth_rate", "amplification")
-"""The method-specific metrics an :class:`Outcome` carries back from a report (per group also
-``dvalue_dlr[<prefix>]`` and ``dvalue_dmomentum[<prefix>]``)."""
+"""The method-specific metrics an :class:`Outcome` carries back from a report (per group and
+knot also ``dvalue_dlr[<prefix>]``, ``dvalue_dlr@<k>``, … and likewise ``dvalue_dmomentum``)."""
 
 
-def outcome_from_result(result: dict[str, Any], groups: tuple[str, ...] = ()) -> Outcome:
-    """The :class:`Outcome` a trial reported (inverse of :func:`result_metrics`)."""
-    per_group = tuple(f"{name}[" for name in OUTCOME_METRICS[1:3])
-    metrics = {k: float(v) for k, v in result.items() if k in OUTCOME_METRICS or k.startswith(per_group)}
-    point = Point.from_params(result, groups)
+def outcome_from_result(result: dict[str, Any], point: Point) -> Outcome:
+    """The :class:`Outcome` a trial reported for ``point`` (inverse of :func:`result_metrics`;
+    the point is the proposal's own, not parsed back from the flat names)."""
+    per_slot = tuple(f"{name}{mark}" for name in OUTCOME_METRICS[1:3] for mark in "[@")
+    metrics = {k: float(v) for k, v in result.items() if k in OUTCOME_METRICS or k.startswith(per_slot)}
     return Outcome(point, float(result.get("value", math.nan)), float(result.get("wall_time", 0.0)), metrics)
 
 

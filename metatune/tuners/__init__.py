@@ -27,7 +27,7 @@ METHODS: dict[str, type[Tuner]] = {
     tuner.name: tuner for tuner in (MetagradTuner, OnlineTuner, TPETuner, RandomTuner, GridTuner, CmaEsTuner, GPTuner)
 }
 
-JOB_FIELDS = ("objective", "budget", "seed", "callback", "space", "steps", "groups", "curvature")
+JOB_FIELDS = ("objective", "budget", "seed", "callback", "space", "steps", "groups", "schedule", "curvature")
 """A tuner's constructor arguments that are not the method's own options: what a
 :class:`~metatune.job.TuningJob` sets itself, and a known curvature (Python callers only)."""
 
@@ -74,7 +74,7 @@ def build_tuner(job: TuningJob, objective: Objective | None = None, callback: Ca
     tuner = tuner_class(job.method)
     checks.keywords(f"method {job.method!r}", job.options, accepted_options(job.method))
     return tuner(objective or job.build_objective(), budget=job.budget, seed=job.seed, space=job.space,
-                 steps=job.steps, groups=job.groups, callback=callback, **job.options)
+                 steps=job.steps, groups=job.groups, schedule=job.schedule, callback=callback, **job.options)
 
 
 def run(job: TuningJob, objective: Objective | None = None, callback: Callback | None = None,

@@ -37,6 +37,7 @@ from metatune.hessian import GradientGraph
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import HessianOperator, hessian_vector_product, lanczos_quadrature
 from metatune.point import Point
+from metatune.schedule import KNOTS, WARMUP_COSINE, Schedule, ScheduleArg, Shape
 from metatune.tuners.evaluation import Context, Outcome, Proposal, evaluate
 from metatune.tuners.groups import largest_spectral_radius, resolve_groups
 from metatune.tuners.records import (BUDGET_SLACK, DIVERGENCE_FACTOR, ChainStep, Trial, TrialStatus, TuneResult,
@@ -82,6 +83,9 @@ class Tuner(abc.ABC):
         space: search space (default: the objective's).
         groups: None (one η and one β), "layers", "tensors", or parameter-name prefixes: an η
             and a β per group, each in the space's bounds (:mod:`metatune.tuners.groups`).
+        schedule: K knots (η_t and β_t from K values each per group, each in the space's
+            bounds), a :class:`~metatune.schedule.Schedule` (also the warm-up + cosine
+            family), or None: one (η, β) over the run.
         callback: called with each :class:`Trial` as it is recorded.
         curvature: the spectrum's ends at θ₀ where the caller knows them (its charge is
             its ``gradient_evals``); None: estimated by :func:`estimate_curvature` and charged.
@@ -92,11 +96,13 @@ class Tuner(abc.ABC):
     """Whether :mod:`metatune.distributed` can run it (its proposals are independent runs)."""
     supports_groups: ClassVar[bool] = True
     """Whether it searches per-group spaces."""
+    schedule_shapes: ClassVar[tuple[str, ...]] = (KNOTS, WARMUP_COSINE)
+    """The schedule shapes it searches (K > 1 knots, or a fixed shape's parameters)."""
 
     def __init__(
         self, objective: Objective, *, budget: float, seed: int = 0, space: SearchSpace | None = None,
-        steps: int | None = None, groups: str | Sequence[str] | None = None, callback: Callback | None = None,
-        curvature: Curvature | None = None,
+        steps: int | None = None, groups: str | Sequence[str] | None = None, schedule: ScheduleArg = None,
+        callback: Callback | None = None, curvature: Curvature | None = None,
     ) -> None:
         self.objective = checks.instance("objective", objective, Objective, "a metatune.objectives.Objective")
         self.budget = checks.positive("budget", budget, note="gradient evaluations")
@@ -112,6 +118,7 @@ class Tuner(abc.ABC):
         self.params, self.batches, self.costs = self.context.params, self.context.batches, self.context.costs
         self.initial_value = self.context.initial_value
         self.groups = self.check_groups(groups, self.params)
+        self.schedule = self.check_schedule(schedule, self.steps)
         self.trials: list[Trial] = []
         self.spent = 0.0
         self._curvature = checks.instance("curvature", curvature, Curvature, "a Curvature", optional=True)
@@ -126,6 +133,27 @@ class Tuner(abc.ABC):
         if resolved and not cls.supports_groups:
             raise invalid("groups", groups, f"None: {cls.name} searches one η and one β")
         return resolved
+
+    @classmethod
+    def check_schedule(cls, schedule: ScheduleArg, steps: int) -> Schedule:
+        """``schedule`` as a :class:`~metatune.schedule.Schedule` with at most ``steps`` knots,
+        refused where the method does not search its shape."""
+        parsed = Schedule.parse(schedule)
+        parsed.check_steps(steps)
+        if not parsed.constant and parsed.shape not in cls.schedule_shapes:
+            searched = " or ".join(cls.schedule_shapes) or "no schedule"
+            raise invalid("schedule", parsed.to_json(), f"a shape {cls.name} searches: {searched} "
+                                                        "(or None: one lr and one momentum)")
+        return parsed
+
+    @property
+    def shape(self) -> Shape:
+        """The shape of the constant schedule in this space (K knots, each at the same value)."""
+        return Shape.of_knots(self.schedule.knots)
+
+    def slots(self) -> int:
+        """G·K: how many η (and as many β) a point of this space holds."""
+        return max(len(self.groups), 1) * self.schedule.knots
 
     # -- the strategy: what each method implements ------------------------------------------
 

@@ -9,7 +9,8 @@ Coordinates u = (log η, log(1 − β)) map the open box η > 0, β < 1 onto ℝ
 steps equal *relative* changes of η and of 1 − β; the chains descend log ℓ_val, whose
 u-gradient is ∂ log ℓ/∂u₀ = η ∂ℓ/∂η / ℓ, ∂ log ℓ/∂u₁ = −(1 − β) ∂ℓ/∂β / ℓ. Over G parameter
 groups u = (log η_1 … log η_G, log(1 − β_1) … log(1 − β_G)) ∈ ℝ^{2G}
-(:meth:`~metatune.point.Point.to_u`) and the same formulas hold per group.
+(:meth:`~metatune.point.Point.to_u`) and the same formulas hold per group; over a schedule
+of K knots, per group and knot (u ∈ ℝ^{2GK}), each knot's η capped at its own β.
 
 Outer step: BFGS (Nocedal & Wright, Alg. 6.1) with its first step along −∇ as long as
 halves ℓ to first order (:func:`first_step_length`, at least ``meta_lr``) and the inverse
@@ -187,7 +188,7 @@ class MetagradChains:
         lr_cap: ``lr_cap(β)`` the largest η allowed at β (a stability guard), or None.
         max_amplification: reject a step whose sensitivities grew more than this.
         groups: parameter-group prefixes (() for one η and one β); starts and steps then
-            carry one value per group.
+            carry one value per group (and per knot, as the starts' shape says).
 
     Example:
         >>> chains = MetagradChains(SearchSpace(), [Point.scalar(0.01, 0.5)])
@@ -210,6 +211,7 @@ class MetagradChains:
         starts = check_starts(starts)
         self.space, self.outer, self.meta_lr = space, outer, meta_lr
         self.max_amplification, self._lr_cap, self.groups = max_amplification, lr_cap, tuple(groups)
+        self.shape = starts[0].shape  # K knots per group: u holds 2·K·G coordinates
         if values is not None and len(values) != len(starts):
             raise invalid("values", values, f"one validation loss per start ({len(starts)})")
         self.starts = [Start(self.project(point.to_u()), index=i) for i, point in enumerate(starts)]
@@ -248,7 +250,7 @@ class MetagradChains:
                 start.done = True
                 continue
             start.busy, start.attempts = True, start.attempts + 1
-            step = Step(start.index, Point.from_u(u, self.groups), tuple(float(x) for x in u), fraction)
+            step = Step(start.index, Point.from_u(u, self.groups, self.shape), tuple(float(x) for x in u), fraction)
             memory = self.known.get(step.u) or (self.values.get(step.u) if step.line is not None else None)
             if memory is None:
                 return step

@@ -100,8 +100,9 @@ class Context:
         batch = None if self.batches is None else self.batches[0]
         return resolve(mode, self.objective.train_loss, self.params, self.steps, batch)
 
-    def hypergrad_cost(self, plan: Plan) -> float:
-        return self.costs.hypergrad(plan.mode, self.steps, checkpoint=plan.checkpoint)
+    def hypergrad_cost(self, plan: Plan, hyperparameters: int = 2) -> float:
+        """One meta-gradient by ``plan`` over ``hyperparameters`` (2·K·G; forward mode pays per one)."""
+        return self.costs.hypergrad(plan.mode, self.steps, hyperparameters, checkpoint=plan.checkpoint)
 
 
 def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:

@@ -53,6 +53,14 @@ meta-gradients; where θ₀ is convex they do not, and the budget goes to meta-g
 from the theory point. In a per-group space every group starts at the same theory point
 and the screening points differ per group.
 
+Schedules. Over a schedule of K knots (``schedule=K``) u holds (log η, log(1 − β)) per group
+and knot, 2·K·G coordinates, each knot's η capped at its β. The screen stays constant (a
+vmapped population) and each chain starts at the constant schedule of a screened point:
+today's best constant point, so the learned schedule starts no worse than the constant
+tuner. Its meta-gradient per knot costs what a constant one costs in reverse mode (one
+backward pass for any number of hyperparameters), which ``mode="auto"`` picks wherever it
+fits in memory; forward mode would carry 2·K·G tangents.
+
 Outer steps (:mod:`metatune.tuners.chains`, shared with the Ray Tune searcher). Each
 meta-gradient costs 2–4 training runs, so few are taken and each must count.
 The chain with the lowest accepted loss takes the next step, so the budget follows the best
@@ -88,6 +96,7 @@ from metatune import checks
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
 from metatune.point import Point
+from metatune.schedule import KNOTS
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
 from metatune.tuners.evaluation import Outcome, Proposal
@@ -149,6 +158,7 @@ class MetagradTuner(Tuner):
     """
 
     name = "metagrad"
+    schedule_shapes = (KNOTS,)  # a fixed shape's warm-up and final fractions have no meta-gradient here
 
     def __init__(self, objective: Objective, *, mode: str = "auto", outer: str = "bfgs",
                  meta_lr: float = 0.03, margin: float = 1e-4, guard: bool | str = True, screen: int | None = None,
@@ -199,8 +209,13 @@ class MetagradTuner(Tuner):
                               max_amplification=self.max_amplification, groups=self.groups, values=values)
 
     def decode_point(self, u: np.ndarray) -> Point:
-        """The point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
+        """The constant point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
         return Point.from_u(u, self.groups)
+
+    def chain_start(self, point: Point) -> Point:
+        """A constant point as a chain's start in this space: over a schedule of K knots, the
+        constant schedule at it (each knot at the point's (η, β))."""
+        return point if point.shape == self.shape else point.with_shape(self.shape)
 
     # -- ask / tell -----------------------------------------------------------------------------
 
@@ -211,7 +226,7 @@ class MetagradTuner(Tuner):
         if screen:  # the theory point competes with the screened ones
             self.screening = self.points([self.decode_point(self.theory_point()), *self.screen_points(screen)])
         else:
-            self.chains = self.make_chains([self.decode_point(self.theory_point())])
+            self.chains = self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
         return cost
 
     def default_screen(self, budget: float) -> int:
@@ -233,14 +248,14 @@ class MetagradTuner(Tuner):
         return max(1, min(self.n_starts, int(self.remaining() // self.hypergrad_cost()) // 2))
 
     def hypergrad_cost(self) -> float:
-        return self.context.hypergrad_cost(self.plan)
+        return self.context.hypergrad_cost(self.plan, 2 * self.slots())
 
     def ask(self, remaining: float) -> Proposal | None:
         if self.screening is not None:
             proposal, self.screening = self.screening, None
             if proposal.cost <= remaining + BUDGET_SLACK:
                 return proposal
-            self.chains = self.make_chains([self.decode_point(self.theory_point())])
+            self.chains = self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
         if self.chains is None:
             return None
         if self.line_search(remaining):
@@ -264,14 +279,15 @@ class MetagradTuner(Tuner):
         return any(s.grad is not None and not s.done for s in self.chains.starts)
 
     def tell(self, proposal: Proposal, outcomes: list[Outcome]) -> ChainStep | None:
-        """The screening population's best points become the chains' starts; a chain's point
+        """The screening population's best points (constant) become the chains' starts (over a
+        schedule, the constant schedules at them); a chain's point
         is told to its chain, which accepts it or backs off (returned as the trial's
         :class:`~metatune.tuners.records.ChainStep`)."""
         if proposal.step is None:  # the screening population
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)[:self.chain_count()]
-            self.chains = self.make_chains([o.point for o in best], [o.value for o in best]) if best \
-                else self.make_chains([self.decode_point(self.theory_point())])
+            self.chains = self.make_chains([self.chain_start(o.point) for o in best], [o.value for o in best]) \
+                if best else self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
             return None
         outcome, step = outcomes[0], proposal.step
         failed = outcome.error is not None or is_diverged(outcome.value, self.initial_value)
@@ -305,7 +321,8 @@ class MetagradTuner(Tuner):
 
     def screen_points(self, size: int) -> list[Point]:
         """``size`` Sobol points of the guarded space (each group's η log-uniform under the cap
-        at its β)."""
+        at its β), constant over the run: a schedule's chains start at the best constant
+        point, so a learned schedule never starts worse than the constant tuner's screen."""
         from scipy.stats import qmc
 
         every, space = max(len(self.groups), 1), self.space

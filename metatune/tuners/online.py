@@ -34,6 +34,7 @@ class OnlineTuner(MetagradTuner):
 
     name = "online"
     supports_groups = False
+    schedule_shapes = ()  # it adapts one (η, β) as the run goes
     distributable = False  # each run starts where the last one ended: one sequential chain
 
     fixed_options: ClassVar[tuple[str, ...]] = ("mode", "outer", "screen", "starts")

@@ -1,6 +1,7 @@
 """Black-box baselines through Optuna's samplers, on the same space, seeds and budget.
 
-Each trial trains T steps at a fixed (η, β) and scores ℓ_val(θ_T). Optuna is told
+Each trial trains T steps at a fixed (η, β), or a fixed schedule of them (K knots, or the
+warm-up + cosine family's peak η, β, warm-up and final fractions), and scores ℓ_val(θ_T). Optuna is told
 log ℓ_val (a monotone transform: rank-based samplers are unaffected, and the Gaussian
 process sees a loss that spans orders of magnitude on a usable scale); a diverged or
 failed trial is told log(DIVERGENCE_FACTOR · ℓ_val(θ₀)), worse than any trial that did not
@@ -18,7 +19,8 @@ from typing import ClassVar
 
 import optuna
 
-from metatune.point import Point
+from metatune.point import Point, slot_names
+from metatune.schedule import FINAL_RANGE, WARMUP_COSINE, WARMUP_RANGE
 from metatune.tuners.base import DIVERGENCE_FACTOR, Tuner, is_diverged
 from metatune.tuners.evaluation import Outcome, Proposal
 from metatune.tuners.records import BUDGET_SLACK, ChainStep, LOG_FLOOR
@@ -49,17 +51,26 @@ class OptunaTuner(Tuner):
         raise NotImplementedError
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        """"lr" and "momentum", or "lr[<prefix>]" and "momentum[<prefix>]" for each group."""
+        """One distribution per flat name of a point (:func:`~metatune.point.slot_names`):
+        "lr" and "momentum", per group "lr[<prefix>]", …, per knot "lr@<k>", …, each in the
+        space's bounds; the warm-up + cosine family adds "warmup" (uniform in
+        :data:`~metatune.schedule.WARMUP_RANGE`) and "final" (log-uniform in
+        :data:`~metatune.schedule.FINAL_RANGE`)."""
         space = self.space
         lr = optuna.distributions.FloatDistribution(space.lr_low, space.lr_high, log=space.lr_log)
         momentum = optuna.distributions.FloatDistribution(space.momentum_low, space.momentum_high)
-        if not self.groups:
-            return {"lr": lr, "momentum": momentum}
-        return {**{f"lr[{g}]": lr for g in self.groups}, **{f"momentum[{g}]": momentum for g in self.groups}}
+        knots = self.schedule.knots
+        out: dict[str, optuna.distributions.BaseDistribution] = {
+            **dict.fromkeys(slot_names("lr", self.groups, knots), lr),
+            **dict.fromkeys(slot_names("momentum", self.groups, knots), momentum)}
+        if self.schedule.shape == WARMUP_COSINE:
+            out["warmup"] = optuna.distributions.FloatDistribution(*WARMUP_RANGE)
+            out["final"] = optuna.distributions.FloatDistribution(*FINAL_RANGE, log=True)
+        return out
 
     def point(self, values: dict[str, float]) -> Point:
         """The point of an Optuna trial's params (:meth:`distributions`)."""
-        return Point.from_params(values, self.groups)
+        return Point.from_params(values, self.groups, self.schedule)
 
     def prepare(self) -> float:
         self.study = quiet_study(self.make_sampler())
