@@ -40,6 +40,25 @@ def digits(
     return Split(x[train].to(dtype=dtype, **to), y[train].to(**to), x[val].to(dtype=dtype, **to), y[val].to(**to))
 
 
+def breast_cancer(
+    *, seed: int = 0, val_fraction: float = 0.25, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Split:
+    """scikit-learn's Wisconsin breast-cancer table (569 × 30, 2 classes), shuffled by ``seed``
+    and split; each feature standardised by its training mean and deviation (every feature is
+    dense, unlike the digits' border pixels)."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = torch.as_tensor(data.data, dtype=torch.float64)
+    y = torch.as_tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(val_fraction * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    x = (x - x[train].mean(0)) / x[train].std(0)
+    to = dict(device=device)
+    return Split(x[train].to(dtype=dtype, **to), y[train].to(**to), x[val].to(dtype=dtype, **to), y[val].to(**to))
+
+
 def minibatch_indices(n: int, batch_size: int, steps: int, *, seed: int = 0) -> list[Tensor]:
     """``steps`` index tensors of ``batch_size`` rows, epoch-wise shuffles of ``range(n)`` seeded by ``seed``."""
     generator = torch.Generator().manual_seed(seed)

@@ -12,9 +12,9 @@ import argparse
 from types import ModuleType
 
 from metatune import plugins
-from metatune.bench import cost, hypergrad, population, ray, tuning
+from metatune.bench import cost, hypergrad, population, ray, schedule, tuning
 
-BUILT_IN = (hypergrad, population, tuning, cost, ray)
+BUILT_IN = (hypergrad, population, tuning, schedule, cost, ray)
 BENCHMARKS_GROUP = "metatune.benchmarks"
 
 

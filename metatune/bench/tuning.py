@@ -70,20 +70,25 @@ def grid_minimum(objective: mt.objectives.Objective, seed: int, side: int = 128)
     return best
 
 
-def sgd_value(objective: mt.objectives.Objective, seed: int, lr: float | dict, momentum: float | dict) -> float:
-    """ℓ_val after T steps of ``torch.optim.SGD`` at (lr, momentum) from the seed's θ₀ and
-    minibatches (per-group values as SGD parameter groups); inf when it diverges."""
-    if isinstance(lr, float) and math.isnan(lr):
+def sgd_value(objective: mt.objectives.Objective, seed: int, point: mt.Point | None) -> float:
+    """ℓ_val after T steps of ``torch.optim.SGD`` at ``point`` from the seed's θ₀ and minibatches
+    (per-group values as SGD parameter groups, a schedule's η_t and β_t set in each group
+    before step t); inf when it diverges or there is no point."""
+    if point is None:
         return math.inf
     params = {n: p.detach().clone().requires_grad_() for n, p in objective.init_params(seed).items()}
     batches = objective.batches(seed, objective.steps)
     like = next(iter(params.values()))
-    owner = group_hyperparameter(lr, params, name="lr", like=like).groups
-    groups = sorted(set(owner.values()))
-    pick = (lambda value, g: value[g]) if isinstance(lr, dict) else (lambda value, g: value)
-    optimizer = torch.optim.SGD([{"params": [p for n, p in params.items() if owner[n] == g], "lr": pick(lr, g),
-                                  "momentum": pick(momentum, g)} for g in groups])
+    lr, momentum = point.hyperparameters(objective.steps)
+    lr_path = group_hyperparameter(lr, params, name="lr", like=like, steps=objective.steps, log=True)
+    momentum_path = group_hyperparameter(momentum, params, name="momentum", like=like, steps=objective.steps)
+    groups = sorted(set(lr_path.groups.values()))
+    optimizer = torch.optim.SGD([{"params": [p for n, p in params.items() if lr_path.groups[n] == g], "lr": 0.0,
+                                  "momentum": 0.0} for g in groups])
     for step in range(objective.steps):
+        lrs, momenta = lr_path.at(step), momentum_path.at(step)
+        for group, settings in zip(groups, optimizer.param_groups):
+            settings["lr"], settings["momentum"] = float(lrs[group]), float(momenta[group])
         optimizer.zero_grad()
         objective.train_loss(params, None if batches is None else batches[step]).backward()
         optimizer.step()
@@ -99,7 +104,7 @@ def _run(objective: mt.objectives.Objective, name: str, method: str, budget: flo
     seconds = time.perf_counter() - started
     return {"objective": name, "seed": seed, "method": label, "evals": result.gradient_evals,
             "trials": len(result.trials), "tuner's best": result.best_value,
-            "sgd value": sgd_value(objective, seed, result.best_lr, result.best_momentum), "seconds": seconds}
+            "sgd value": sgd_value(objective, seed, result.best.point if result.best else None), "seconds": seconds}
 
 
 def quadratic_rows(name: str, seeds: list[int], fraction: float) -> list[dict]:
@@ -111,7 +116,7 @@ def quadratic_rows(name: str, seeds: list[int], fraction: float) -> list[dict]:
         limit, lr, momentum = grid_minimum(objective, seed)
         rows.append({"objective": name, "seed": seed, "method": "grid limit",
                      "evals": 2 * 128 * 128 * (objective.steps + 1),
-                     "trials": 2 * 128 * 128, "tuner's best": limit, "sgd value": sgd_value(objective, seed, lr, momentum),
+                     "trials": 2 * 128 * 128, "tuner's best": limit, "sgd value": sgd_value(objective, seed, mt.Point.scalar(lr, momentum)),
                      "seconds": time.perf_counter() - started})
         rows.append(_run(objective, name, "tpe", tpe_budget, seed, "tpe (100 trials)"))
         rows.append(_run(objective, name, "metagrad", fraction * tpe_budget, seed, f"metagrad ({fraction:.0%})"))
