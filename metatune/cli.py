@@ -18,6 +18,7 @@ import torch
 
 from metatune.errors import InvalidArgumentError, UserError
 from metatune.plugins import load
+from metatune.schedule import WARMUP_COSINE, Schedule
 
 COMMANDS_GROUP = "metatune.commands"
 
@@ -72,6 +73,26 @@ def parse_groups(text: str | None) -> str | list[str] | None:
     return text if text in (None, "layers", "tensors") else [p.strip() for p in text.split(",") if p.strip()]
 
 
+def parse_schedule(text: str) -> Schedule:
+    """``--schedule``: K (η_t and β_t from K knots each; 1 is one constant (η, β)) or
+    "warmup-cosine" (the warm-up + cosine family).
+
+    Example:
+        >>> parse_schedule("8"), parse_schedule("warmup-cosine").shape
+        (Schedule(knots=8, shape='knots'), 'warmup-cosine')
+    """
+    if text == WARMUP_COSINE:
+        return Schedule(shape=WARMUP_COSINE)
+    try:
+        knots = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of knots K >= 1 or {WARMUP_COSINE!r}") from None
+    try:
+        return Schedule(knots=knots)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _compare(args: argparse.Namespace) -> int:
     """Equal-budget comparison with a progress bar, a table, JSON and plots."""
     import os
@@ -87,6 +108,8 @@ def _compare(args: argparse.Namespace) -> int:
     params = {k: _parse_value(v) for k, v in (item.split("=", 1) for item in args.param)}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.server:
+        if not args.schedule.constant:
+            raise UserError("--schedule is not sent to a service yet: leave out --server to compare schedules here")
         return _server_compare()(args, params, methods)
     objective = objectives.get(args.objective, **params)
     seeds = list(range(args.seeds))
@@ -102,7 +125,8 @@ def _compare(args: argparse.Namespace) -> int:
             bar.update(trial.gradient_evals)
 
         cmp = compare(objective, methods, args.budget, seeds, target=args.target, on_trial=on_trial, options=options,
-                      groups=args.groups, backend=args.backend, backend_options=backend_options)
+                      groups=args.groups, schedule=args.schedule, backend=args.backend,
+                      backend_options=backend_options)
     print(cmp.table())
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"compare-{objective.name}")
@@ -148,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--metagrad-mode", default=None, choices=["auto", "forward", "reverse"])
     cmp.add_argument("--groups", default=None, type=parse_groups,
                      help="an η and a β per parameter group: 'layers', 'tensors' or comma-separated prefixes")
+    cmp.add_argument("--schedule", default=Schedule(), type=parse_schedule, metavar="K|warmup-cosine",
+                     help="every method searches η_t, β_t from K knots each, or the warm-up + cosine family "
+                          "(default 1: one constant η and β); plots each method's best schedule")
     cmp.add_argument("--out", default="metatune-out", help="folder for the JSON and the plots")
     cmp.add_argument("--threads", type=int, default=1)
     cmp.add_argument("--backend", default="local", choices=["local", "ray"],

@@ -5,6 +5,11 @@ budget and seeds. Per method the summary gives the median best validation loss w
 spread (min–max over seeds), the median gradient evaluations needed to reach a target
 loss (∞ when a seed never reaches it), the median wall time, and ρ / stability of the
 best trial.
+
+Every method also searches the same schedule space (``schedule=K`` knots, or the warm-up +
+cosine family: :mod:`metatune.schedule`); a method that does not search it (grid, online)
+is refused before anything runs. The table's heading states the schedule, the JSON carries
+it, and the plots add each method's best η_t, β_t when it is not one constant (η, β).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +26,9 @@ from metatune import checks
 from metatune.errors import invalid
 from metatune.job import BACKENDS, TuningJob
 from metatune.objectives import Objective, get
-from metatune.tuners import METHODS, Trial, TuneResult, accepted_options
+from metatune.point import Point
+from metatune.schedule import Schedule, ScheduleArg
+from metatune.tuners import METHODS, Trial, TuneResult, accepted_options, tuner_class
 from metatune.tuners.base import Curvature, estimate_curvature
 from metatune.tuning import RAY_OPTIONS, run_job, with_options
 
@@ -32,7 +39,8 @@ options of :func:`metatune.distributed.run` that apply alike to every (method, s
 
 @dataclass
 class Comparison:
-    """The results of :func:`compare`: ``results[method]`` holds one TuneResult per seed."""
+    """The results of :func:`compare`: ``results[method]`` holds one TuneResult per seed,
+    every method searching ``schedule`` over ``steps`` inner steps (None: the objective's T)."""
 
     objective: Objective
     budget: float
@@ -40,6 +48,13 @@ class Comparison:
     results: dict[str, list[TuneResult]]
     curvature: Curvature
     target: float
+    schedule: Schedule = field(default_factory=Schedule)
+    steps: int | None = None
+
+    @property
+    def horizon(self) -> int:
+        """T: the inner steps of every trial."""
+        return self.steps or self.objective.steps
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per method (see the module docstring)."""
@@ -67,8 +82,8 @@ class Comparison:
     def table(self) -> str:
         """The summary as a Markdown table."""
         lines = [
-            f"{self.objective.name}: budget {self.budget:g} gradient evaluations, T = {self.objective.steps}, "
-            f"seeds {self.seeds}, target loss {self.target:.4g}",
+            f"{self.objective.name}: budget {self.budget:g} gradient evaluations, T = {self.horizon}, "
+            f"schedule: {describe_schedule(self.schedule)}, seeds {self.seeds}, target loss {self.target:.4g}",
             "",
             "| method | best val loss (median) | [min, max] | evals to target (median) | reached | "
             "wall s (median) | trials | final ρ | stable | diverged trials |",
@@ -89,6 +104,8 @@ class Comparison:
             "objective": {"name": self.objective.name, "params": self.objective.params,
                           "steps": self.objective.steps, "optimum": self.objective.optimum},
             "budget": self.budget,
+            "steps": self.horizon,
+            "schedule": self.schedule.to_json(),
             "seeds": self.seeds,
             "target": self.target,
             "curvature": {"lambda_min": self.curvature.lambda_min, "lambda_max": self.curvature.lambda_max},
@@ -99,12 +116,43 @@ class Comparison:
     def to_json(self) -> str:
         return json.dumps(json_safe(self.to_dict()), indent=2)
 
+    def best_points(self) -> dict[str, Point]:
+        """Each method's best point over its seeds, labelled with the method, the seed and
+        its validation loss (methods with no finite trial left out)."""
+        points = {}
+        for method, runs in self.results.items():
+            found = [r for r in runs if r.best is not None]
+            if found:
+                run = min(found, key=lambda r: r.best_value)
+                points[f"{method} (seed {run.seed}, val loss {run.best_value:.3g})"] = run.best.point
+        return points
+
     def plot(self, path: str) -> list[str]:
         """Write the convergence and η–β plane plots as ``<path>-convergence.png`` and
-        ``<path>-plane.png``; return the file names."""
+        ``<path>-plane.png``, and, when the schedule is not one constant (η, β), each
+        method's best η_t and β_t as ``<path>-schedule.png``; return the file names."""
         from metatune import plots
 
-        return [plots.convergence(self, f"{path}-convergence.png"), plots.plane(self, f"{path}-plane.png")]
+        written = [plots.convergence(self, f"{path}-convergence.png"), plots.plane(self, f"{path}-plane.png")]
+        points = self.best_points()
+        if not self.schedule.constant and points:
+            title = (f"{self.objective.name}: each method's best schedule ({describe_schedule(self.schedule)}, "
+                     f"T = {self.horizon})")
+            figure = plots.schedule_figure(points, self.horizon, title=title)
+            written.append(plots.save(figure, f"{path}-schedule.png"))
+        return written
+
+
+def describe_schedule(schedule: Schedule) -> str:
+    """The schedule in words, as the table's heading states it.
+
+    Example:
+        >>> [describe_schedule(Schedule.parse(s)) for s in (1, 8, {"shape": "warmup-cosine"})]
+        ['constant', '8 knots', 'warm-up + cosine']
+    """
+    if schedule.constant:
+        return "constant"
+    return f"{schedule.knots} knots" if schedule.shape == "knots" else "warm-up + cosine"
 
 
 def evals_to_reach(result: TuneResult, target: float) -> float:
@@ -118,6 +166,7 @@ def evals_to_reach(result: TuneResult, target: float) -> float:
 def _run_dict(result: TuneResult) -> dict[str, Any]:
     return {"seed": result.seed, "wall_time": result.wall_time, "best_value": result.best_value,
             "best_lr": result.best_lr, "best_momentum": result.best_momentum,
+            "best_point": None if result.best is None else result.best.point.to_json(),
             "trials": [t.to_json() for t in result.trials]}
 
 
@@ -142,6 +191,7 @@ def compare(
     on_trial: Callable[[str, int, Trial], None] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     groups: str | Sequence[str] | None = None,
+    schedule: ScheduleArg = None,
     backend: str = "local",
     backend_options: dict[str, Any] | None = None,
 ) -> Comparison:
@@ -149,8 +199,9 @@ def compare(
 
     Args:
         objective: an Objective, a registered name, or a :class:`~metatune.job.TuningJob`
-            whose objective, budget, space, groups, T, resources and backend every
-            (method, seed) job shares (``budget``, ``groups`` and ``backend`` are then not read).
+            whose objective, budget, space, groups, schedule, T, resources and backend every
+            (method, seed) job shares (``budget``, ``groups`` and ``backend`` are then not read;
+            ``schedule`` must be None or the job's).
         methods: names from :data:`metatune.tuners.METHODS`.
         budget: gradient evaluations per (method, seed).
         seeds: seeds; each seeds θ₀, the minibatches and the method.
@@ -160,9 +211,17 @@ def compare(
         options: per-method keyword options, e.g. ``{"metagrad": {"mode": "reverse"}}``.
         groups: every method searches an η and a β per parameter group ("layers", "tensors"
             or prefixes; :mod:`metatune.tuners.groups`); None: one η and one β.
+        schedule: every method searches η_t and β_t from K knots each (``schedule=K``), or
+            the warm-up + cosine family (``{"shape": "warmup-cosine"}`` or a
+            :class:`~metatune.schedule.Schedule`); None: one (η, β) over the run.
         backend: "local" or "ray" (each (method, seed) job runs as a Ray Tune experiment).
         backend_options: for "ray": ``resources``, ``concurrency``, ``ray_address``, ``storage``,
             ``max_retries``, ``reuse_actors`` (:func:`metatune.distributed.run`).
+
+    Raises:
+        ValueError: a bad argument, or a method that does not search ``schedule`` (grid and
+            online search one constant (η, β); metagrad searches knots, not the warm-up +
+            cosine family), before any method runs.
 
     Example:
         >>> cmp = compare("quadratic", ["random", "grid"], budget=1_000, seeds=[0, 1])
@@ -170,8 +229,12 @@ def compare(
         ['random', 'grid']
     """
     template = objective if isinstance(objective, TuningJob) else None
+    given, schedule = schedule, Schedule.parse(schedule)
     if template is not None:
+        if given is not None and schedule != template.schedule:
+            raise invalid("schedule", schedule.to_json(), f"None or the TuningJob's {template.schedule.to_json()}")
         objective, budget, backend, groups = template.build_objective(), template.budget, template.backend, None
+        schedule = template.schedule
     elif isinstance(objective, str):
         objective = get(objective)
     checks.instance("objective", objective, Objective, "an Objective, a registered name or a TuningJob")
@@ -180,11 +243,15 @@ def compare(
     target = None if target is None else checks.number("target", target, finite=False)
     checks.function("on_trial", on_trial, "a function (method, seed, trial)", optional=True)
     options = _check_options(options, methods)
+    steps = template.steps if template is not None and template.steps is not None else objective.steps
+    _check_schedule(schedule, methods, options, steps)
     backend_options = _check_backend_options(checks.choice("backend", backend, BACKENDS), backend_options)
     run_options = {k: v for k, v in backend_options.items() if k in RAY_OPTIONS}
     shared = {k: v for k, v in backend_options.items() if k not in RAY_OPTIONS}
     if groups is not None:
         shared["groups"] = groups
+    if template is None:
+        shared["schedule"] = schedule
     results: dict[str, list[TuneResult]] = {}
     for method in methods:
         results[method] = []
@@ -199,7 +266,7 @@ def compare(
         target = float(np.median([r.best_value for r in results[reference]]))
     params = objective.init_params(seeds[0])
     curvature = estimate_curvature(objective, params, objective.batches(seeds[0], objective.steps))
-    return Comparison(objective, budget, seeds, results, curvature, target)
+    return Comparison(objective, budget, seeds, results, curvature, target, schedule, steps)
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -220,6 +287,13 @@ def _check_seeds(seeds: Iterable[int]) -> list[int]:
     if not seeds:
         raise invalid("seeds", seeds, "at least one seed")
     return seeds
+
+
+def _check_schedule(schedule: Schedule, methods: list[str], options: dict[str, dict[str, Any]], steps: int) -> None:
+    """Every method searches ``schedule`` (at most T knots at its horizon T), else the
+    method's own ValueError, raised before any method runs."""
+    for method in methods:
+        tuner_class(method).check_schedule(schedule, options.get(method, {}).get("steps", steps))
 
 
 def _check_options(options: dict[str, dict[str, Any]] | None, methods: list[str]

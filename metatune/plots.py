@@ -1,13 +1,22 @@
-"""Plots of a :class:`~metatune.compare.Comparison` (matplotlib, written to PNG files)."""
+"""Plots of a :class:`~metatune.compare.Comparison` and of schedules (matplotlib, written to PNG files).
+
+A figure is drawn from plain data where it can be: :func:`schedule_series` gives the η_t and
+β_t that :func:`schedule_figure` draws, as lists a web page can draw alike.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from metatune import checks
+from metatune.point import Point
+from metatune.schedule import KNOTS
 from metatune.stability import spectral_radius
 from metatune.tuners.records import LOG_FLOOR
 
@@ -131,4 +140,67 @@ def plane_figure(cmp: Comparison):  # noqa: ANN201 - a matplotlib Figure
     return fig
 
 
-__all__ = ["best_so_far_on", "convergence", "convergence_figure", "plane", "plane_figure", "save"]
+def schedule_series(points: Mapping[str, Point], steps: int) -> dict[str, Any]:
+    """η_t and β_t for t < T of each labelled point, from its shape's own paths
+    (:meth:`~metatune.schedule.Shape.lr_path`, :meth:`~metatune.schedule.Shape.momentum_path`):
+    one series per point, or per group of a per-group point (labelled ``"<label> [<prefix>]"``).
+
+    Args:
+        points: label -> :class:`~metatune.point.Point` (constant, K knots or a fixed shape).
+        steps: the inner horizon T.
+
+    Returns:
+        ``{"steps": [0, …, T − 1], "series": [{"label", "lr": [η_t], "momentum": [β_t],
+        "knots": None or {"steps": [τ_k], "lr": [η_k], "momentum": [β_k]}}]}``, τ_k = k(T − 1)/(K − 1)
+        the step of knot k (knots only for K > 1). Plain lists: JSON as it stands.
+
+    Example:
+        >>> data = schedule_series({"K=2": Point.of([0.01, 1.0], [0.0, 0.5])}, 3)
+        >>> [round(x, 9) for x in data["series"][0]["lr"]], data["series"][0]["momentum"]
+        ([0.01, 0.1, 1.0], [0.0, 0.25, 0.5])
+    """
+    checks.instance("points", points, Mapping, "a dict label -> Point")
+    checks.positive_int("steps", steps, note="the inner horizon T")
+    series = []
+    for label, point in points.items():
+        checks.instance(f"points[{label!r}]", point, Point, "a metatune.Point")
+        shape, knots = point.shape, point.knots
+        heads = [f"{label} [{group}]" for group in point.groups] if point.groups else [label]
+        for row, head in enumerate(heads):
+            lrs, momenta = (values[row * knots:(row + 1) * knots] for values in (point.lrs, point.momenta))
+            marks = None
+            if shape.kind == KNOTS and knots > 1:
+                marks = {"steps": [k * (steps - 1) / (knots - 1) for k in range(knots)], "lr": list(lrs),
+                         "momentum": list(momenta)}
+            series.append({"label": head,
+                           "lr": shape.lr_path(torch.tensor(lrs, dtype=torch.float64), steps).tolist(),
+                           "momentum": shape.momentum_path(torch.tensor(momenta, dtype=torch.float64), steps).tolist(),
+                           "knots": marks})
+    return {"steps": list(range(steps)), "series": series}
+
+
+def schedule_figure(points: Mapping[str, Point], steps: int, *, title: str | None = None):  # noqa: ANN201
+    """η_t (log scale, top) and β_t (bottom) over the T steps, one line per labelled point
+    (per group of a per-group point), knots as dots; drawn from :func:`schedule_series`."""
+    data = schedule_series(points, steps)
+    plt = _pyplot()
+    fig, (lr_ax, momentum_ax) = plt.subplots(2, 1, sharex=True, figsize=(7, 6))
+    for line in data["series"]:
+        (drawn,) = lr_ax.plot(data["steps"], line["lr"], lw=2, label=line["label"])
+        momentum_ax.plot(data["steps"], line["momentum"], lw=2, color=drawn.get_color(), label=line["label"])
+        if line["knots"] is not None:
+            knots = line["knots"]
+            lr_ax.scatter(knots["steps"], knots["lr"], s=22, color=drawn.get_color(), zorder=5)
+            momentum_ax.scatter(knots["steps"], knots["momentum"], s=22, color=drawn.get_color(), zorder=5)
+    lr_ax.set_yscale("log")
+    lr_ax.set_ylabel("learning rate η_t")
+    momentum_ax.set_ylabel("momentum β_t")
+    momentum_ax.set_xlabel("inner step t")
+    lr_ax.set_title(title or f"η_t and β_t over T = {steps} steps (dots: knots)")
+    lr_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["best_so_far_on", "convergence", "convergence_figure", "plane", "plane_figure", "save", "schedule_figure",
+           "schedule_series"]
