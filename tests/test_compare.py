@@ -118,7 +118,7 @@ def test_summary_rows_worked_by_hand(handmade):
 def test_table_shows_the_rows(handmade):
     cmp, _ = handmade
     lines = cmp.table().splitlines()
-    assert lines[0] == ("quadratic: budget 120 gradient evaluations, T = 10, seeds [0, 1, 2], "
+    assert lines[0] == ("quadratic: budget 120 gradient evaluations, T = 10, schedule: constant, seeds [0, 1, 2], "
                         "target loss 1")
     assert lines[4:] == ["| metagrad | 0.9 | [0.8, 1.2] | 100 | 2/3 | 5.0 | 2 | 0.8000 | True | 0 |",
                          "| random | 1 | [0.5, 2.5] | 30 | 2/3 | 2.0 | 3 | 0.8000 | True | 1 |"]
