@@ -83,7 +83,8 @@ class Comparison:
         """The summary as a Markdown table."""
         lines = [
             f"{self.objective.name}: budget {self.budget:g} gradient evaluations, T = {self.horizon}, "
-            f"schedule: {describe_schedule(self.schedule)}, seeds {self.seeds}, target loss {self.target:.4g}",
+            f"schedule: {describe_schedule(self.schedule)}, seeds {self.seeds}, "
+            f"target loss {self.target:.4g}",
             "",
             "| method | best val loss (median) | [min, max] | evals to target (median) | reached | "
             "wall s (median) | trials | final ρ | stable | diverged trials |",
@@ -136,8 +137,8 @@ class Comparison:
         written = [plots.convergence(self, f"{path}-convergence.png"), plots.plane(self, f"{path}-plane.png")]
         points = self.best_points()
         if not self.schedule.constant and points:
-            title = (f"{self.objective.name}: each method's best schedule ({describe_schedule(self.schedule)}, "
-                     f"T = {self.horizon})")
+            title = (f"{self.objective.name}: each method's best schedule "
+                     f"({describe_schedule(self.schedule)}, T = {self.horizon})")
             figure = plots.schedule_figure(points, self.horizon, title=title)
             written.append(plots.save(figure, f"{path}-schedule.png"))
         return written
@@ -232,7 +233,8 @@ def compare(
     given, schedule = schedule, Schedule.parse(schedule)
     if template is not None:
         if given is not None and schedule != template.schedule:
-            raise invalid("schedule", schedule.to_json(), f"None or the TuningJob's {template.schedule.to_json()}")
+            raise invalid("schedule", schedule.to_json(),
+                          f"None or the TuningJob's {template.schedule.to_json()}")
         objective, budget, backend, groups = template.build_objective(), template.budget, template.backend, None
         schedule = template.schedule
     elif isinstance(objective, str):
@@ -289,7 +291,8 @@ def _check_seeds(seeds: Iterable[int]) -> list[int]:
     return seeds
 
 
-def _check_schedule(schedule: Schedule, methods: list[str], options: dict[str, dict[str, Any]], steps: int) -> None:
+def _check_schedule(schedule: Schedule, methods: list[str], options: dict[str, dict[str, Any]],
+                    steps: int) -> None:
     """Every method searches ``schedule`` (at most T knots at its horizon T), else the
     method's own ValueError, raised before any method runs."""
     for method in methods:

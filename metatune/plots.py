@@ -172,10 +172,9 @@ def schedule_series(points: Mapping[str, Point], steps: int) -> dict[str, Any]:
             if shape.kind == KNOTS and knots > 1:
                 marks = {"steps": [k * (steps - 1) / (knots - 1) for k in range(knots)], "lr": list(lrs),
                          "momentum": list(momenta)}
-            series.append({"label": head,
-                           "lr": shape.lr_path(torch.tensor(lrs, dtype=torch.float64), steps).tolist(),
-                           "momentum": shape.momentum_path(torch.tensor(momenta, dtype=torch.float64), steps).tolist(),
-                           "knots": marks})
+            lr_values, momentum_values = (torch.tensor(v, dtype=torch.float64) for v in (lrs, momenta))
+            series.append({"label": head, "lr": shape.lr_path(lr_values, steps).tolist(),
+                           "momentum": shape.momentum_path(momentum_values, steps).tolist(), "knots": marks})
     return {"steps": list(range(steps)), "series": series}
 
 
@@ -202,5 +201,5 @@ def schedule_figure(points: Mapping[str, Point], steps: int, *, title: str | Non
     return fig
 
 
-__all__ = ["best_so_far_on", "convergence", "convergence_figure", "plane", "plane_figure", "save", "schedule_figure",
-           "schedule_series"]
+__all__ = ["best_so_far_on", "convergence", "convergence_figure", "plane", "plane_figure", "save",
+           "schedule_figure", "schedule_series"]

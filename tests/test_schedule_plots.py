@@ -67,7 +67,8 @@ def test_series_is_the_shapes_own_path_per_group_and_plain_json():
         assert line["lr"] == pytest.approx(shape.lr_path(lrs, 11).tolist(), rel=1e-12)
         assert line["momentum"] == pytest.approx(shape.momentum_path(momenta, 11).tolist(), rel=1e-12)
         assert line["knots"]["steps"] == pytest.approx([0.0, 10 / 3, 20 / 3, 10.0])
-    assert data["series"][2]["lr"] == pytest.approx([0.01] * 11, rel=1e-12) and data["series"][2]["knots"] is None
+    flat = data["series"][2]
+    assert flat["lr"] == pytest.approx([0.01] * 11, rel=1e-12) and flat["knots"] is None
     assert json.loads(json.dumps(data)) == data
 
 
@@ -92,7 +93,8 @@ def test_figure_has_two_axes_sharing_steps_and_a_line_per_label():
         assert [line.get_label() for line in ax.get_lines()] == list(points)
         assert all(list(line.get_xdata()) == list(range(21)) for line in ax.get_lines())
     assert [t.get_text() for t in lr_ax.get_legend().get_texts()] == list(points)
-    (lr_dots,) = [c for c in lr_ax.collections if isinstance(c, PathCollection)]  # knots of the K=3 point only
+    # dots at the knots of the K = 3 point only
+    (lr_dots,) = [c for c in lr_ax.collections if isinstance(c, PathCollection)]
     assert lr_dots.get_offsets().tolist() == [[0.0, 0.01], [10.0, 0.1], [20.0, 0.03]]
     metagrad = lr_ax.get_lines()[0].get_ydata()
     assert metagrad[5] == pytest.approx(math.sqrt(0.01 * 0.1), rel=1e-12)  # halfway to knot 1
@@ -110,8 +112,8 @@ def _result(job: TuningJob) -> TuneResult:
         point = Point.of(lr, [0.5] * knots) if job.schedule.shape != WARMUP_COSINE else \
             Point.of(lr[0], 0.5, Shape.warmup_cosine(0.1, 0.01))
         trials.append(Trial(number=number, point=point, value=value, diverged=False, gradient_evals=10.0,
-                            cumulative_evals=10.0 * (number + 1), wall_time=0.1, spectral_radius=0.9, stable=True,
-                            metrics={}, status="completed"))
+                            cumulative_evals=10.0 * (number + 1), wall_time=0.1, spectral_radius=0.9,
+                            stable=True, metrics={}, status="completed"))
     return TuneResult(job.method, job.objective, job.seed, job.budget, trials, wall_time=1.0)
 
 
@@ -138,8 +140,8 @@ def test_every_job_runs_the_schedule_and_the_table_and_json_state_it(jobs, sched
     assert [(j.method, j.seed, j.schedule) for j in jobs] == [
         (m, s, Schedule(8)) for m in ("metagrad", "tpe") for s in (0, 1)]
     assert cmp.schedule == Schedule(8)
-    assert cmp.table().splitlines()[0] == ("quadratic: budget 100 gradient evaluations, T = 12, schedule: 8 knots, "
-                                           "seeds [0, 1], target loss 1.5")
+    assert cmp.table().splitlines()[0] == ("quadratic: budget 100 gradient evaluations, T = 12, "
+                                           "schedule: 8 knots, seeds [0, 1], target loss 1.5")
     data = json.loads(cmp.to_json())
     assert Schedule.parse(data["schedule"]) == Schedule(8) and data["steps"] == 12
     best = Point.from_json(data["runs"]["tpe"][1]["best_point"])
@@ -164,7 +166,8 @@ def test_plot_writes_the_schedule_figure_only_for_a_schedule(jobs, tmp_path):
     (["random", "metagrad"], {"shape": WARMUP_COSINE}, "metagrad"),
     (["tpe"], 13, "at most the inner steps T=12"),
 ])
-def test_a_method_that_does_not_search_the_schedule_is_refused_before_any_run(jobs, methods, schedule, refused):
+def test_a_method_that_does_not_search_the_schedule_is_refused_before_any_run(jobs, methods, schedule,
+                                                                               refused):
     with pytest.raises(ValueError, match="schedule") as error:
         compare(_tiny(), methods, budget=BUDGET, seeds=[0], schedule=schedule)
     assert refused in str(error.value) and jobs == []
@@ -203,7 +206,8 @@ def test_a_bad_flag_is_an_argparse_error(flag, capsys):
 
 def test_the_command_runs_the_jobs_on_the_schedule_and_writes_its_figure(jobs, tmp_path, capsys):
     code = main(["compare", "--objective", "quadratic", "--param", "dim=4", "--param", "steps=12",
-                 "--methods", "tpe,random", "--budget", "100", "--seeds", "2", "--schedule", "4", "--out", str(tmp_path)])
+                 "--methods", "tpe,random", "--budget", "100", "--seeds", "2", "--schedule", "4",
+                 "--out", str(tmp_path)])
     assert code == 0
     assert {j.schedule for j in jobs} == {Schedule(4)} and len(jobs) == 4
     assert "schedule: 4 knots" in capsys.readouterr().out.splitlines()[0]
@@ -214,7 +218,8 @@ def test_the_command_runs_the_jobs_on_the_schedule_and_writes_its_figure(jobs, t
 
 
 def test_the_command_refuses_grid_with_a_schedule_in_one_line(jobs, capsys):
-    assert main(["compare", "--methods", "tpe,grid", "--budget", "100", "--seeds", "1", "--schedule", "3"]) == 2
+    args = ["compare", "--methods", "tpe,grid", "--budget", "100", "--seeds", "1", "--schedule", "3"]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("metatune compare: error: schedule={'knots': 3} is invalid") and "grid" in err
     assert jobs == []
