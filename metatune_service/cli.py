@@ -152,15 +152,18 @@ def submit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def shown_hyper(value: float | dict[str, float], spec: str) -> str:
-    """η or β as printed: one number, or ``{prefix: number, …}`` per group.
+def shown_hyper(value: float | list[float] | dict[str, float] | dict[str, list[float]], spec: str) -> str:
+    """η or β as printed: one number, ``[knot, …]`` for a schedule's knots, or ``{prefix: …}``
+    of those per group.
 
     Example:
-        >>> shown_hyper({"0": 0.1, "2": 0.25}, ".2f"), shown_hyper(0.5, ".1f")
-        ('{0: 0.10, 2: 0.25}', '0.5')
+        >>> shown_hyper({"0": 0.1, "2": 0.25}, ".2f"), shown_hyper(0.5, ".1f"), shown_hyper({"0": [0.1, 0.2]}, ".1f")
+        ('{0: 0.10, 2: 0.25}', '0.5', '{0: [0.1, 0.2]}')
     """
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{group}: {v:{spec}}" for group, v in value.items()) + "}"
+        return "{" + ", ".join(f"{group}: {shown_hyper(v, spec)}" for group, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:{spec}}" for v in value) + "]"
     return f"{value:{spec}}"
 
 
@@ -205,7 +208,7 @@ def _compare_with(client: Client, args: argparse.Namespace, params: dict, method
 
     body = {"objective": args.objective, "objective_params": params, "methods": methods, "seeds": args.seeds,
             "budget": {"gradient_evals": args.budget}, "resources": {"cpu": args.cpu, "gpu": args.gpu},
-            "concurrency": args.concurrency, "space": {"groups": args.groups}}
+            "concurrency": args.concurrency, "space": {"groups": args.groups, "schedule": args.schedule.to_json()}}
     if args.metagrad_mode and "metagrad" in methods:
         body["options"] = {"metagrad": {"mode": args.metagrad_mode}}
     created = client.compare(body)

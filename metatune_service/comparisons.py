@@ -27,7 +27,9 @@ from metatune_service.core.db import Database
 from metatune_service.models import Job
 from metatune_service.status import JobStatus
 
-PLOTS = ("convergence", "plane")
+PLOTS = ("convergence", "plane", "schedule")
+"""Every plot a comparison may have; ``schedule`` (each method's best η_t and β_t) only where
+its jobs search a schedule (:func:`plot_names`)."""
 
 
 def overall_status(jobs: Sequence[Job]) -> JobStatus:
@@ -43,6 +45,13 @@ def overall_status(jobs: Sequence[Job]) -> JobStatus:
 def ready(jobs: Sequence[Job]) -> bool:
     """Whether the comparison's table can be built: every job has ended and one succeeded."""
     return overall_status(jobs) is JobStatus.SUCCEEDED
+
+
+def plot_names(jobs: Sequence[Job]) -> tuple[str, ...]:
+    """The plots of a comparison of ``jobs`` (which share one space): all of :data:`PLOTS` where
+    they search a schedule, else all but ``schedule``."""
+    scheduled = bool(jobs) and not jobs[0].tuning_job().schedule.constant
+    return PLOTS if scheduled else tuple(name for name in PLOTS if name != "schedule")
 
 
 def plot_path(settings: Settings, comparison_id: str, name: str) -> Path:
@@ -88,7 +97,8 @@ def library_comparison(db: Database, jobs: Sequence[Job]) -> LibraryComparison:
     target = float(np.median([r.best_value for r in results[reference]]))
     params = objective.init_params(seeds[0])
     curvature = estimate_curvature(objective, params, objective.batches(seeds[0], objective.steps))
-    return LibraryComparison(objective, budget, seeds, results, curvature, target)
+    return LibraryComparison(objective, budget, seeds, results, curvature, target, schedule=shared.schedule,
+                             steps=shared.steps)
 
 
 def _result(db: Database, job: Job, budget: float) -> TuneResult:

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from metatune.job import TuningJob
-from metatune.point import Hyper, Point
+from metatune.point import Hyper, MetaGradient, Point
 from metatune.tuners import Trial as LibraryTrial
 from metatune.tuners import TrialStatus
 from metatune_service.core.db import Database
@@ -200,26 +200,46 @@ def release_job(db: Database, *, job_id: str, worker: str, error: str | None) ->
 # -- trials -----------------------------------------------------------------------------------------
 
 
-def hyper_columns(name: str, value: Hyper) -> dict[str, Any]:
-    """The two columns of one η, β or derivative ``name`` in a point's JSON form:
-    ``{name: v, name_groups: None}`` for a float, ``{name: None, name_groups: {prefix: v}}`` per
-    group (inf and NaN as NULL/null)."""
-    if isinstance(value, Mapping):
-        return {name: None, f"{name}_groups": {g: _finite(float(v)) for g, v in value.items()}}
-    return {name: _finite(float(value)), f"{name}_groups": None}
-
-
 def point_columns(point: Point) -> dict[str, Any]:
-    """The columns a :class:`~metatune.point.Point` is stored in: ``lr``/``momentum`` for a
-    scalar point, ``lr_groups``/``momentum_groups`` per group (from :meth:`Point.to_json`)."""
-    data = point.to_json()
-    return {**hyper_columns("lr", data["lr"]), **hyper_columns("momentum", data["momentum"])}
+    """The columns a :class:`~metatune.point.Point` is stored in: ``point``, its JSON form
+    (:meth:`Point.to_json`: it round-trips exactly), and the sort keys ``lr``/``momentum``:
+    η and β of the first knot of a point without groups (the point's own η and β when it is
+    constant, the peak η and β of a warm-up + cosine point), NULL for a per-group point."""
+    keyed = not point.groups
+    return {"point": point.to_json(), "lr": point.lrs[0] if keyed else None,
+            "momentum": point.momenta[0] if keyed else None}
 
 
 def point_of(row: Trial | MetagradStep) -> Point:
     """Inverse of :func:`point_columns` (through :meth:`Point.from_json`)."""
-    return Point.from_json({"lr": row.lr_groups if row.lr_groups is not None else row.lr,
-                            "momentum": row.momentum_groups if row.momentum_groups is not None else row.momentum})
+    return Point.from_json(row.point)
+
+
+def meta_gradient_columns(gradient: MetaGradient, point: Point) -> dict[str, Any]:
+    """The columns of a meta-gradient at ``point``: ``meta_gradient`` = ``{"lr": ∂ℓ/∂η,
+    "momentum": ∂ℓ/∂β}`` in the point's JSON form (per group and knot; a value that is not
+    finite as null), and the sort keys ``dvalue_dlr``/``dvalue_dmomentum`` as in
+    :func:`point_columns`."""
+    dlr, dmomentum = gradient.as_point_values(point.groups, point.knots)
+    keyed = not point.groups
+    return {"meta_gradient": {"lr": finite_json(dlr), "momentum": finite_json(dmomentum)},
+            "dvalue_dlr": _finite(gradient.dlr[0]) if keyed else None,
+            "dvalue_dmomentum": _finite(gradient.dmomentum[0]) if keyed else None}
+
+
+def finite_json(value: Hyper | float | None) -> Any:
+    """``value`` (a float, a list, or a dict of those) with every NaN and ±inf as None: what a
+    JSON column and a response can hold.
+
+    Example:
+        >>> finite_json({"0": [1.0, float("nan")]}), finite_json(float("inf"))
+        ({'0': [1.0, None]}, None)
+    """
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return _finite(None if value is None else float(value))
 
 
 def trial_row(job_id: str, trial: LibraryTrial, lambda_max: float | None) -> dict[str, Any]:
@@ -271,10 +291,9 @@ def _add_metagrad_steps(session: Session, job_id: str, trials: Sequence[LibraryT
     rows = []
     for trial in steps:
         chain, gradient = trial.chain, trial.chain.gradient
-        dlr, dmomentum = gradient.as_point_values(trial.point.groups)
         rows.append({"job_id": job_id, "trial_number": trial.number, "start": chain.start, "step": counts[chain.start],
                      "value": _finite(trial.value), **point_columns(trial.point),
-                     **hyper_columns("dvalue_dlr", dlr), **hyper_columns("dvalue_dmomentum", dmomentum),
+                     **meta_gradient_columns(gradient, trial.point),
                      "growth_rate": _finite(gradient.growth_rate), "accepted": chain.accepted})
         counts[chain.start] += 1
     if rows:

@@ -97,17 +97,15 @@ class Job(Base):
         return TuningJob.from_json(self.spec)
 
 
-GroupValues = JSON(none_as_null=True)
-"""Per-group values ``{prefix: float}`` (a non-finite derivative as ``null``); Python None is SQL
-NULL, not JSON ``null``, so that "not per group" is one test (``IS NULL``)."""
-
-
 class Trial(Base):
-    """One evaluated (η, β) of a job.
+    """One evaluated point of a job.
 
-    η and β are stored in one of two forms, never both: ``lr``/``momentum`` (floats) for a
-    scalar space, and NULL there with ``lr_groups``/``momentum_groups`` (JSON ``{prefix: value}``
-    in the space's group order) for a per-group space (the job's ``spec.space.groups``).
+    ``point`` is the point's JSON form (:meth:`metatune.point.Point.to_json`), the one record of
+    it: ``{"lr": η, "momentum": β}`` with floats, lists of K knot values, or ``{prefix: …}`` of
+    those per group, and ``"schedule": {"shape", "warmup", "final"}`` for a warm-up + cosine
+    point. ``lr`` and ``momentum`` are sort keys derived from it: for a point without groups, η
+    and β of its first knot (the point's own η and β when constant, the peak η and the β of a
+    warm-up + cosine point); NULL for a per-group point.
     """
 
     __tablename__ = "trials"
@@ -115,10 +113,9 @@ class Trial(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
+    point: Mapped[dict[str, Any]] = mapped_column(JSON)
     lr: Mapped[float | None] = mapped_column(Float, nullable=True)
     momentum: Mapped[float | None] = mapped_column(Float, nullable=True)
-    lr_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
-    momentum_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     spectral_radius: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -152,9 +149,11 @@ class TrialMetric(Base):
 class MetagradStep(Base):
     """One outer step of a metagrad chain: where, what it gave, and whether it was accepted.
 
-    As in :class:`Trial`, a per-group step holds NULL in ``lr``, ``momentum``, ``dvalue_dlr`` and
-    ``dvalue_dmomentum`` and its values in the ``*_groups`` columns (``{prefix: value}``; a
-    derivative that was not finite is null there).
+    As in :class:`Trial`, ``point`` is the step's point in JSON form and ``lr``, ``momentum``
+    its sort keys. ``meta_gradient`` is ``{"lr": ∂ℓ/∂η, "momentum": ∂ℓ/∂β}`` in the same form
+    as the point (one derivative per group and knot; one that was not finite is ``null``), and
+    ``dvalue_dlr``, ``dvalue_dmomentum`` its sort keys: the first knot's derivatives for a point
+    without groups (NULL where not finite), NULL for a per-group point.
     """
 
     __tablename__ = "metagrad_steps"
@@ -164,15 +163,13 @@ class MetagradStep(Base):
     trial_number: Mapped[int] = mapped_column(Integer)
     start: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(Integer)
+    point: Mapped[dict[str, Any]] = mapped_column(JSON)
     lr: Mapped[float | None] = mapped_column(Float, nullable=True)
     momentum: Mapped[float | None] = mapped_column(Float, nullable=True)
-    lr_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
-    momentum_groups: Mapped[dict[str, float] | None] = mapped_column(GroupValues, nullable=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    meta_gradient: Mapped[dict[str, Any]] = mapped_column(JSON)
     dvalue_dlr: Mapped[float | None] = mapped_column(Float, nullable=True)
     dvalue_dmomentum: Mapped[float | None] = mapped_column(Float, nullable=True)
-    dvalue_dlr_groups: Mapped[dict[str, float | None] | None] = mapped_column(GroupValues, nullable=True)
-    dvalue_dmomentum_groups: Mapped[dict[str, float | None] | None] = mapped_column(GroupValues, nullable=True)
     growth_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     accepted: Mapped[bool] = mapped_column(Boolean)
 

@@ -11,10 +11,11 @@ import inspect
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from metatune import tuners
 from metatune.job import Resources as LibraryResources
+from metatune.schedule import KNOTS, SHAPES, WARMUP_COSINE
 from metatune.tuners import TrialStatus
 from metatune.tuners.chains import OUTER
 from metatune.tuners.metagrad import MetagradTuner
@@ -66,8 +67,23 @@ Groups = Union[Annotated[str, Field(max_length=80)], Annotated[list[Annotated[st
 per module), "tensors" (one per parameter tensor) or parameter-name prefixes. Only the shape
 is checked here; the values by :func:`metatune.tuners.check_groups` (the Python API's check)."""
 
-Hyper = Union[float, dict[str, float]]  # metatune.point.Hyper, spelled for pydantic
-"""η or β: one float, or one per group keyed by prefix (a per-group space)."""
+Hyper = Union[float, list[float], dict[str, float], dict[str, list[float]]]  # metatune.point.Hyper, for pydantic
+"""η or β in a point's JSON form: one float, a list of K knot values, or either per group keyed by
+prefix (a per-group space)."""
+
+Derivative = Union[float, None, list[Union[float, None]], dict[str, Union[float, None]],
+                   dict[str, list[Union[float, None]]]]
+"""∂ℓ/∂η or ∂ℓ/∂β in the JSON form of a point (:data:`Hyper`); a derivative that was not finite is null."""
+
+
+class Schedule(Strict):
+    """η_t and β_t over the T inner steps (:class:`metatune.schedule.Schedule`): ``{"knots": K}``
+    (K knots each per group, interpolated over the run; K = 1 is one constant (η, β)) or
+    ``{"shape": "warmup-cosine"}`` (a peak η, β, warm-up and final fractions per trial)."""
+
+    knots: StrictInt = Field(default=1, ge=1, description="K knots of η and of β per group, 1 <= K <= inner steps")
+    shape: Literal[SHAPES] = Field(default=KNOTS,  # type: ignore[valid-type]
+                                   description="'knots', or 'warmup-cosine' (knots left out or 1)")
 
 
 class Space(Strict):
@@ -75,6 +91,8 @@ class Space(Strict):
     momentum: MomentumRange | None = None
     groups: Groups | None = Field(default=None, description="None: one (η, β) for every parameter; 'layers', "
                                                             "'tensors' or prefixes: an (η, β) per group")
+    schedule: Schedule | None = Field(default=None, description="None: one (η, β) held over the run; "
+                                                                "{'knots': K} or {'shape': 'warmup-cosine'}")
 
 
 class Budget(Strict):
@@ -130,10 +148,22 @@ class ComparisonCreate(Strict):
     concurrency: int = Field(default=1, ge=1)
 
 
+class ShapePublic(BaseModel):
+    """A fixed schedule shape's parameters, as a trial's point holds them (:meth:`metatune.point.Point.to_json`)."""
+
+    shape: Literal[WARMUP_COSINE]  # type: ignore[valid-type]
+    warmup: float = Field(description="fraction of the T steps over which η rises linearly to its peak")
+    final: float = Field(description="η at the last step as a fraction of the peak")
+
+
 class TrialSummary(BaseModel):
+    """A trial's point (``lr``, ``momentum`` and ``schedule``: :meth:`metatune.point.Point.to_json`) and result."""
+
     number: int
     lr: Hyper
     momentum: Hyper
+    schedule: ShapePublic | None = Field(default=None, description="a warm-up + cosine point's shape; "
+                                                                   "null otherwise (lists in lr and momentum: knots)")
     value: float | None
     status: TrialStatus
 
@@ -146,6 +176,7 @@ class JobPublic(BaseModel):
     method: str
     seed: int
     groups: Groups | None = Field(default=None, description="the job's space.groups, as submitted")
+    schedule: Schedule = Field(description="the job's space.schedule, defaults filled in")
     spec: dict
     created_at: datetime
     started_at: datetime | None
@@ -165,12 +196,26 @@ class JobList(BaseModel):
     total: int
 
 
+class MetaGradientPublic(BaseModel):
+    """∂ℓ_val/∂η and ∂ℓ_val/∂β at a metagrad trial's point, one per group and knot in the point's
+    JSON form, with the run's growth rate and the amplification of its sensitivities."""
+
+    lr: Derivative
+    momentum: Derivative
+    growth_rate: float | None
+    amplification: float | None
+
+
 class TrialPublic(BaseModel):
-    """A trial; ``lr`` and ``momentum`` are floats, or ``{prefix: value}`` in a per-group space."""
+    """A trial. ``lr``, ``momentum`` and ``schedule`` are its point in JSON form
+    (:meth:`metatune.point.Point.to_json`): floats, lists of K knot values in a schedule space,
+    or ``{prefix: …}`` of those in a per-group space; ``schedule`` holds a warm-up + cosine
+    point's fractions (null otherwise)."""
 
     number: int
     lr: Hyper
     momentum: Hyper
+    schedule: ShapePublic | None = None
     status: TrialStatus
     value: float | None
     spectral_radius: float | None
@@ -181,6 +226,9 @@ class TrialPublic(BaseModel):
     wall_seconds: float
     error: str | None
     start: int | None
+    meta_gradient: MetaGradientPublic | None = Field(default=None, description="metagrad's meta-gradient at "
+                                                                               "this point (null for a run at "
+                                                                               "fixed hyperparameters)")
     metrics: dict[str, float | None] = Field(default_factory=dict)
 
 

@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from metatune import objectives, tuners
 from metatune.errors import UserError
 from metatune.job import Resources, TuningJob
+from metatune.schedule import KNOTS, Schedule
 from metatune_service.core.config import Settings
 from metatune_service.schemas import JobCreate, LrRange, MetagradOptions, MomentumRange, NoOptions
+from metatune_service.schemas import Schedule as ScheduleSpec
 
 FORBIDDEN_PARAMS = ("device",)
 """Objective parameters a client may not set: the worker places trials on devices."""
@@ -67,17 +69,46 @@ def check_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_groups(method: str, groups: str | list[str] | None, objective: objectives.Objective,
-                 seed: int) -> str | list[str] | None:
-    """``groups`` as submitted, once the library accepts them for ``method`` and the objective's
-    parameters (:func:`metatune.tuners.check_groups`: prefixes that cover θ₀, a method that
-    searches per-group spaces)."""
+                 seed: int) -> tuple[str, ...]:
+    """The prefixes of ``groups`` (() for None), once the library accepts them for ``method`` and
+    the objective's parameters (:func:`metatune.tuners.check_groups`: prefixes that cover θ₀, a
+    method that searches per-group spaces)."""
     if groups is None:
-        return None
+        return ()
     try:
-        tuners.check_groups(method, groups, objective.init_params(seed))
+        return tuners.check_groups(method, groups, objective.init_params(seed))
     except ValueError as error:
         raise SpecError(f"space.groups: {error}") from None
-    return groups
+
+
+def check_schedule(method: str, spec: ScheduleSpec | None, steps: int, groups: int, limit: int) -> Schedule:
+    """The :class:`~metatune.schedule.Schedule` of ``spec`` (None: one constant (η, β)), once the
+    library accepts it for ``method`` over ``steps`` inner steps (K <= T; a shape the method
+    searches: :meth:`metatune.tuners.Tuner.check_schedule`) and its hyperparameters fit the
+    server's ``limit``: 2·K·G values of η and β over ``groups`` = G groups, and the warm-up and
+    final fractions of the warm-up + cosine family."""
+    try:
+        schedule = Schedule() if spec is None else Schedule(knots=spec.knots, shape=spec.shape)
+        schedule = tuners.tuner_class(method).check_schedule(schedule, steps)
+    except ValueError as error:
+        raise SpecError(f"space.schedule: {error}") from None
+    count = hyperparameters(schedule, groups)
+    if count > limit:
+        raise SpecError(f"space: schedule={schedule.to_json()} over {max(groups, 1)} parameter group(s) searches "
+                        f"{count} hyperparameters, above this server's limit {limit} (fewer knots or groups)")
+    return schedule
+
+
+def hyperparameters(schedule: Schedule, groups: int) -> int:
+    """How many numbers a point of the space holds: 2·K·G (η and β per knot and group), plus
+    the warm-up and final fractions of a fixed shape.
+
+    Example:
+        >>> hyperparameters(Schedule(knots=4), 3), hyperparameters(Schedule(shape="warmup-cosine"), 1)
+        (24, 4)
+    """
+    shape = 0 if schedule.shape == KNOTS else 2
+    return 2 * schedule.values_per_group() * max(groups, 1) + shape
 
 
 def normalise(job: JobCreate, settings: Settings) -> TuningJob:
@@ -105,6 +136,7 @@ def normalise(job: JobCreate, settings: Settings) -> TuningJob:
     if job.concurrency > settings.max_concurrency:
         raise SpecError(f"concurrency={job.concurrency} exceeds this server's limit {settings.max_concurrency}")
     groups = check_groups(job.method, job.space.groups, objective, job.seed)
+    schedule = check_schedule(job.method, job.space.schedule, steps, len(groups), settings.max_hyperparameters)
     default = objective.space
     lr = job.space.lr or LrRange(low=default.lr_low, high=default.lr_high, log=default.lr_log)
     momentum = job.space.momentum or MomentumRange(low=default.momentum_low, high=default.momentum_high)
@@ -112,7 +144,8 @@ def normalise(job: JobCreate, settings: Settings) -> TuningJob:
         space = objectives.SearchSpace(lr_low=lr.low, lr_high=lr.high, lr_log=lr.log, momentum_low=momentum.low,
                                        momentum_high=momentum.high)
         return TuningJob(job.objective, job.method, params, check_options(job.method, job.options),
-                         budget=float(evals), steps=steps, space=space, groups=groups, seed=job.seed,
+                         budget=float(evals), steps=steps, space=space, groups=job.space.groups,
+                         schedule=schedule, seed=job.seed,
                          resources=Resources(cpu=resources.cpu, gpu=resources.gpu), concurrency=job.concurrency,
                          backend="ray")
     except ValueError as error:

@@ -3,10 +3,15 @@ the routes (no route module imports another)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from metatune.point import MetaGradient, Point
 from metatune_service import crud
 from metatune_service.core.db import Database
 from metatune_service.models import Job, Trial
-from metatune_service.schemas import JobPublic, TrialPublic, TrialSummary
+from metatune_service.schemas import JobPublic, MetaGradientPublic, Schedule, TrialPublic, TrialSummary
 
 
 def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None = None) -> JobPublic:
@@ -18,18 +23,43 @@ def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None 
         spec=job.spec, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         error=job.error, trials=trials, gradient_evals=job.gradient_evals, budget=spec.budget,
         attempts=job.attempts, comparison_id=job.comparison_id, groups=spec.groups,
+        schedule=Schedule(knots=spec.schedule.knots, shape=spec.schedule.shape),
         best_trial=None if best is None else trial_summary(best),
     )
 
 
+def point_fields(point: Point) -> dict[str, Any]:
+    """``lr``, ``momentum`` and ``schedule`` of a trial's response: :meth:`Point.to_json`, with
+    ``schedule`` null unless the point has a fixed shape."""
+    return {"schedule": None, **point.to_json()}
+
+
 def trial_summary(trial: Trial) -> TrialSummary:
-    point = crud.point_of(trial)
-    return TrialSummary(number=trial.number, lr=point.lr, momentum=point.momentum, value=trial.value,
+    return TrialSummary(number=trial.number, **point_fields(crud.point_of(trial)), value=trial.value,
                         status=trial.status)
 
 
-def trial_public(trial: Trial, metrics: dict | None = None) -> TrialPublic:
-    """The trial as the API shows it: η and β floats, or dicts by group in a per-group space."""
+def trial_public(trial: Trial, metrics: Mapping[str, float | None] | None = None) -> TrialPublic:
+    """The trial as the API shows it: its point in JSON form (floats, lists of knot values,
+    dicts of those by group; a warm-up + cosine point's ``schedule``) and, for a metagrad trial
+    (its ``metrics`` hold one), the meta-gradient in the same form."""
     point = crud.point_of(trial)
-    fields = {k: getattr(trial, k) for k in TrialPublic.model_fields if k not in ("lr", "momentum", "metrics")}
-    return TrialPublic(**fields, lr=point.lr, momentum=point.momentum, metrics=metrics or {})
+    metrics = dict(metrics or {})
+    shown = ("lr", "momentum", "schedule", "metrics", "meta_gradient")
+    fields = {k: getattr(trial, k) for k in TrialPublic.model_fields if k not in shown}
+    return TrialPublic(**fields, **point_fields(point), meta_gradient=meta_gradient_public(point, metrics),
+                       metrics=metrics)
+
+
+def meta_gradient_public(point: Point, metrics: Mapping[str, float | None]) -> MetaGradientPublic | None:
+    """∂ℓ/∂η and ∂ℓ/∂β per group and knot of ``point`` from a trial's flat metrics
+    (:meth:`MetaGradient.from_metrics`; a missing or non-finite derivative is null); None where
+    the metrics hold no meta-gradient."""
+    stored = {k: math.nan if v is None else v for k, v in metrics.items()}  # NULL: stored as not finite
+    gradient = MetaGradient.from_metrics(stored, point.groups, point.knots)
+    if gradient is None:
+        return None
+    dlr, dmomentum = gradient.as_point_values(point.groups, point.knots)
+    return MetaGradientPublic(lr=crud.finite_json(dlr), momentum=crud.finite_json(dmomentum),
+                              growth_rate=crud.finite_json(gradient.growth_rate),
+                              amplification=crud.finite_json(gradient.amplification))

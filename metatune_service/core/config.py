@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_gpu_per_trial: float = 8.0
     max_concurrency: int = 64
     max_seeds: int = 20
+    max_hyperparameters: int = 256
+    """Most numbers a job's points may hold: 2·K·G for K schedule knots and G parameter groups."""
     max_objective_size: int = 4096
     """Largest integer objective parameter (dim, hidden, width, batch_size, …) a job may ask for."""
     max_body_bytes: int = 64 * 1024

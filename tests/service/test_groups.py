@@ -68,10 +68,11 @@ def assert_steps_per_group(served, job_id: str, trials: list[dict]) -> None:  # 
     assert len(steps) == sum("growth_rate" in t["metrics"] for t in trials) > 0
     for step in steps:
         trial = by_number[step.trial_number]
-        assert step.lr is None and step.momentum is None and step.dvalue_dlr is None
+        assert step.lr is None and step.momentum is None and step.dvalue_dlr is None  # no sort key per group
         assert crud.point_of(step) == Point.from_json(trial)
-        assert step.dvalue_dlr_groups == {g: trial["metrics"][f"dvalue_dlr[{g}]"] for g in trial["lr"]}
-        assert step.dvalue_dmomentum_groups == {g: trial["metrics"][f"dvalue_dmomentum[{g}]"] for g in trial["lr"]}
+        assert step.meta_gradient == {"lr": {g: trial["metrics"][f"dvalue_dlr[{g}]"] for g in trial["lr"]},
+                                      "momentum": {g: trial["metrics"][f"dvalue_dmomentum[{g}]"] for g in trial["lr"]}}
+        assert step.meta_gradient == {k: trial["meta_gradient"][k] for k in ("lr", "momentum")}
 
 
 def python_refusal(method: str, groups) -> str:  # noqa: ANN001

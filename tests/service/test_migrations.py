@@ -1,5 +1,5 @@
 """Alembic: upgrade → downgrade → upgrade, models and migrations agree, outdated databases refused,
-0001 rows kept through 0002 and back."""
+0001 and 0002 rows kept through 0002 and 0003 and back, points of every form stored exactly."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import inspect, select, text
 
 from metatune.job import TuningJob
 from metatune.point import MetaGradient, Point
+from metatune.schedule import Shape
 from metatune.tuners import ChainStep
 from metatune.tuners.base import Trial as LibraryTrial
 from metatune_service import crud
@@ -20,6 +21,7 @@ from metatune_service.core.db import Database
 from metatune_service.core.migrations import (VERSION_TABLE, OutdatedDatabase, current_revision, downgrade, head_revision,
                                      prepare, upgrade)
 from metatune_service.models import Base, MetagradStep, Trial
+from metatune_service.status import JobStatus
 
 TABLES = {"jobs", "trials", "trial_metrics", "metagrad_steps", "comparisons", "api_tokens"}
 
@@ -112,12 +114,43 @@ def insert_0001_rows(db: Database) -> None:
             "dvalue_dmomentum, accepted) VALUES ('old', 0, 0, 0, 0.1, 0.9, 0.5, 2.0, -1.0, true)"))
 
 
-def per_group_trial(number: int) -> LibraryTrial:
-    point = Point.of({"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9})
-    gradient = MetaGradient((1.0, math.nan), (3.0, 4.0), growth_rate=1.0, amplification=1.0)
-    return LibraryTrial(number=number, point=point, value=0.25, diverged=False, gradient_evals=31.0,
-                        cumulative_evals=31.0, wall_time=0.1, spectral_radius=0.5, stable=True,
-                        metrics=gradient.to_metrics(point.groups), chain=ChainStep(0, True, gradient))
+def insert_0002_per_group_rows(db: Database, job_id: str = "grouped") -> None:
+    """A per-group job of revision 0002 with a trial, its metric and a metagrad step whose
+    ∂ℓ/∂η of group "2" was not finite (null), in raw SQL."""
+    now = "2026-01-02 00:00:00"
+    spec = {"objective": "mlp-regression", "method": "metagrad", "space": {"groups": ["0", "2"]}}
+    with db.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO jobs (id, owner, status, spec, method, objective, seed, created_at, gradient_evals, "
+            "cancel_requested, attempts) VALUES (:id, 'alice', 'succeeded', :spec, 'metagrad', 'mlp-regression', 0, "
+            ":now, 31.0, false, 1)"), {"id": job_id, "spec": json.dumps(spec), "now": now})
+        connection.execute(text(
+            "INSERT INTO trials (job_id, number, lr_groups, momentum_groups, status, value, gradient_evals, "
+            "cumulative_evals, wall_seconds, created_at) VALUES (:id, 0, :lr, :momentum, 'completed', 0.25, 31.0, "
+            "31.0, 0.1, :now)"), {"id": job_id, "now": now, "lr": json.dumps(GROUP_LR),
+                                  "momentum": json.dumps(GROUP_MOMENTUM)})
+        connection.execute(text("INSERT INTO trial_metrics (trial_id, step, name, value) "
+                                "SELECT id, 0, 'dvalue_dlr[0]', 1.0 FROM trials WHERE job_id = :id"), {"id": job_id})
+        connection.execute(text(
+            "INSERT INTO metagrad_steps (job_id, trial_number, start, step, lr_groups, momentum_groups, value, "
+            "dvalue_dlr_groups, dvalue_dmomentum_groups, accepted) VALUES (:id, 0, 0, 0, :lr, :momentum, 0.25, "
+            ":dlr, :dmomentum, true)"),
+            {"id": job_id, "lr": json.dumps(GROUP_LR), "momentum": json.dumps(GROUP_MOMENTUM),
+             "dlr": json.dumps({"0": 1.0, "2": None}), "dmomentum": json.dumps({"0": 3.0, "2": 4.0})})
+
+
+GROUP_LR, GROUP_MOMENTUM = {"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9}
+
+
+def rows(db: Database, sql: str) -> list[tuple]:
+    with db.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(sql)).all()]
+
+
+def json_rows(db: Database, sql: str) -> list[tuple]:
+    """Rows with their JSON objects (text on SQLite) decoded."""
+    return [tuple(json.loads(v) if isinstance(v, str) and v.startswith("{") else v for v in row)
+            for row in rows(db, sql)]
 
 
 def test_0002_keeps_0001_rows_and_its_downgrade_removes_only_per_group_jobs(database_url):
@@ -125,35 +158,96 @@ def test_0002_keeps_0001_rows_and_its_downgrade_removes_only_per_group_jobs(data
     db = Database(database_url)
     try:
         insert_0001_rows(db)
-        upgrade(database_url)
-        (old,) = crud.library_trials(db, job_id="old")
-        assert (old.lr, old.momentum, old.value, old.metrics) == (0.1, 0.9, 0.5, {"dvalue_dlr": 2.0})
-        with db.read() as session:
-            (step,) = session.scalars(select(MetagradStep)).all()
-        assert crud.point_of(step) == Point.scalar(0.1, 0.9) and step.lr_groups is None and step.dvalue_dlr == 2.0
-        spec = TuningJob("mlp-regression", "metagrad", groups=["0", "2"])
-        (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
-        crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3)
-        assert crud.write_trials(db, job_id=job.id, worker="w", trials=[per_group_trial(0)], lambda_max=None)
-        (new,) = crud.library_trials(db, job_id=job.id)
-        assert (new.lr, new.momentum) == ({"0": 0.1, "2": 0.2}, {"0": 0.5, "2": 0.9})
-        with db.read() as session:
-            stored = session.scalar(select(Trial).where(Trial.job_id == job.id))
-            step = session.scalar(select(MetagradStep).where(MetagradStep.job_id == job.id))
-        assert stored.lr is None and stored.momentum is None and stored.lr_groups == {"0": 0.1, "2": 0.2}
-        assert step.lr is None and step.dvalue_dlr_groups == {"0": 1.0, "2": None}  # NaN stored as null
-        assert step.dvalue_dmomentum_groups == {"0": 3.0, "2": 4.0}
+        upgrade(database_url, "0002")
+        assert rows(db, "SELECT lr, momentum, lr_groups, momentum_groups, value FROM trials") == [
+            (0.1, 0.9, None, None, 0.5)]
+        assert rows(db, "SELECT lr, dvalue_dlr, dvalue_dmomentum, dvalue_dlr_groups FROM metagrad_steps") == [
+            (0.1, 2.0, -1.0, None)]
+        insert_0002_per_group_rows(db)
+        assert json_rows(db, "SELECT lr, momentum, lr_groups, momentum_groups FROM trials WHERE job_id = 'grouped'") \
+            == [(None, None, GROUP_LR, GROUP_MOMENTUM)]
         downgrade(database_url, "0001")
         columns = {c["name"]: c for c in inspect(db.engine).get_columns("trials")}
         assert "lr_groups" not in columns and not columns["lr"]["nullable"] and not columns["momentum"]["nullable"]
         step_columns = {c["name"] for c in inspect(db.engine).get_columns("metagrad_steps")}
         assert not {c for c in step_columns if c.endswith("_groups")}
-        with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT id FROM jobs")).scalars().all() == ["old"]
-            assert connection.execute(text("SELECT job_id, lr, momentum FROM trials")).all() == [("old", 0.1, 0.9)]
-            assert connection.execute(text("SELECT name, value FROM trial_metrics")).all() == [("dvalue_dlr", 2.0)]
-            assert connection.execute(text("SELECT job_id FROM metagrad_steps")).scalars().all() == ["old"]
+        assert rows(db, "SELECT id FROM jobs") == [("old",)]
+        assert rows(db, "SELECT job_id, lr, momentum FROM trials") == [("old", 0.1, 0.9)]
+        assert rows(db, "SELECT name, value FROM trial_metrics") == [("dvalue_dlr", 2.0)]
+        assert rows(db, "SELECT job_id FROM metagrad_steps") == [("old",)]
         upgrade(database_url)
         assert current_revision(db.engine) == head_revision()
+    finally:
+        db.dispose()
+
+
+def library_trial(number: int, point: Point, gradient: MetaGradient | None = None) -> LibraryTrial:
+    metrics = {} if gradient is None else gradient.to_metrics(point.groups, point.knots)
+    return LibraryTrial(number=number, point=point, value=0.25, diverged=False, gradient_evals=31.0,
+                        cumulative_evals=31.0 * (number + 1), wall_time=0.1, spectral_radius=0.5, stable=True,
+                        metrics=metrics, chain=None if gradient is None else ChainStep(0, True, gradient))
+
+
+KNOTS_POINT = Point.of([0.1 + 0.2, 1e-7 / 3, 0.05], [0.9, 0.5, 1.0 / 3])  # floats that print with 17 digits
+WARMUP_POINT = Point.of(0.3, 0.8, Shape.warmup_cosine(1.0 / 7, 0.01))
+GROUP_KNOTS_POINT = Point.of({"0": [0.1, 0.2], "2": [0.3, 0.4]}, {"0": [0.5, 0.6], "2": [0.7, 0.8]})
+
+
+def write_job(db: Database, spec: TuningJob, trials: list[LibraryTrial]) -> str:
+    (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
+    assert crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3).id == job.id
+    assert crud.write_trials(db, job_id=job.id, worker="w", trials=trials, lambda_max=None)
+    crud.finish_job(db, job_id=job.id, worker="w", status=JobStatus.SUCCEEDED)
+    return job.id
+
+
+def test_0003_reads_older_rows_back_unchanged_and_its_downgrade_removes_only_scheduled_jobs(database_url):
+    upgrade(database_url, "0002")
+    db = Database(database_url)
+    try:
+        insert_0001_rows(db)
+        insert_0002_per_group_rows(db)
+        upgrade(database_url)
+        (old,) = crud.library_trials(db, job_id="old")
+        assert (old.point, old.value, old.metrics) == (Point.scalar(0.1, 0.9), 0.5, {"dvalue_dlr": 2.0})
+        (grouped,) = crud.library_trials(db, job_id="grouped")
+        assert grouped.point == Point.of(GROUP_LR, GROUP_MOMENTUM) and grouped.metrics == {"dvalue_dlr[0]": 1.0}
+        with db.read() as session:
+            trials = {t.job_id: t for t in session.scalars(select(Trial))}
+            steps = {s.job_id: s for s in session.scalars(select(MetagradStep))}
+        assert (trials["old"].lr, trials["old"].momentum) == (0.1, 0.9)  # the sort keys
+        assert (trials["grouped"].lr, trials["grouped"].momentum) == (None, None)
+        assert crud.point_of(steps["old"]) == Point.scalar(0.1, 0.9)
+        assert steps["old"].meta_gradient == {"lr": 2.0, "momentum": -1.0} and steps["old"].dvalue_dlr == 2.0
+        assert crud.point_of(steps["grouped"]) == Point.of(GROUP_LR, GROUP_MOMENTUM)
+        assert steps["grouped"].meta_gradient == {"lr": {"0": 1.0, "2": None}, "momentum": {"0": 3.0, "2": 4.0}}
+        gradient = MetaGradient((1.0, math.nan, -2.0), (3.0, 4.0, math.inf), growth_rate=0.1, amplification=2.0)
+        knots = write_job(db, TuningJob("quadratic", "metagrad", schedule=3), [library_trial(0, KNOTS_POINT, gradient)])
+        warm = write_job(db, TuningJob("quadratic", "tpe", schedule={"shape": "warmup-cosine"}),
+                         [library_trial(0, WARMUP_POINT)])
+        group_knots = write_job(db, TuningJob("mlp-regression", "tpe", groups=["0", "2"], schedule=2),
+                                [library_trial(0, GROUP_KNOTS_POINT)])
+        for job_id, point in ((knots, KNOTS_POINT), (warm, WARMUP_POINT), (group_knots, GROUP_KNOTS_POINT)):
+            (stored,) = crud.library_trials(db, job_id=job_id)
+            assert stored.point == point and stored.point.to_json() == point.to_json()
+        with db.read() as session:
+            trial = session.scalar(select(Trial).where(Trial.job_id == warm))
+            step = session.scalar(select(MetagradStep).where(MetagradStep.job_id == knots))
+        assert (trial.lr, trial.momentum) == (0.3, 0.8)  # the peak η and β of a warm-up + cosine point
+        assert step.meta_gradient == {"lr": [1.0, None, -2.0], "momentum": [3.0, 4.0, None]}
+        assert (step.lr, step.dvalue_dlr, step.dvalue_dmomentum) == (0.1 + 0.2, 1.0, 3.0)  # the first knot's
+        downgrade(database_url, "0002")
+        assert {c["name"] for c in inspect(db.engine).get_columns("trials")} >= {"lr_groups", "momentum_groups"}
+        assert "point" not in {c["name"] for c in inspect(db.engine).get_columns("trials")}
+        assert sorted(rows(db, "SELECT id FROM jobs")) == [("grouped",), ("old",)]
+        assert sorted(json_rows(db, "SELECT job_id, lr, momentum, lr_groups, momentum_groups FROM trials")) == [
+            ("grouped", None, None, GROUP_LR, GROUP_MOMENTUM), ("old", 0.1, 0.9, None, None)]
+        assert sorted(json_rows(db, "SELECT job_id, dvalue_dlr, dvalue_dmomentum, dvalue_dlr_groups, "
+                                    "dvalue_dmomentum_groups FROM metagrad_steps")) == [
+            ("grouped", None, None, {"0": 1.0, "2": None}, {"0": 3.0, "2": 4.0}), ("old", 2.0, -1.0, None, None)]
+        assert len(rows(db, "SELECT name FROM trial_metrics")) == 2
+        upgrade(database_url)
+        assert current_revision(db.engine) == head_revision()
+        assert [t.point for t in crud.library_trials(db, job_id="grouped")] == [Point.of(GROUP_LR, GROUP_MOMENTUM)]
     finally:
         db.dispose()

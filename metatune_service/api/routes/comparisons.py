@@ -63,10 +63,12 @@ def read(comparison_id: str, db: DatabaseDep, settings: SettingsDep, owner: Owne
                        409: {"description": "the plot is not built (yet)"}})
 def plot(comparison_id: str, name: str, db: DatabaseDep, settings: SettingsDep,
          owner: OwnerDep) -> FileResponse:
-    """``convergence`` (best so far against gradient evaluations) or ``plane`` (η–β with ρ = 1)."""
+    """``convergence`` (best so far against gradient evaluations), ``plane`` (η–β with ρ = 1), or,
+    for a comparison of schedules, ``schedule`` (each method's best η_t and β_t)."""
     _, jobs = owned_comparison(db, comparison_id, owner)
-    if name not in comparisons.PLOTS:
-        raise HTTPException(404, f"no plot {name!r}: choose one of {list(comparisons.PLOTS)}")
+    names = comparisons.plot_names(jobs)
+    if name not in names:
+        raise HTTPException(404, f"no plot {name!r}: choose one of {list(names)}")
     path = comparisons.plot_path(settings, comparison_id, name)
     if path.exists():
         return FileResponse(path, media_type="image/png")
