@@ -80,14 +80,18 @@ class Comparison:
         return rows
 
     def table(self) -> str:
-        """The summary as a Markdown table."""
+        """The summary as a Markdown table. Its ρ is that of each best point over the curvature
+        at θ₀: over a schedule, the largest over the knots (at the peak η for warm-up + cosine),
+        so a schedule that passes briefly through ρ > 1 reads as not stable without diverging."""
+        rho = "final ρ" if self.schedule.constant else \
+            "ρ (largest knot)" if self.schedule.shape == "knots" else "ρ (peak η)"
         lines = [
             f"{self.objective.name}: budget {self.budget:g} gradient evaluations, T = {self.horizon}, "
             f"schedule: {describe_schedule(self.schedule)}, seeds {self.seeds}, "
             f"target loss {self.target:.4g}",
             "",
             "| method | best val loss (median) | [min, max] | evals to target (median) | reached | "
-            "wall s (median) | trials | final ρ | stable | diverged trials |",
+            f"wall s (median) | trials | {rho} | stable | diverged trials |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.summary():

@@ -142,6 +142,7 @@ def test_every_job_runs_the_schedule_and_the_table_and_json_state_it(jobs, sched
     assert cmp.schedule == Schedule(8)
     assert cmp.table().splitlines()[0] == ("quadratic: budget 100 gradient evaluations, T = 12, "
                                            "schedule: 8 knots, seeds [0, 1], target loss 1.5")
+    assert "| ρ (largest knot) |" in cmp.table().splitlines()[2]
     data = json.loads(cmp.to_json())
     assert Schedule.parse(data["schedule"]) == Schedule(8) and data["steps"] == 12
     best = Point.from_json(data["runs"]["tpe"][1]["best_point"])
@@ -156,6 +157,7 @@ def test_plot_writes_the_schedule_figure_only_for_a_schedule(jobs, tmp_path):
     assert (tmp_path / "wc-schedule.png").stat().st_size > 10_000
     assert list(cmp.best_points()) == ["tpe (seed 0, val loss 1)", "random (seed 0, val loss 1)"]
     assert cmp.table().splitlines()[0].split(", ")[2] == "schedule: warm-up + cosine"
+    assert "| ρ (peak η) |" in cmp.table().splitlines()[2]
     constant = compare(_tiny(), ["tpe"], budget=BUDGET, seeds=[0])
     assert len(constant.plot(str(tmp_path / "c"))) == 2 and not (tmp_path / "c-schedule.png").exists()
 
