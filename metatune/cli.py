@@ -108,9 +108,6 @@ def _compare(args: argparse.Namespace) -> int:
     params = {k: _parse_value(v) for k, v in (item.split("=", 1) for item in args.param)}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.server:
-        if not args.schedule.constant:
-            raise UserError("--schedule is not sent to a service yet: "
-                            "leave out --server to compare schedules here")
         return _server_compare()(args, params, methods)
     objective = objectives.get(args.objective, **params)
     seeds = list(range(args.seeds))

@@ -30,6 +30,7 @@ from metatune.schedule import WARMUP_COSINE, Schedule, Shape
 from metatune.tuners import Trial, TuneResult
 
 COMPARE = importlib.import_module("metatune.compare")
+CLI = importlib.import_module("metatune.cli")
 BUDGET = 100.0
 
 
@@ -227,6 +228,14 @@ def test_the_command_refuses_grid_with_a_schedule_in_one_line(jobs, capsys):
     assert jobs == []
 
 
-def test_a_schedule_is_not_silently_dropped_on_a_server(capsys):
-    code = main(["compare", "--server", "http://127.0.0.1:9", "--methods", "tpe", "--schedule", "4"])
-    assert code == 2 and "--schedule is not sent to a service" in capsys.readouterr().err
+def test_the_schedule_reaches_a_servers_compare(monkeypatch):
+    """``--server`` hands the parsed schedule to the plugin's ``compare_on_server`` (the service
+    sends it as the request's ``space.schedule``)."""
+    seen = []
+    def compare_on_server(args, params, methods):  # noqa: ANN001, ANN202
+        seen.append(args.schedule)
+        return 0
+
+    monkeypatch.setattr(CLI, "_server_compare", lambda: compare_on_server)
+    assert main(["compare", "--server", "http://127.0.0.1:9", "--methods", "tpe", "--schedule", "4"]) == 0
+    assert seen == [Schedule(4)]
