@@ -32,7 +32,7 @@ from typing import Any, Union
 import numpy as np
 
 from metatune.errors import invalid
-from metatune.schedule import WARMUP_COSINE, Schedule, Shape
+from metatune.schedule import KNOTS, WARMUP_COSINE, Schedule, Shape, refinement
 
 Hyper = Union[float, list[float], dict[str, float], dict[str, list[float]]]
 """η or β in JSON form: one float, one list of K knot values, or either per group by prefix."""
@@ -141,6 +141,17 @@ class Point:
         knots = shape.knots
         return Point(tuple(x for x in self.lrs for _ in range(knots)),
                      tuple(x for x in self.momenta for _ in range(knots)), self.groups, shape)
+
+    def refined(self, knots: int) -> Point:
+        """This knot schedule sampled at ``knots`` knots (:func:`~metatune.schedule.refinement`:
+        log η and β interpolated at the new knots' positions), per group."""
+        if self.shape.kind != KNOTS:
+            raise invalid("point", self.to_json(), "a knot schedule (or a constant) to refine")
+        matrix = refinement(self.knots, knots)
+        lrs = [np.exp(matrix @ np.log(np.array(row))) for row in self._rows(self.lrs)]
+        momenta = [matrix @ np.array(row) for row in self._rows(self.momenta)]
+        return Point(tuple(float(x) for row in lrs for x in row), tuple(float(x) for row in momenta for x in row),
+                     self.groups, Shape.of_knots(knots))
 
     # -- the engine's form ----------------------------------------------------------------------
 
@@ -278,6 +289,20 @@ class MetaGradient:
 
         return cls(values("dvalue_dlr"), values("dvalue_dmomentum"), float(metrics["growth_rate"]),
                    float(metrics.get("amplification", math.nan)))
+
+    def coarsened(self, fine: Point, coarse: Point) -> MetaGradient:
+        """This meta-gradient, taken at ``fine`` = ``coarse.refined(fine.knots)``, with respect to
+        ``coarse``'s knots instead (chain rule through :meth:`Point.refined`): with
+        log η_fine = R log η_coarse and β_fine = R β_coarse per group,
+        ∂ℓ/∂η_coarse,j = Σ_k R_kj (η_fine,k/η_coarse,j) ∂ℓ/∂η_fine,k and ∂ℓ/∂β_coarse = Rᵀ ∂ℓ/∂β_fine."""
+        matrix = refinement(coarse.knots, fine.knots)
+        dlr, dmomentum = [], []
+        for lr_f, lr_c, dlr_f, dm_f in zip(fine._rows(fine.lrs), coarse._rows(coarse.lrs), fine._rows(self.dlr),
+                                           fine._rows(self.dmomentum)):
+            dlr += list((matrix.T @ (np.array(lr_f) * np.array(dlr_f))) / np.array(lr_c))
+            dmomentum += list(matrix.T @ np.array(dm_f))
+        return MetaGradient(tuple(float(x) for x in dlr), tuple(float(x) for x in dmomentum), self.growth_rate,
+                            self.amplification)
 
     def as_point_values(self, groups: Sequence[str] = (), knots: int = 1) -> tuple[Hyper, Hyper]:
         """∂ℓ/∂η and ∂ℓ/∂β in the JSON form of a point (floats or lists, or dicts by prefix)."""

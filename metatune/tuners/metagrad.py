@@ -95,8 +95,8 @@ import numpy as np
 from metatune import checks
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
-from metatune.point import Point
-from metatune.schedule import KNOTS
+from metatune.point import MetaGradient, Point
+from metatune.schedule import KNOTS, Shape, knot_levels
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
 from metatune.tuners.evaluation import Outcome, Proposal
@@ -127,6 +127,10 @@ everywhere, and there chains past the critical lr only diverge (6 of 20 steps on
 SCREEN = 8
 """Screening points besides the theory point where the budget affords them twice over: with
 the theory point a population of 9, one vmapped run."""
+LEVEL_QUOTA = 2
+"""The fewest meta-gradients a refinement level takes before the next (its first measures
+where the level starts; its second is the level's first step)."""
+
 SMALL_SCREENS = (4, 2, 1)
 """Smaller screens tried, largest first, where θ₀ is not convex and SCREEN does not fit."""
 
@@ -177,6 +181,10 @@ class MetagradTuner(Tuner):
         self.guard = guard
         self.chains: MetagradChains | None = None
         self.screening: Proposal | None = None
+        self.levels = knot_levels(self.schedule.knots)
+        self.ladder: list[MetagradChains] = []  # the chains of each refinement level so far
+        self.quota = 0  # meta-gradients the current level may take before the next refines it
+        self.measured: dict[tuple[float, ...], tuple[float, MetaGradient, Point]] = {}
 
     # -- coordinates and guard ----------------------------------------------------------------
 
@@ -205,17 +213,53 @@ class MetagradTuner(Tuner):
         return project(u, self.space, self.lr_cap)
 
     def make_chains(self, starts: list[Point], values: list[float] | None = None) -> MetagradChains:
-        return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
-                              max_amplification=self.max_amplification, groups=self.groups, values=values)
+        """Chains of the next refinement level from ``starts`` (refined to its knots), with the
+        level's quota of meta-gradients set from what the budget still buys."""
+        knots = self.levels[len(self.ladder)]
+        starts = [p if p.knots == knots else p.refined(knots) for p in starts]
+        chains = MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
+                                max_amplification=self.max_amplification, groups=self.groups, values=values,
+                                level=len(self.ladder))
+        self.ladder.append(chains)
+        levels_left = len(self.levels) - len(self.ladder) + 1
+        self.quota = max(LEVEL_QUOTA, int(self.remaining() // self.hypergrad_cost()) // levels_left)
+        self.chains = chains
+        return chains
+
+    def level_shape(self, level: int | None = None) -> Shape:
+        """The knots of refinement ``level`` (default: the current one)."""
+        return Shape.of_knots(self.levels[len(self.ladder) - 1 if level is None else level])
+
+    def evaluated(self, point: Point) -> Point:
+        """A chain's point as it is trained: refined to the schedule's K knots (the same path
+        where the levels nest, :func:`~metatune.schedule.knot_levels`)."""
+        return point if point.knots == self.schedule.knots else point.refined(self.schedule.knots)
+
+    def refine(self) -> None:
+        """Move to the next level: chains from the best accepted points so far, refined to its
+        knots, each told its value and meta-gradient from the trial that measured it (no run
+        where the levels nest: the refined schedule is the same path)."""
+        best = self.chains.best()[:max(1, self.n_starts)]
+        if not best:
+            return
+        chains = self.make_chains([point for point, _ in best], [value for _, value in best])
+        for start in (s for s in chains.starts):
+            point = Point.from_u(start.u, self.groups, chains.shape)
+            known = self.measured.get(_key(self.evaluated(point)))
+            if known is not None:
+                chains.remember(point, known[0], known[1].coarsened(known[2], point))
+
+    def should_refine(self) -> bool:
+        """Whether the current level has taken its quota of meta-gradients, or stalled, with a
+        finer level left."""
+        if self.chains is None or len(self.ladder) >= len(self.levels):
+            return False
+        taken = sum(s.iterations + s.rejections for s in self.chains.starts)
+        return taken >= self.quota or self.chains.stalled()
 
     def decode_point(self, u: np.ndarray) -> Point:
         """The constant point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
         return Point.from_u(u, self.groups)
-
-    def chain_start(self, point: Point) -> Point:
-        """A constant point as a chain's start in this space: over a schedule of K knots, the
-        constant schedule at it (each knot at the point's (η, β))."""
-        return point if point.shape == self.shape else point.with_shape(self.shape)
 
     # -- ask / tell -----------------------------------------------------------------------------
 
@@ -226,7 +270,7 @@ class MetagradTuner(Tuner):
         if screen:  # the theory point competes with the screened ones
             self.screening = self.points([self.decode_point(self.theory_point()), *self.screen_points(screen)])
         else:
-            self.chains = self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
+            self.chains = self.make_chains([self.decode_point(self.theory_point())])
         return cost
 
     def default_screen(self, budget: float) -> int:
@@ -255,18 +299,25 @@ class MetagradTuner(Tuner):
             proposal, self.screening = self.screening, None
             if proposal.cost <= remaining + BUDGET_SLACK:
                 return proposal
-            self.chains = self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
+            self.chains = self.make_chains([self.decode_point(self.theory_point())])
         if self.chains is None:
             return None
+        if self.should_refine():
+            self.refine()
         if self.line_search(remaining):
             step = self.chains.ask(line=True)
-            return None if step is None else Proposal((step.point,), self.trial_cost(), None, step.start, step)
+            return None if step is None else Proposal((self.evaluated(step.point),), self.trial_cost(), None,
+                                                      step.start, step)
         if self.hypergrad_cost() > remaining + BUDGET_SLACK:
             return None
         step = self.chains.ask()
+        if step is None and len(self.ladder) < len(self.levels):  # this level is done: refine now
+            self.refine()
+            step = self.chains.ask()
         if step is None:
             return None
-        return Proposal((step.point,), self.hypergrad_cost(), self.mode, step.start, step, self.plan.checkpoint)
+        return Proposal((self.evaluated(step.point),), self.hypergrad_cost(), self.mode, step.start, step,
+                        self.plan.checkpoint)
 
     def line_search(self, remaining: float) -> bool:
         """Whether the rest of the budget goes to value-only runs along the best chain's step
@@ -286,13 +337,17 @@ class MetagradTuner(Tuner):
         if proposal.step is None:  # the screening population
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)[:self.chain_count()]
-            self.chains = self.make_chains([self.chain_start(o.point) for o in best], [o.value for o in best]) \
-                if best else self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
+            self.chains = self.make_chains([o.point for o in best], [o.value for o in best]) \
+                if best else self.make_chains([self.decode_point(self.theory_point())])
             return None
         outcome, step = outcomes[0], proposal.step
         failed = outcome.error is not None or is_diverged(outcome.value, self.initial_value)
         gradient = None if step.line is not None else outcome.gradient()
-        accepted = self.chains.tell(step, math.nan if failed else outcome.value, gradient, diverged=failed)
+        if gradient is not None and not failed:
+            self.measured[_key(outcome.point)] = (outcome.value, gradient, outcome.point)
+        coarse = gradient if gradient is None or step.point == outcome.point \
+            else gradient.coarsened(outcome.point, step.point)
+        accepted = self.ladder[step.level].tell(step, math.nan if failed else outcome.value, coarse, diverged=failed)
         return ChainStep(step.start, accepted, gradient, step.line)
 
     # -- starting points ------------------------------------------------------------------------
@@ -334,6 +389,12 @@ class MetagradTuner(Tuner):
                                                            - math.log(space.lr_low))) for f, m in zip(row[:every], momenta)]
             points.append(Point(tuple(lrs), tuple(float(m) for m in momenta), self.groups))
         return points
+
+
+def _key(point: Point) -> tuple[float, ...]:
+    """A point's u to 9 decimals: the same schedule reached by refining from another level
+    (whose exp/log round trip moves the last bits) finds what was measured there."""
+    return tuple(round(float(x), 9) for x in point.to_u())
 
 
 HORIZON_GRID = 64
