@@ -144,12 +144,25 @@ def submit_command(args: argparse.Namespace) -> int:
     if args.wait:
         job = follow(client, job)
         best = job["best_trial"]
-        shown = (f", best lr {shown_hyper(best['lr'], '.4g')} momentum {shown_hyper(best['momentum'], '.3f')} "
-                 f"value {best['value']:.4g}") if best else ""
+        shown = f", {shown_best(best)}" if best else ""
         print(f"job {job['id']} {job['status']}: {job['trials']} trials, {job['gradient_evals']:.0f} gradient "
               f"evaluations" + shown + (f", error: {job['error']}" if job["error"] else ""))
         return 0 if job["status"] == JobStatus.SUCCEEDED else 1
     return 0
+
+
+def shown_best(best: dict) -> str:
+    """A job's best trial as printed: its point (with a warm-up + cosine point's fractions) and value.
+
+    Example:
+        >>> shown_best({"lr": 0.5, "momentum": 0.9, "value": 0.25,
+        ...             "schedule": {"shape": "warmup-cosine", "warmup": 0.1, "final": 0.01}})
+        'best lr 0.5 momentum 0.900 (warmup-cosine: warmup 0.100, final 0.01) value 0.25'
+    """
+    shape = best.get("schedule")
+    fractions = f"({shape['shape']}: warmup {shape['warmup']:.3f}, final {shape['final']:.3g}) " if shape else ""
+    return (f"best lr {shown_hyper(best['lr'], '.4g')} momentum {shown_hyper(best['momentum'], '.3f')} "
+            f"{fractions}value {best['value']:.4g}")
 
 
 def shown_hyper(value: float | list[float] | dict[str, float] | dict[str, list[float]], spec: str) -> str:
