@@ -461,3 +461,32 @@ def test_horizon_loss_over_a_grid_marks_divergence_and_skips_non_positive_nodes(
     assert math.isfinite(values[0, 0]) and values[0, 0] == pytest.approx(0.5 * 2.0 * 0.9**4000, rel=1e-9)
     assert values[1, 0] < 1e-100  # η = 1.5 < 2/λ at β = 0: |1 − ηλ| = 0.5
     assert math.isinf(float(stability.horizon_loss(2.5, 0.0, [1.0], [2.0], 2000)))  # |1 − ηλ| = 1.5
+
+
+def test_along_a_schedule_each_check_uses_that_steps_hyperparameters() -> None:
+    """A K = 3 knot schedule on a quadratic (the Hessian, so λ_max = 4, is the same at every θ):
+    at each knot step ρ equals the explicit transition matrix's at (η_t, β_t), the critical lr
+    is 2(1 + β_t)/4, and exactly the steps whose η_t (interpolated by hand, log-linear) reaches
+    the critical lr of the last check are flagged; the run equals the scheduled unroll."""
+    from metatune.schedule import Knots
+
+    hessian = rotated(np.linspace(0.5, 4.0, 12), seed=7)
+    loss, params = quadratic(hessian)
+    steps, lr_knots, momentum_knots = 21, [0.2, 0.9, 0.1], [0.3, 0.6, 0.0]
+    report = stability.along_run(loss, params, Knots(lr_knots), Knots(momentum_knots), steps, at=[10, 20])
+    assert report.steps_checked == [0, 10, 20, 21]  # the knots, and the end (at the last step's η, β)
+    assert report.lrs == pytest.approx([*lr_knots, lr_knots[-1]], rel=1e-12)
+    assert report.momenta == pytest.approx([*momentum_knots, momentum_knots[-1]], abs=1e-12)
+    for lr, momentum, rho, critical in zip(report.lrs, report.momenta, report.spectral_radii, report.critical_lrs):
+        assert rho == pytest.approx(matrix_radius(hessian, lr, momentum, False), rel=1e-6)
+        assert critical == pytest.approx(2 * (1 + momentum) / 4.0, rel=1e-6)
+    path = [math.exp(np.interp(t, [0, 10, 20], np.log(lr_knots))) for t in range(steps)]
+    last_critical = [2 * (1 + (momentum_knots[0] if t < 10 else momentum_knots[1] if t < 20 else 0.0)) / 4.0
+                     for t in range(steps)]
+    expected = [t for t in range(steps) if path[t] >= last_critical[t]]
+    assert 0 < len(expected) < steps  # the schedule passes the limit over part of the run only
+    assert report.unstable_steps == expected
+    assert not report.stable  # knot 1 (η = 0.9 > 2(1 + 0.6)/4 = 0.8) is past it
+    whole = unroll(loss, params, Knots(lr_knots), Knots(momentum_knots), steps)
+    for name in params:
+        torch.testing.assert_close(report.run.params[name], whole.params[name], rtol=1e-12, atol=1e-14)

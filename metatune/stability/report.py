@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
+from torch import Tensor
 
 from metatune import checks
 from metatune._types import Batch, Batches, Params, Scalar, TrainLoss
-from metatune.errors import NonFiniteCurvatureError
+from metatune.dynamics import SCALAR_GROUP, check_lr, check_momentum, group_hyperparameter
+from metatune.errors import NonFiniteCurvatureError, invalid
+from metatune.schedule import Knots
 from metatune.stability.spectrum import HessianOperator, extreme_eigenvalues, hessian_vector_product
 from metatune.stability.theory import (
     Regime,
@@ -127,10 +128,14 @@ def _report(
 
 @dataclass(frozen=True)
 class RunStability:
-    """Stability checked every few steps of a run; ``run`` is the run itself (cut short if it diverged).
+    """Stability checked at some steps of a run; ``run`` is the run itself (cut short if it diverged).
 
-    A point where the run had diverged has ρ = inf and λ = nan. ``stable`` means every point
-    was stable from positive curvature (saddles aside) and the run stayed finite.
+    At each checked step t: λ_max, λ_min of ∇²ℓ(θ_t), the (η_t, β_t) of the schedule there, its
+    ρ and the critical lr 2(1 + β_t)/λ_max(θ_t). A point where the run had diverged has
+    ρ = inf and λ = nan. ``stable`` means every point was stable from positive curvature
+    (saddles aside) and the run stayed finite. ``unstable_steps``: every step t whose η_t
+    passes the critical lr of the last checked θ at or before t (for a schedule, between
+    checks the curvature is taken as that of the last check).
     """
 
     max_spectral_radius: float
@@ -143,25 +148,34 @@ class RunStability:
     diverged: bool
     hvp_evals: int
     run: UnrollResult
+    lrs: list[float]
+    momenta: list[float]
+    critical_lrs: list[float]
+    unstable_steps: list[int]
 
 
 def along_run(
     train_loss: TrainLoss,
     params: Params,
-    lr: Scalar,
-    momentum: Scalar,
+    lr: Scalar | Knots | Tensor,
+    momentum: Scalar | Knots | Tensor,
     steps: int,
     batches: Batches = None,
     nesterov: bool = False,
     *,
     every: int = 50,
+    at: Sequence[int] | None = None,
     tol: float = 1e-6,
     seed: int = 0,
 ) -> RunStability:
-    """Train as :func:`metatune.unroll` does, and :func:`estimate` at step 0 and every ``every`` steps.
+    """Train as :func:`metatune.unroll` does, and :func:`estimate` at step 0 and every ``every``
+    steps, or at the steps ``at`` (e.g. a schedule's knots) and at T, each at the schedule's
+    η_t, β_t (the last step's at T).
 
-    Each estimate uses the batch of the step it is taken at (the last batch at the end of
-    the sequence). A run that diverges is stopped there and reported, never raised.
+    ``lr`` and ``momentum`` are one value, a tensor of one per step, or
+    :class:`~metatune.schedule.Knots` (one η and one β for every parameter). Each estimate
+    uses the batch of the step it is taken at (the last batch at the end of the sequence). A
+    run that diverges is stopped there and reported, never raised.
 
     Example:
         >>> loss = lambda p, b: (p["x"] ** 2).sum()
@@ -169,23 +183,52 @@ def along_run(
         >>> rs.steps_checked, rs.stable
         ([0, 2, 4], True)
     """
+    params = check_params(params)
     batch_list = check_batches(batches, check_steps(steps))
-    every = checks.positive_int("every", every, note="steps between stability checks")
-    check = functools.partial(
-        estimate, train_loss, lr=lr, momentum=momentum, nesterov=nesterov, tol=tol, seed=seed
-    )
-    current, velocity, losses = check_params(params), None, []
-    points = [(0, check(current, batch=_batch_at(batches, 0)))]
-    for start in range(0, steps, every):
-        chunk = unroll(train_loss, current, lr, momentum, min(every, steps - start),
-                       batch_list[start : start + every], nesterov, velocity=velocity)
-        current, velocity, end = chunk.params, chunk.velocity, start + len(chunk.losses)
+    like = next(iter(params.values()))
+    lrs = _path(lr, params, steps, like, name="lr", log=True)
+    momenta = _path(momentum, params, steps, like, name="momentum", log=False)
+    if at is None:
+        every = checks.positive_int("every", every, note="steps between stability checks")
+        checked = sorted({*range(0, steps, every), steps})
+    else:
+        checked = sorted({checks.integer("at", t, low=0, high=steps, note="steps of the run") for t in at}
+                         | {0, steps})
+    current, velocity, losses = params, None, []
+    points = [(0, _check(train_loss, current, lrs, momenta, 0, batches, nesterov, tol, seed))]
+    for start, end in zip(checked, checked[1:]):
+        chunk = unroll(train_loss, current, lrs[start:end], momenta[start:end], end - start,
+                       batch_list[start:end], nesterov, velocity=velocity)
+        current, velocity = chunk.params, chunk.velocity
         losses.append(chunk.losses)
         finite = is_finite(*current.values(), *velocity.values(), chunk.losses)
-        points.append((end, _estimate_if_finite(check, current, _batch_at(batches, end), finite)))
-        if points[-1][1] is None:
+        report = _check(train_loss, current, lrs, momenta, end, batches, nesterov, tol, seed) if finite else None
+        points.append((end, report))
+        if report is None:
             break
-    return _summarise(points, UnrollResult(current, velocity, torch.cat(losses)))
+    run = UnrollResult(current, velocity if velocity is not None else {n: torch.zeros_like(p) for n, p in params.items()},
+                       torch.cat(losses) if losses else torch.empty(0))
+    return _summarise(points, run, lrs, steps)
+
+
+def _path(value: Scalar | Knots | Tensor, params: Params, steps: int, like: Tensor, *, name: str, log: bool) -> Tensor:
+    """One η (or β) per step, from a value, a per-step tensor or knots (one for every parameter)."""
+    if isinstance(value, Mapping):
+        raise invalid(name, dict(value), "one value, a tensor per step or Knots (no per-group values here)")
+    path = group_hyperparameter(value, params, name=name, like=like, steps=steps, log=log)
+    (check_lr if log else check_momentum)(path)
+    return torch.stack([path.at(t)[SCALAR_GROUP].detach() for t in range(steps)])
+
+
+def _check(train_loss: TrainLoss, params: Params, lrs: Tensor, momenta: Tensor, step: int, batches: Batches,
+           nesterov: bool, tol: float, seed: int) -> StabilityReport | None:
+    """:func:`estimate` at θ_step with (η, β) of that step (the last step's past the end)."""
+    t = min(step, len(lrs) - 1)
+    try:
+        return estimate(train_loss, params, float(lrs[t]), float(momenta[t]), _batch_at(batches, step), nesterov,
+                        tol=tol, seed=seed)
+    except NonFiniteCurvatureError:
+        return None
 
 
 def _batch_at(batches: Batches, step: int) -> Batch:
@@ -193,21 +236,13 @@ def _batch_at(batches: Batches, step: int) -> Batch:
     return None if batches is None else batches[min(step, len(batches) - 1)]
 
 
-def _estimate_if_finite(
-    check: Callable[..., StabilityReport], params: Params, batch: Batch, finite: bool
-) -> StabilityReport | None:
-    """The report at a point of the run, or None where the run (or its curvature) diverged."""
-    if not finite:
-        return None
-    try:
-        return check(params, batch=batch)
-    except NonFiniteCurvatureError:
-        return None
-
-
-def _summarise(points: list[tuple[int, StabilityReport | None]], run: UnrollResult) -> RunStability:
+def _summarise(points: list[tuple[int, StabilityReport | None]], run: UnrollResult, lrs: Tensor,
+               steps: int) -> RunStability:
     reports = [report for _, report in points]
     radii = [math.inf if r is None else r.spectral_radius for r in reports]
+    critical = [math.nan if r is None else r.critical_lr for r in reports]
+    checked = [step for step, _ in points]
+    unstable = [t for t in range(steps) if _passes(float(lrs[t]), t, checked, critical)]
     return RunStability(
         max_spectral_radius=max(radii),
         steps_checked=[step for step, _ in points],
@@ -219,4 +254,14 @@ def _summarise(points: list[tuple[int, StabilityReport | None]], run: UnrollResu
         diverged=reports[-1] is None,
         hvp_evals=sum(r.hvp_evals for r in reports if r is not None),
         run=run,
+        lrs=[math.nan if r is None else r.lr for r in reports],
+        momenta=[math.nan if r is None else r.momentum for r in reports],
+        critical_lrs=critical,
+        unstable_steps=unstable,
     )
+
+
+def _passes(lr: float, step: int, checked: list[int], critical: list[float]) -> bool:
+    """Whether η_t is at or past the critical lr of the last check at or before step t."""
+    last = max(i for i, t in enumerate(checked) if t <= step)
+    return math.isfinite(critical[last]) and lr >= critical[last]
