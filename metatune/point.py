@@ -224,7 +224,9 @@ class Point:
                     schedule: Schedule | None = None) -> Point:
         """Inverse of :meth:`to_params` for the point's ``groups`` and ``schedule``."""
         schedule = schedule or Schedule()
-        shape = Shape.warmup_cosine(values["warmup"], values["final"]) if schedule.shape == WARMUP_COSINE             else Shape.of_knots(schedule.knots)
+        shape = Shape.of_knots(schedule.knots)
+        if schedule.shape == WARMUP_COSINE:
+            shape = Shape.warmup_cosine(values["warmup"], values["final"])
         return cls(tuple(float(values[n]) for n in slot_names("lr", groups, shape.knots)),
                    tuple(float(values[n]) for n in slot_names("momentum", groups, shape.knots)), tuple(groups), shape)
 
