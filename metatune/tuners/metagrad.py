@@ -96,7 +96,7 @@ from metatune import checks
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
 from metatune.point import MetaGradient, Point
-from metatune.schedule import KNOTS, Shape, knot_levels
+from metatune.schedule import KNOTS, knot_levels
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
 from metatune.tuners.evaluation import Outcome, Proposal
@@ -181,7 +181,8 @@ class MetagradTuner(Tuner):
         self.guard = guard
         self.chains: MetagradChains | None = None
         self.screening: Proposal | None = None
-        self.levels = knot_levels(self.schedule.knots)
+        self.screened: dict[Point, Point] = {}  # a screened point as trained -> its first-level point
+        self.levels = space_levels(self.groups, self.schedule.knots)
         self.ladder: list[MetagradChains] = []  # the chains of each refinement level so far
         self.quota = 0  # meta-gradients the current level may take before the next refines it
         self.measured: dict[tuple[float, ...], tuple[float, MetaGradient, Point]] = {}
@@ -215,10 +216,10 @@ class MetagradTuner(Tuner):
     def make_chains(self, starts: list[Point], values: list[float] | None = None) -> MetagradChains:
         """Chains of the next refinement level from ``starts`` (refined to its knots), with the
         level's quota of meta-gradients set from what the budget still buys."""
-        knots = self.levels[len(self.ladder)]
-        starts = [p if p.knots == knots else p.refined(knots) for p in starts]
+        groups, knots = self.levels[len(self.ladder)]
+        starts = [p if (p.groups, p.knots) == (groups, knots) else p.refined(knots, groups) for p in starts]
         chains = MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
-                                max_amplification=self.max_amplification, groups=self.groups, values=values,
+                                max_amplification=self.max_amplification, groups=groups, values=values,
                                 level=len(self.ladder))
         self.ladder.append(chains)
         levels_left = len(self.levels) - len(self.ladder) + 1
@@ -226,14 +227,11 @@ class MetagradTuner(Tuner):
         self.chains = chains
         return chains
 
-    def level_shape(self, level: int | None = None) -> Shape:
-        """The knots of refinement ``level`` (default: the current one)."""
-        return Shape.of_knots(self.levels[len(self.ladder) - 1 if level is None else level])
-
     def evaluated(self, point: Point) -> Point:
-        """A chain's point as it is trained: refined to the schedule's K knots (the same path
-        where the levels nest, :func:`~metatune.schedule.knot_levels`)."""
-        return point if point.knots == self.schedule.knots else point.refined(self.schedule.knots)
+        """A chain's point as it is trained: one per group of the space and refined to its K
+        knots (the same path where the levels nest, :func:`~metatune.schedule.knot_levels`)."""
+        full = (self.groups, self.schedule.knots)
+        return point if (point.groups, point.knots) == full else point.refined(self.schedule.knots, self.groups)
 
     def refine(self) -> None:
         """Move to the next level: chains from the best accepted points so far, refined to its
@@ -244,7 +242,7 @@ class MetagradTuner(Tuner):
             return
         chains = self.make_chains([point for point, _ in best], [value for _, value in best])
         for start in (s for s in chains.starts):
-            point = Point.from_u(start.u, self.groups, chains.shape)
+            point = Point.from_u(start.u, chains.groups, chains.shape)
             known = self.measured.get(_key(self.evaluated(point)))
             if known is not None:
                 chains.remember(point, known[0], known[1].coarsened(known[2], point))
@@ -258,8 +256,8 @@ class MetagradTuner(Tuner):
         return taken >= self.quota or self.chains.stalled()
 
     def decode_point(self, u: np.ndarray) -> Point:
-        """The constant point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
-        return Point.from_u(u, self.groups)
+        """The point at u of the first (shared, constant) level (:meth:`~metatune.point.Point.from_u`)."""
+        return Point.from_u(u, self.levels[0][0])
 
     # -- ask / tell -----------------------------------------------------------------------------
 
@@ -268,7 +266,9 @@ class MetagradTuner(Tuner):
         cost = self.curvature().gradient_evals
         screen = self.default_screen(self.budget - cost) if self.screen is None else self.screen
         if screen:  # the theory point competes with the screened ones
-            self.screening = self.points([self.decode_point(self.theory_point()), *self.screen_points(screen)])
+            shared = [self.decode_point(self.theory_point()), *self.screen_points(screen)]
+            self.screened = {self.evaluated(p): p for p in shared}  # each trained in the job's whole space
+            self.screening = self.points(list(self.screened))
         else:
             self.chains = self.make_chains([self.decode_point(self.theory_point())])
         return cost
@@ -337,7 +337,7 @@ class MetagradTuner(Tuner):
         if proposal.step is None:  # the screening population
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)[:self.chain_count()]
-            self.chains = self.make_chains([o.point for o in best], [o.value for o in best]) \
+            self.chains = self.make_chains([self.screened.get(o.point, o.point) for o in best], [o.value for o in best]) \
                 if best else self.make_chains([self.decode_point(self.theory_point())])
             return None
         outcome, step = outcomes[0], proposal.step
@@ -371,7 +371,7 @@ class MetagradTuner(Tuner):
                 floor = max(floor, top / ASSUMED_CONDITION)
             low = min(max(known, floor), top)
             lr, momentum = optimal_hyperparameters(low, top)
-        every = max(len(self.groups), 1)  # every group starts at the same (η, β)
+        every = max(len(self.levels[0][0]), 1)  # the first level's (η, β)
         return self.project(np.array([math.log(lr)] * every + [math.log(1.0 - momentum)] * every))
 
     def screen_points(self, size: int) -> list[Point]:
@@ -380,15 +380,37 @@ class MetagradTuner(Tuner):
         point, so a learned schedule never starts worse than the constant tuner's screen."""
         from scipy.stats import qmc
 
-        every, space = max(len(self.groups), 1), self.space
+        groups = self.levels[0][0]
+        every, space = max(len(groups), 1), self.space
         unit = qmc.Sobol(d=2 * every, scramble=True, seed=self.seed).random(size)
         points = []
         for row in unit:
             momenta = space.momentum_low + row[every:] * (space.momentum_high - space.momentum_low)
             lrs = [math.exp(math.log(space.lr_low) + f * (math.log(max(self.lr_cap(m), space.lr_low))
                                                            - math.log(space.lr_low))) for f, m in zip(row[:every], momenta)]
-            points.append(Point(tuple(lrs), tuple(float(m) for m in momenta), self.groups))
+            points.append(Point(tuple(lrs), tuple(float(m) for m in momenta), groups))
         return points
+
+
+Level = tuple[tuple[str, ...], int]
+"""A refinement level: the parameter groups of its points (() for one η and one β) and their knots."""
+
+
+def space_levels(groups: tuple[str, ...], knots: int) -> list[Level]:
+    """The levels a space is searched through, coarse to fine: one (η, β) for every parameter,
+    then one per group, then the schedule's :func:`~metatune.schedule.knot_levels` per group.
+
+    Example:
+        >>> space_levels(("0", "2"), 8)
+        [((), 1), (('0', '2'), 1), (('0', '2'), 2), (('0', '2'), 8)]
+        >>> space_levels((), 1)
+        [((), 1)]
+    """
+    levels: list[Level] = [((), 1)]
+    if groups:
+        levels.append((tuple(groups), 1))
+    levels += [(tuple(groups), k) for k in knot_levels(knots)[1:]]
+    return levels
 
 
 def _key(point: Point) -> tuple[float, ...]:
