@@ -157,8 +157,8 @@ def refinement(coarse: int, fine: int) -> np.ndarray:
     """The fine × coarse matrix R that samples a ``coarse``-knot schedule at the knots of a
     ``fine``-knot one: fine knot k lies at x = k(coarse − 1)/(fine − 1) in coarse-knot units,
     and row k holds the hat weights 1 − a, a at ⌊x⌋, ⌊x⌋ + 1. So log η_fine = R log η_coarse
-    and β_fine = R β_coarse; where (fine − 1) is a multiple of (coarse − 1) the fine path is
-    the coarse one exactly (every coarse knot is a fine one).
+    and β_fine = R β_coarse (a constant, coarse = 1, repeats over the knots); where (fine − 1)
+    is a multiple of (coarse − 1) the fine path is the coarse one exactly.
 
     Example:
         >>> refinement(2, 3).tolist()
@@ -176,26 +176,6 @@ def refinement(coarse: int, fine: int) -> np.ndarray:
         out[k, i] += 1.0 - (x - i)
         out[k, i + 1] += x - i
     return out
-
-
-def knot_levels(knots: int) -> tuple[int, ...]:
-    """The knot counts a schedule is refined through, coarse to fine, ending at ``knots``: 1
-    (a constant), then K_l with (K_l − 1) dividing (K_{l+1} − 1), each at least about twice
-    the last in intervals, so every level's path is exactly one of the next level's.
-
-    Example:
-        >>> knot_levels(8), knot_levels(16), knot_levels(9), knot_levels(1)
-        ((1, 2, 8), (1, 2, 4, 16), (1, 2, 3, 5, 9), (1,))
-    """
-    checks.positive_int("knots", knots)
-    if knots == 1:
-        return (1,)
-    intervals = knots - 1
-    levels, current = [1, 2], 1
-    while current < intervals:
-        current = next(d for d in range(2 * current, intervals + 1) if intervals % d == 0 and d % current == 0)
-        levels.append(current + 1)
-    return tuple(levels)
 
 
 @dataclass(frozen=True)
@@ -328,5 +308,5 @@ class Schedule:
 ScheduleArg = Union[int, Schedule, Mapping[str, Any], None]
 
 __all__ = ["FINAL_RANGE", "KNOTS", "SHAPES", "WARMUP_COSINE", "WARMUP_RANGE", "Knots", "Schedule", "ScheduleArg",
-           "Shape", "interpolate", "knot_levels", "knot_positions", "knot_weights", "refinement",
+           "Shape", "interpolate", "knot_positions", "knot_weights", "refinement",
            "warmup_cosine_factors"]

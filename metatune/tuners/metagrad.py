@@ -50,16 +50,20 @@ meta-gradients the rest of the budget buys): the theory point competes instead o
 assumed good. Where θ₀ has negative curvature the model behind the theory point is only a
 guess, so small budgets screen too, with 4, 2 or 1 points, the most that leave two
 meta-gradients; where θ₀ is convex they do not, and the budget goes to meta-gradients
-from the theory point. In a per-group space every group starts at the same theory point
-and the screening points differ per group.
+from the theory point.
 
-Schedules. Over a schedule of K knots (``schedule=K``) u holds (log η, log(1 − β)) per group
-and knot, 2·K·G coordinates, each knot's η capped at its β. The screen stays constant (a
-vmapped population) and each chain starts at the constant schedule of a screened point:
-today's best constant point, so the learned schedule starts no worse than the constant
-tuner. Its meta-gradient per knot costs what a constant one costs in reverse mode (one
-backward pass for any number of hyperparameters), which ``mode="auto"`` picks wherever it
-fits in memory; forward mode would carry 2·K·G tangents.
+Schedules and groups. Over a schedule of K knots (``schedule=K``) u holds (log η, log(1 − β))
+per group and knot, 2·K·G coordinates, each knot's η capped at its β. The screen and the
+theory point stay one shared constant (η, β) (a vmapped population), each trained in the
+job's whole space, and the chains start at the constant schedule of the best: a learned
+schedule starts no worse than the constant tuner. Over parameter groups the chains first
+descend the shared (η, β) and then, from its best points, the whole per-group space
+(:func:`space_levels`; a level moves on after its share of the meta-gradients or once its
+chains stall). Every meta-gradient is taken at the point in the whole space and summed back
+to a coarser level's values by the chain rule (:meth:`~metatune.point.MetaGradient.coarsened`).
+A meta-gradient per knot costs what a constant one costs in reverse mode (one backward pass
+for any number of hyperparameters), which ``mode="auto"`` picks wherever it fits in memory;
+forward mode would carry 2·K·G tangents.
 
 Outer steps (:mod:`metatune.tuners.chains`, shared with the Ray Tune searcher). Each
 meta-gradient costs 2–4 training runs, so few are taken and each must count.
@@ -96,7 +100,7 @@ from metatune import checks
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
 from metatune.point import MetaGradient, Point
-from metatune.schedule import KNOTS, knot_levels
+from metatune.schedule import KNOTS
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
 from metatune.tuners.evaluation import Outcome, Proposal
@@ -185,6 +189,7 @@ class MetagradTuner(Tuner):
         self.levels = space_levels(self.groups, self.schedule.knots)
         self.ladder: list[MetagradChains] = []  # the chains of each refinement level so far
         self.quota = 0  # meta-gradients the current level may take before the next refines it
+        self.taken = 0  # meta-gradients the current level has asked for
         self.measured: dict[tuple[float, ...], tuple[float, MetaGradient, Point]] = {}
 
     # -- coordinates and guard ----------------------------------------------------------------
@@ -224,12 +229,12 @@ class MetagradTuner(Tuner):
         self.ladder.append(chains)
         levels_left = len(self.levels) - len(self.ladder) + 1
         self.quota = max(LEVEL_QUOTA, int(self.remaining() // self.hypergrad_cost()) // levels_left)
+        self.taken = 0
         self.chains = chains
         return chains
 
     def evaluated(self, point: Point) -> Point:
-        """A chain's point as it is trained: one per group of the space and refined to its K
-        knots (the same path where the levels nest, :func:`~metatune.schedule.knot_levels`)."""
+        """A chain's point as it is trained: one per group of the space, over its K knots."""
         full = (self.groups, self.schedule.knots)
         return point if (point.groups, point.knots) == full else point.refined(self.schedule.knots, self.groups)
 
@@ -252,8 +257,7 @@ class MetagradTuner(Tuner):
         finer level left."""
         if self.chains is None or len(self.ladder) >= len(self.levels):
             return False
-        taken = sum(s.iterations + s.rejections for s in self.chains.starts)
-        return taken >= self.quota or self.chains.stalled()
+        return self.taken >= self.quota or self.chains.stalled()
 
     def decode_point(self, u: np.ndarray) -> Point:
         """The point at u of the first (shared, constant) level (:meth:`~metatune.point.Point.from_u`)."""
@@ -316,6 +320,7 @@ class MetagradTuner(Tuner):
             step = self.chains.ask()
         if step is None:
             return None
+        self.taken += 1
         return Proposal((self.evaluated(step.point),), self.hypergrad_cost(), self.mode, step.start, step,
                         self.plan.checkpoint)
 
@@ -397,20 +402,23 @@ Level = tuple[tuple[str, ...], int]
 
 
 def space_levels(groups: tuple[str, ...], knots: int) -> list[Level]:
-    """The levels a space is searched through, coarse to fine: one (η, β) for every parameter,
-    then one per group, then the schedule's :func:`~metatune.schedule.knot_levels` per group.
+    """The levels a space's chains search, coarse to fine: over parameter groups, one shared
+    (η, β) first, then the whole space (one per group, over the K knots); without groups, the
+    whole space at once, its chains starting at the constant schedule of the screen's best.
+    (The screen and the theory point are always one shared constant (η, β).)
+
+    Measured on 8 seeds of mlp-digits at K = 8 against TPE's best constant (BENCHMARKS.md):
+    K knots at once 0.943× (median), through 1 → 2 → 8 knots 0.969×, 1 → 8 0.977×; over
+    per-layer groups of mlp-regression a shared level first gains (1.155× against 1.266×
+    the best black-box method, 3 seeds).
 
     Example:
-        >>> space_levels(("0", "2"), 8)
-        [((), 1), (('0', '2'), 1), (('0', '2'), 2), (('0', '2'), 8)]
-        >>> space_levels((), 1)
-        [((), 1)]
+        >>> space_levels(("0", "2"), 8), space_levels((), 8), space_levels((), 1)
+        ([((), 1), (('0', '2'), 8)], [((), 8)], [((), 1)])
     """
-    levels: list[Level] = [((), 1)]
     if groups:
-        levels.append((tuple(groups), 1))
-    levels += [(tuple(groups), k) for k in knot_levels(knots)[1:]]
-    return levels
+        return [((), 1), (tuple(groups), knots)]
+    return [((), knots)]
 
 
 def _key(point: Point) -> tuple[float, ...]:
