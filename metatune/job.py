@@ -108,7 +108,7 @@ class TuningJob:
         checks.positive_int("steps", self.steps, optional=True, note="the inner horizon T")
         checks.instance("space", self.space, SearchSpace, "a SearchSpace", optional=True)
         object.__setattr__(self, "groups", _groups(self.groups))
-        object.__setattr__(self, "schedule", Schedule.parse(self.schedule))  # type: ignore[arg-type]
+        object.__setattr__(self, "schedule", Schedule.parse(self.schedule))
         if self.steps is not None:
             self.schedule.check_steps(self.steps)
         checks.integer("seed", self.seed, low=0)
