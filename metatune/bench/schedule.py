@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,6 +32,7 @@ import torch
 import metatune as mt
 from metatune.bench.common import PeakSampler, machine, measure_in_child
 from metatune.hypergrad import resolve
+from metatune.plots import save, schedule_figure
 from metatune.schedule import Knots
 from metatune.bench.tuning import _names, _run, columns, summary, table
 
@@ -42,16 +44,22 @@ UNSEEN = ("mlp-cancer",)
 COSINE = {"shape": "warmup-cosine"}
 
 
-def schedule_rows(name: str, seeds: list[int], knots: int, fraction: float) -> list[dict]:
+def schedule_rows(name: str, seeds: list[int], knots: int, fraction: float, plots: str | None = None) -> list[dict]:
+    """The four runs per seed; with ``plots``, the first seed's best schedules drawn to
+    ``<plots>/<name>-schedules.png``."""
     objective = mt.objectives.get(name)
     budget = 100 * (objective.steps + 1)
     rows = []
     for seed in seeds:
-        rows.append(_run(objective, name, "tpe", budget, seed, "tpe constant"))
-        rows.append(_run(objective, name, "tpe", budget, seed, "tpe warm-up + cosine", schedule=COSINE))
-        rows.append(_run(objective, name, "tpe", budget, seed, f"tpe {knots} knots", schedule=knots))
+        best: dict = {}
+        rows.append(_run(objective, name, "tpe", budget, seed, "tpe constant", best))
+        rows.append(_run(objective, name, "tpe", budget, seed, "tpe warm-up + cosine", best, schedule=COSINE))
+        rows.append(_run(objective, name, "tpe", budget, seed, f"tpe {knots} knots", best, schedule=knots))
         rows.append(_run(objective, name, "metagrad", fraction * budget, seed,
-                         f"metagrad {knots} knots ({fraction:.0%})", schedule=knots))
+                         f"metagrad {knots} knots ({fraction:.0%})", best, schedule=knots))
+        if plots and seed == seeds[0]:
+            figure = schedule_figure(best, objective.steps, title=f"{name}, seed {seed}: best schedules")
+            print(f"wrote {save(figure, os.path.join(plots, f'{name}-schedules.png'))}", flush=True)
     return rows
 
 
@@ -104,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knots", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.3, help="metagrad's budget as a fraction of TPE's")
+    parser.add_argument("--plots", default=None, help="draw each objective's best schedules (first seed) here")
     parser.add_argument("--memory", action="store_true", help="also time one meta-gradient's memory (module doc)")
     parser.add_argument("--memory-knots", type=int, default=16)
     parser.add_argument("--memory-steps", type=int, default=1000)
@@ -119,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     ours = f"metagrad {knots} knots ({fraction:.0%})"
     targets, shown = [], None
     for name in _names(args.objectives):
-        rows = schedule_rows(name, seeds, knots, fraction)
+        rows = schedule_rows(name, seeds, knots, fraction, args.plots)
         print(table(rows, header=columns(rows) != shown), flush=True)
         shown = columns(rows)
         for reference, target in (("tpe constant", 0.97), ("tpe warm-up + cosine", 1.0), (f"tpe {knots} knots", 1.0)):

@@ -98,10 +98,13 @@ def sgd_value(objective: mt.objectives.Objective, seed: int, point: mt.Point | N
 
 
 def _run(objective: mt.objectives.Objective, name: str, method: str, budget: float, seed: int, label: str,
-         **options: object) -> dict:
+         best: dict | None = None, **options: object) -> dict:
+    """One tuning run's row; its best point also kept in ``best[label]`` where given."""
     started = time.perf_counter()
     result = mt.tune(objective, method, budget=budget, seed=seed, **options)
     seconds = time.perf_counter() - started
+    if best is not None and result.best is not None:
+        best[label] = result.best.point
     return {"objective": name, "seed": seed, "method": label, "evals": result.gradient_evals,
             "trials": len(result.trials), "tuner's best": result.best_value,
             "sgd value": sgd_value(objective, seed, result.best.point if result.best else None), "seconds": seconds}
