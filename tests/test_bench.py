@@ -134,3 +134,22 @@ def test_tuning_summary_is_the_median_ratio_to_the_best_reference_per_seed():
     assert row["met"] is False and row["unseen"] is True and row["seconds (median)"] == 1.5
     seen = summary([{**r, "objective": "mlp-digits"} for r in rows], "tpe (100 trials)", "metagrad (30%)", 1.0)
     assert seen["unseen"] is False and seen["median"] == pytest.approx(1.0, rel=1e-12)  # 1.0, 3.0, 0.8
+
+
+def test_the_sgd_judge_applies_a_points_schedule_per_step():
+    """metatune bench's judge (torch.optim.SGD with each group's lr and momentum set before
+    every step) gives the engine's value for a knot schedule and a warm-up + cosine one, and
+    not the value of the schedule's first knot held constant."""
+    import metatune as mt
+    from metatune.bench.tuning import sgd_value
+    from metatune.schedule import Shape
+    from metatune.tuners.evaluation import Context, evaluate_point
+
+    objective = mt.objectives.get("quadratic", dim=20, kappa=100.0, steps=60)
+    context = Context.build(objective, 0, objective.steps)
+    knots = mt.Point.of([0.002, 0.02, 0.005], [0.9, 0.3, 0.6])
+    cosine = mt.Point((0.02,), (0.8,), shape=Shape.warmup_cosine(0.2, 0.05))
+    for point in (knots, cosine):
+        assert sgd_value(objective, 0, point) == pytest.approx(evaluate_point(context, point).value, rel=1e-9)
+    first = sgd_value(objective, 0, mt.Point.scalar(0.002, 0.9))
+    assert abs(first - sgd_value(objective, 0, knots)) > 1e-3 * first
