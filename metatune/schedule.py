@@ -30,6 +30,7 @@ the shape a tuner searches over.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def knot_positions(knots: int, steps: int) -> list[tuple[int, float]]:
     return out
 
 
+@functools.lru_cache(maxsize=32)
 def knot_weights(knots: int, steps: int) -> Tensor:
     """The T × K interpolation matrix W (float64): row t holds 1 − a at knot i and a at i + 1,
     so β_path = W β_knots and log η_path = W log η_knots.
@@ -115,19 +117,21 @@ def knot_weights(knots: int, steps: int) -> Tensor:
     Example:
         >>> knot_weights(2, 3).tolist()
         [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+
+    Cached per (K, T): callers must not write into it.
     """
-    weights = torch.zeros(steps, knots, dtype=torch.float64)
+    weights = np.zeros((steps, knots))
     for t, (i, a) in enumerate(knot_positions(knots, steps)):
         weights[t, i] += 1.0 - a
         if knots > 1:
             weights[t, i + 1] += a
-    return weights
+    return torch.from_numpy(weights)
 
 
-def interpolate(values: Tensor, steps: int, *, log: bool) -> Tensor:
-    """The per-step path of K knot values (differentiable in ``values``): log-linear when
-    ``log`` (learning rates), linear otherwise (momenta)."""
-    weights = knot_weights(len(values), steps).to(dtype=values.dtype, device=values.device)
+def interpolate(values: Tensor, steps: int, *, log: bool, start: int = 0, stop: int | None = None) -> Tensor:
+    """The per-step path of K knot values (differentiable in ``values``) over steps
+    ``start … stop − 1`` of T: log-linear when ``log`` (learning rates), linear otherwise (momenta)."""
+    weights = knot_weights(len(values), steps)[start:stop].to(dtype=values.dtype, device=values.device)
     return torch.exp(weights @ torch.log(values)) if log else weights @ values
 
 

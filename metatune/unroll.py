@@ -56,14 +56,17 @@ class InnerProblem:
     def rule(self) -> dynamics.UpdateRule:
         return dynamics.update_rule(self.nesterov)
 
-    def hyperparameters(self, lr: Mapping[str, Tensor] | None = None,
-                        momentum: Mapping[str, Tensor] | None = None) -> HyperAt:
-        """Per-parameter (η, β) at each step, optionally from replacement group tensors (the
-        same object at every step when both are constant)."""
+    def hyperparameters(self, lr: Mapping[str, Tensor] | None = None, momentum: Mapping[str, Tensor] | None = None,
+                        start: int = 0, stop: int | None = None) -> HyperAt:
+        """Per-parameter (η, β) at each step t in ``start … stop − 1``, optionally from
+        replacement group tensors (the same object at every step when both are constant)."""
         if self.lr.constant and self.momentum.constant:
             fixed = dynamics.Hyperparameters(self.lr.per_param(0, lr), self.momentum.per_param(0, momentum))
             return lambda t: fixed
-        return lambda t: dynamics.Hyperparameters(self.lr.per_param(t, lr), self.momentum.per_param(t, momentum))
+        lrs, momenta = self.lr.every_step(lr, start, stop), self.momentum.every_step(momentum, start, stop)
+        lr_of, momentum_of = self.lr.groups, self.momentum.groups
+        return lambda t: dynamics.Hyperparameters({n: lrs[t - start][g] for n, g in lr_of.items()},
+                                                  {n: momenta[t - start][g] for n, g in momentum_of.items()})
 
 
 def prepare(

@@ -84,7 +84,7 @@ def reverse(
         probed: dict[int, Params] = {}
         end_params, end_state, segment_losses = run_steps(
             step, start_params, dynamics.MomentumState(start_velocity),
-            problem.hyperparameters(*split(problem, slices, hyper)), problem.batches[a:b],
+            problem.hyperparameters(*split(problem, slices, hyper), start=a, stop=b), problem.batches[a:b],
             _keep_params_at(a, probes, probed), start=a,
         )
         if adjoint is None:  # the last segment ends in the validation loss
@@ -131,7 +131,7 @@ def _store_segment_starts(problem: InnerProblem, starts: list[int]) -> tuple[dic
     losses = []
     for a, b in zip([0, *starts], starts):
         with torch.no_grad():
-            params, state, segment_losses = run_steps(plain, params, state, problem.hyperparameters(),
+            params, state, segment_losses = run_steps(plain, params, state, problem.hyperparameters(start=a, stop=b),
                                                       problem.batches[a:b], start=a)
         stored[b] = (params, state.velocity)
         losses.append(segment_losses)
