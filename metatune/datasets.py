@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,6 +17,20 @@ class Split(NamedTuple):
     y_val: Tensor
 
 
+def _shuffled_split(data: Any, seed: int, val_fraction: float, dtype: torch.dtype, device: str | torch.device,
+                    standardise: Callable[[Tensor, Tensor], Tensor]) -> Split:
+    """A scikit-learn data set's rows shuffled by ``seed``, ``val_fraction`` held out, and the
+    features passed through ``standardise(x, train_rows)`` (statistics from the training rows)."""
+    x = torch.as_tensor(data.data, dtype=torch.float64)
+    y = torch.as_tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(val_fraction * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    x = standardise(x, train)
+    to = dict(device=device)
+    return Split(x[train].to(dtype=dtype, **to), y[train].to(**to), x[val].to(dtype=dtype, **to), y[val].to(**to))
+
+
 def digits(
     *, seed: int = 0, val_fraction: float = 0.25, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> Split:
@@ -28,16 +42,11 @@ def digits(
     """
     from sklearn.datasets import load_digits
 
-    data = load_digits()
-    x = torch.as_tensor(data.data, dtype=torch.float64)
-    y = torch.as_tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(val_fraction * len(x)))
-    val, train = order[:n_val], order[n_val:]
-    centred = x - x[train].mean(0)
-    x = centred / centred[train].std()
-    to = dict(device=device)
-    return Split(x[train].to(dtype=dtype, **to), y[train].to(**to), x[val].to(dtype=dtype, **to), y[val].to(**to))
+    def standardise(x: Tensor, train: Tensor) -> Tensor:
+        centred = x - x[train].mean(0)
+        return centred / centred[train].std()
+
+    return _shuffled_split(load_digits(), seed, val_fraction, dtype, device, standardise)
 
 
 def breast_cancer(
@@ -48,15 +57,8 @@ def breast_cancer(
     dense, unlike the digits' border pixels)."""
     from sklearn.datasets import load_breast_cancer
 
-    data = load_breast_cancer()
-    x = torch.as_tensor(data.data, dtype=torch.float64)
-    y = torch.as_tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(val_fraction * len(x)))
-    val, train = order[:n_val], order[n_val:]
-    x = (x - x[train].mean(0)) / x[train].std(0)
-    to = dict(device=device)
-    return Split(x[train].to(dtype=dtype, **to), y[train].to(**to), x[val].to(dtype=dtype, **to), y[val].to(**to))
+    return _shuffled_split(load_breast_cancer(), seed, val_fraction, dtype, device,
+                           lambda x, train: (x - x[train].mean(0)) / x[train].std(0))
 
 
 def minibatch_indices(n: int, batch_size: int, steps: int, *, seed: int = 0) -> list[Tensor]:
