@@ -32,7 +32,7 @@ from typing import Any, Union
 import numpy as np
 
 from metatune.errors import invalid
-from metatune.schedule import KNOTS, WARMUP_COSINE, Schedule, Shape, refinement
+from metatune.schedule import KNOTS, WARMUP_COSINE, Schedule, Shape
 
 Hyper = Union[float, list[float], dict[str, float], dict[str, list[float]]]
 """η or β in JSON form: one float, one list of K knot values, or either per group by prefix."""
@@ -93,6 +93,13 @@ class Point:
         """True for one (η, β) per group held over the run."""
         return self.shape.constant
 
+    @property
+    def uniform(self) -> bool:
+        """True for one (η, β) for every parameter at every step: no groups, and a knot
+        schedule whose knots are all equal (a constant schedule over K knots)."""
+        return (not self.groups and self.shape.kind == KNOTS and len(set(self.lrs)) == 1
+                and len(set(self.momenta)) == 1)
+
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
@@ -141,25 +148,6 @@ class Point:
         knots = shape.knots
         return Point(tuple(x for x in self.lrs for _ in range(knots)),
                      tuple(x for x in self.momenta for _ in range(knots)), self.groups, shape)
-
-    def refined(self, knots: int, groups: Sequence[str] | None = None) -> Point:
-        """This knot schedule sampled at ``knots`` knots (:func:`~metatune.schedule.refinement`:
-        log η and β interpolated at the new knots' positions), per group; with ``groups``, a
-        point shared by every parameter becomes one per group (each group's the same)."""
-        if self.shape.kind != KNOTS:
-            raise invalid("point", self.to_json(), "a knot schedule (or a constant) to refine")
-        groups = self.groups if groups is None else tuple(groups)
-        if self.groups and groups != self.groups:
-            raise invalid("groups", groups, f"the point's own groups {self.groups} (or a shared point)")
-        matrix, source = refinement(self.knots, knots), [self._source_row(g, groups) for g in groups or ("",)]
-        lrs = [np.exp(matrix @ np.log(np.array(self._rows(self.lrs)[i]))) for i in source]
-        momenta = [matrix @ np.array(self._rows(self.momenta)[i]) for i in source]
-        return Point(tuple(float(x) for row in lrs for x in row), tuple(float(x) for row in momenta for x in row),
-                     groups, Shape.of_knots(knots))
-
-    def _source_row(self, group: str, groups: tuple[str, ...]) -> int:
-        """The row of this point that ``group`` of ``groups`` takes its values from."""
-        return self.groups.index(group) if self.groups else 0
 
     # -- the engine's form ----------------------------------------------------------------------
 
@@ -299,23 +287,6 @@ class MetaGradient:
 
         return cls(values("dvalue_dlr"), values("dvalue_dmomentum"), float(metrics["growth_rate"]),
                    float(metrics.get("amplification", math.nan)))
-
-    def coarsened(self, fine: Point, coarse: Point) -> MetaGradient:
-        """This meta-gradient, taken at ``fine`` = ``coarse.refined(fine.knots, fine.groups)``,
-        with respect to ``coarse``'s values instead (chain rule through :meth:`Point.refined`):
-        with log η_fine,g = R log η_coarse and β_fine,g = R β_coarse for each fine group g
-        (the coarse row it came from), ∂ℓ/∂η_coarse,j = Σ_g Σ_k R_kj (η_fine,g,k/η_coarse,j)
-        ∂ℓ/∂η_fine,g,k and ∂ℓ/∂β_coarse = Σ_g Rᵀ ∂ℓ/∂β_fine,g."""
-        matrix = refinement(coarse.knots, fine.knots)
-        rows = max(len(coarse.groups), 1)
-        dlr, dmomentum = np.zeros((rows, coarse.knots)), np.zeros((rows, coarse.knots))
-        for g, (lr_f, dlr_f, dm_f) in enumerate(zip(fine._rows(fine.lrs), fine._rows(self.dlr),
-                                                    fine._rows(self.dmomentum))):
-            i = coarse._source_row(fine.groups[g], fine.groups) if fine.groups else 0
-            dlr[i] += matrix.T @ (np.array(lr_f) * np.array(dlr_f)) / np.array(coarse._rows(coarse.lrs)[i])
-            dmomentum[i] += matrix.T @ np.array(dm_f)
-        return MetaGradient(tuple(float(x) for x in dlr.ravel()), tuple(float(x) for x in dmomentum.ravel()),
-                            self.growth_rate, self.amplification)
 
     def as_point_values(self, groups: Sequence[str] = (), knots: int = 1) -> tuple[Hyper, Hyper]:
         """∂ℓ/∂η and ∂ℓ/∂β in the JSON form of a point (floats or lists, or dicts by prefix)."""

@@ -157,31 +157,6 @@ def warmup_cosine_factors(steps: int, warmup: float, final: float) -> Tensor:
     return factors
 
 
-def refinement(coarse: int, fine: int) -> np.ndarray:
-    """The fine × coarse matrix R that samples a ``coarse``-knot schedule at the knots of a
-    ``fine``-knot one: fine knot k lies at x = k(coarse − 1)/(fine − 1) in coarse-knot units,
-    and row k holds the hat weights 1 − a, a at ⌊x⌋, ⌊x⌋ + 1. So log η_fine = R log η_coarse
-    and β_fine = R β_coarse (a constant, coarse = 1, repeats over the knots); where (fine − 1)
-    is a multiple of (coarse − 1) the fine path is the coarse one exactly.
-
-    Example:
-        >>> refinement(2, 3).tolist()
-        [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
-    """
-    checks.positive_int("coarse", coarse)
-    checks.positive_int("fine", fine)
-    out = np.zeros((fine, coarse))
-    if coarse == 1 or fine == 1:
-        out[:, 0] = 1.0
-        return out
-    for k in range(fine):
-        x = k * (coarse - 1) / (fine - 1)
-        i = min(int(math.floor(x)), coarse - 2)
-        out[k, i] += 1.0 - (x - i)
-        out[k, i + 1] += x - i
-    return out
-
-
 @dataclass(frozen=True)
 class Shape:
     """How a point's values per group become η_t and β_t (module docstring): ``kind`` "knots"
@@ -312,5 +287,5 @@ class Schedule:
 ScheduleArg = Union[int, Schedule, Mapping[str, Any], None]
 
 __all__ = ["FINAL_RANGE", "KNOTS", "SHAPES", "WARMUP_COSINE", "WARMUP_RANGE", "Knots", "Schedule", "ScheduleArg",
-           "Shape", "interpolate", "knot_positions", "knot_weights", "refinement",
+           "Shape", "interpolate", "knot_positions", "knot_weights",
            "warmup_cosine_factors"]

@@ -170,13 +170,12 @@ def bfgs_update(inverse_hessian: np.ndarray, s: np.ndarray, y: np.ndarray, first
 @dataclass(frozen=True)
 class Step:
     """A chain's proposal: evaluate the meta-gradient of start ``start`` at (lr, momentum), or
-    (``line`` = t) only the validation loss there, u = u_chain + t · direction (a line-search point). ``level``: the chains' own tag (the tuner's refinement level that made them)."""
+    (``line`` = t) only the validation loss there, u = u_chain + t · direction (a line-search point)."""
 
     start: int
     point: Point
     u: tuple[float, ...]
     line: float | None = None
-    level: int = 0
 
 
 class MetagradChains:
@@ -205,7 +204,7 @@ class MetagradChains:
     def __init__(self, space: SearchSpace, starts: list[Point], *, outer: str = "bfgs",
                  meta_lr: float = 0.03, lr_cap: Callable[[float], float] | None = None,
                  max_amplification: float = 1e8, groups: tuple[str, ...] = (),
-                 values: list[float] | None = None, level: int = 0) -> None:
+                 values: list[float] | None = None) -> None:
         checks.instance("space", space, SearchSpace, "a metatune.objectives.SearchSpace")
         checks.function("lr_cap", lr_cap, "a function momentum -> the largest lr allowed", optional=True)
         outer, meta_lr, max_amplification = check_options(outer, meta_lr, max_amplification)
@@ -213,7 +212,6 @@ class MetagradChains:
         self.space, self.outer, self.meta_lr = space, outer, meta_lr
         self.max_amplification, self._lr_cap, self.groups = max_amplification, lr_cap, tuple(groups)
         self.shape = starts[0].shape  # K knots per group: u holds 2·K·G coordinates
-        self.level = level
         if values is not None and len(values) != len(starts):
             raise invalid("values", values, f"one validation loss per start ({len(starts)})")
         self.starts = [Start(self.project(point.to_u()), index=i) for i, point in enumerate(starts)]
@@ -252,8 +250,7 @@ class MetagradChains:
                 start.done = True
                 continue
             start.busy, start.attempts = True, start.attempts + 1
-            step = Step(start.index, Point.from_u(u, self.groups, self.shape), tuple(float(x) for x in u), fraction,
-                        self.level)
+            step = Step(start.index, Point.from_u(u, self.groups, self.shape), tuple(float(x) for x in u), fraction)
             memory = self.known.get(step.u) or (self.values.get(step.u) if step.line is not None else None)
             if memory is None:
                 return step
@@ -263,21 +260,6 @@ class MetagradChains:
     def finished(self) -> bool:
         """Whether every chain is done (no step from its point stays in the space)."""
         return all(s.done for s in self.starts)
-
-    def stalled(self) -> bool:
-        """Whether every chain is done or has had :data:`STALL` proposals in a row rejected."""
-        return all(s.done or s.rejections >= STALL for s in self.starts)
-
-    def best(self) -> list[tuple[Point, float]]:
-        """The chains' accepted points with their ℓ_val, lowest first (chains not yet measured left out)."""
-        measured = [s for s in self.starts if s.grad is not None and math.isfinite(s.value)]
-        return [(Point.from_u(s.u, self.groups, self.shape), math.exp(s.value))
-                for s in sorted(measured, key=lambda s: s.value)]
-
-    def remember(self, point: Point, value: float, gradient: MetaGradient) -> None:
-        """Take ℓ_val and the meta-gradient at ``point`` as known: a chain that proposes it is
-        told them at no cost."""
-        self.known[tuple(float(x) for x in self.project(point.to_u()))] = (value, gradient, False)
 
     def tell(self, step: Step, value: float, gradient: MetaGradient | None = None, diverged: bool = False) -> bool:
         """Accept ``step`` or back off, given ℓ_val and the meta-gradient at it (value inf or

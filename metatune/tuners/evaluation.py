@@ -109,10 +109,9 @@ def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:
     """Train (or differentiate) every point of ``proposal``; one :class:`Outcome` per point."""
     if proposal.hypergrad is not None:
         return [evaluate_hypergrad(context, proposal.points[0], proposal.hypergrad, proposal.checkpoint)]
-    first = proposal.points[0]
-    if len(proposal.points) == 1 or first.groups or not first.constant:  # populations of scalar points only
-        return [evaluate_point(context, point) for point in proposal.points]
-    return evaluate_population(context, list(proposal.points))
+    if len(proposal.points) > 1 and all(p.uniform for p in proposal.points):
+        return evaluate_population(context, list(proposal.points))
+    return [evaluate_point(context, point) for point in proposal.points]  # populations of uniform points only
 
 
 def evaluate_point(context: Context, point: Point) -> Outcome:
@@ -125,7 +124,8 @@ def evaluate_point(context: Context, point: Point) -> Outcome:
 
 
 def evaluate_population(context: Context, points: list[Point]) -> list[Outcome]:
-    """Every (scalar) point trained at once by :func:`metatune.population.train_population`."""
+    """Every point, each one (η, β) for every parameter and step (:attr:`~metatune.point.Point.uniform`),
+    trained at once by :func:`metatune.population.train_population`."""
     objective, began = context.objective, time.perf_counter()
     result = train_population(objective.train_loss, objective.val_loss, context.params,
                               [p.lrs[0] for p in points], [p.momenta[0] for p in points], context.steps,

@@ -50,20 +50,18 @@ meta-gradients the rest of the budget buys): the theory point competes instead o
 assumed good. Where θ₀ has negative curvature the model behind the theory point is only a
 guess, so small budgets screen too, with 4, 2 or 1 points, the most that leave two
 meta-gradients; where θ₀ is convex they do not, and the budget goes to meta-gradients
-from the theory point.
+from the theory point. In a per-group space every group starts at the same theory point
+and the screening points differ per group.
 
-Schedules and groups. Over a schedule of K knots (``schedule=K``) u holds (log η, log(1 − β))
-per group and knot, 2·K·G coordinates, each knot's η capped at its β. The screen and the
-theory point stay one shared constant (η, β) (a vmapped population), each trained in the
-job's whole space, and the chains start at the constant schedule of the best: a learned
-schedule starts no worse than the constant tuner. Over parameter groups the chains first
-descend the shared (η, β) and then, from its best points, the whole per-group space
-(:func:`space_levels`; a level moves on after its share of the meta-gradients or once its
-chains stall). Every meta-gradient is taken at the point in the whole space and summed back
-to a coarser level's values by the chain rule (:meth:`~metatune.point.MetaGradient.coarsened`).
-A meta-gradient per knot costs what a constant one costs in reverse mode (one backward pass
-for any number of hyperparameters), which ``mode="auto"`` picks wherever it fits in memory;
-forward mode would carry 2·K·G tangents.
+Schedules. Over a schedule of K knots (``schedule=K``) u holds (log η, log(1 − β)) per group
+and knot, 2·K·G coordinates, each knot's η capped at its β. The screen and the theory point
+are constant schedules (one vmapped population where the space has no groups) and each chain
+starts at the best: today's best constant point, so the learned schedule starts no worse
+than the constant tuner, and the chains then move all 2·K·G values at once. (Searching
+coarse to fine instead — 1, then 2, then 8 knots, each level from the last one's best —
+did worse on mlp-digits, BENCHMARKS.md.) A meta-gradient per knot costs what a constant one
+costs in reverse mode (one backward pass for any number of hyperparameters), which
+``mode="auto"`` picks wherever it fits in memory; forward mode would carry 2·K·G tangents.
 
 Outer steps (:mod:`metatune.tuners.chains`, shared with the Ray Tune searcher). Each
 meta-gradient costs 2–4 training runs, so few are taken and each must count.
@@ -99,7 +97,7 @@ import numpy as np
 from metatune import checks
 from metatune.objectives import Objective, SearchSpace
 from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameters
-from metatune.point import MetaGradient, Point
+from metatune.point import Point
 from metatune.schedule import KNOTS
 from metatune.tuners.base import Tuner, is_diverged
 from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
@@ -131,10 +129,6 @@ everywhere, and there chains past the critical lr only diverge (6 of 20 steps on
 SCREEN = 8
 """Screening points besides the theory point where the budget affords them twice over: with
 the theory point a population of 9, one vmapped run."""
-LEVEL_QUOTA = 2
-"""The fewest meta-gradients a refinement level takes before the next (its first measures
-where the level starts; its second is the level's first step)."""
-
 SMALL_SCREENS = (4, 2, 1)
 """Smaller screens tried, largest first, where θ₀ is not convex and SCREEN does not fit."""
 
@@ -185,12 +179,6 @@ class MetagradTuner(Tuner):
         self.guard = guard
         self.chains: MetagradChains | None = None
         self.screening: Proposal | None = None
-        self.screened: dict[Point, Point] = {}  # a screened point as trained -> its first-level point
-        self.levels = space_levels(self.groups, self.schedule.knots)
-        self.ladder: list[MetagradChains] = []  # the chains of each refinement level so far
-        self.quota = 0  # meta-gradients the current level may take before the next refines it
-        self.taken = 0  # meta-gradients the current level has asked for
-        self.measured: dict[tuple[float, ...], tuple[float, MetaGradient, Point]] = {}
 
     # -- coordinates and guard ----------------------------------------------------------------
 
@@ -219,49 +207,17 @@ class MetagradTuner(Tuner):
         return project(u, self.space, self.lr_cap)
 
     def make_chains(self, starts: list[Point], values: list[float] | None = None) -> MetagradChains:
-        """Chains of the next refinement level from ``starts`` (refined to its knots), with the
-        level's quota of meta-gradients set from what the budget still buys."""
-        groups, knots = self.levels[len(self.ladder)]
-        starts = [p if (p.groups, p.knots) == (groups, knots) else p.refined(knots, groups) for p in starts]
-        chains = MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
-                                max_amplification=self.max_amplification, groups=groups, values=values,
-                                level=len(self.ladder))
-        self.ladder.append(chains)
-        levels_left = len(self.levels) - len(self.ladder) + 1
-        self.quota = max(LEVEL_QUOTA, int(self.remaining() // self.hypergrad_cost()) // levels_left)
-        self.taken = 0
-        self.chains = chains
-        return chains
-
-    def evaluated(self, point: Point) -> Point:
-        """A chain's point as it is trained: one per group of the space, over its K knots."""
-        full = (self.groups, self.schedule.knots)
-        return point if (point.groups, point.knots) == full else point.refined(self.schedule.knots, self.groups)
-
-    def refine(self) -> None:
-        """Move to the next level: chains from the best accepted points so far, refined to its
-        knots, each told its value and meta-gradient from the trial that measured it (no run
-        where the levels nest: the refined schedule is the same path)."""
-        best = self.chains.best()[:max(1, self.n_starts)]
-        if not best:
-            return
-        chains = self.make_chains([point for point, _ in best], [value for _, value in best])
-        for start in (s for s in chains.starts):
-            point = Point.from_u(start.u, chains.groups, chains.shape)
-            known = self.measured.get(_key(self.evaluated(point)))
-            if known is not None:
-                chains.remember(point, known[0], known[1].coarsened(known[2], point))
-
-    def should_refine(self) -> bool:
-        """Whether the current level has taken its quota of meta-gradients, or stalled, with a
-        finer level left."""
-        if self.chains is None or len(self.ladder) >= len(self.levels):
-            return False
-        return self.taken >= self.quota or self.chains.stalled()
+        return MetagradChains(self.space, starts, outer=self.outer, meta_lr=self.meta_lr, lr_cap=self.chain_cap,
+                              max_amplification=self.max_amplification, groups=self.groups, values=values)
 
     def decode_point(self, u: np.ndarray) -> Point:
-        """The point at u of the first (shared, constant) level (:meth:`~metatune.point.Point.from_u`)."""
-        return Point.from_u(u, self.levels[0][0])
+        """The constant point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
+        return Point.from_u(u, self.groups)
+
+    def chain_start(self, point: Point) -> Point:
+        """A constant point as a chain's start in this space: over a schedule of K knots, the
+        constant schedule at it (each knot at the point's (η, β))."""
+        return point if point.shape == self.shape else point.with_shape(self.shape)
 
     # -- ask / tell -----------------------------------------------------------------------------
 
@@ -270,11 +226,10 @@ class MetagradTuner(Tuner):
         cost = self.curvature().gradient_evals
         screen = self.default_screen(self.budget - cost) if self.screen is None else self.screen
         if screen:  # the theory point competes with the screened ones
-            shared = [self.decode_point(self.theory_point()), *self.screen_points(screen)]
-            self.screened = {self.evaluated(p): p for p in shared}  # each trained in the job's whole space
-            self.screening = self.points(list(self.screened))
+            screened = [self.decode_point(self.theory_point()), *self.screen_points(screen)]
+            self.screening = self.points([self.chain_start(p) for p in screened])  # in the job's shape
         else:
-            self.chains = self.make_chains([self.decode_point(self.theory_point())])
+            self.chains = self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
         return cost
 
     def default_screen(self, budget: float) -> int:
@@ -303,26 +258,18 @@ class MetagradTuner(Tuner):
             proposal, self.screening = self.screening, None
             if proposal.cost <= remaining + BUDGET_SLACK:
                 return proposal
-            self.chains = self.make_chains([self.decode_point(self.theory_point())])
+            self.chains = self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
         if self.chains is None:
             return None
-        if self.should_refine():
-            self.refine()
         if self.line_search(remaining):
             step = self.chains.ask(line=True)
-            return None if step is None else Proposal((self.evaluated(step.point),), self.trial_cost(), None,
-                                                      step.start, step)
+            return None if step is None else Proposal((step.point,), self.trial_cost(), None, step.start, step)
         if self.hypergrad_cost() > remaining + BUDGET_SLACK:
             return None
         step = self.chains.ask()
-        if step is None and len(self.ladder) < len(self.levels):  # this level is done: refine now
-            self.refine()
-            step = self.chains.ask()
         if step is None:
             return None
-        self.taken += 1
-        return Proposal((self.evaluated(step.point),), self.hypergrad_cost(), self.mode, step.start, step,
-                        self.plan.checkpoint)
+        return Proposal((step.point,), self.hypergrad_cost(), self.mode, step.start, step, self.plan.checkpoint)
 
     def line_search(self, remaining: float) -> bool:
         """Whether the rest of the budget goes to value-only runs along the best chain's step
@@ -342,17 +289,13 @@ class MetagradTuner(Tuner):
         if proposal.step is None:  # the screening population
             kept = [o for o in outcomes if o.error is None and not is_diverged(o.value, self.initial_value)]
             best = sorted(kept, key=lambda o: o.value)[:self.chain_count()]
-            self.chains = self.make_chains([self.screened.get(o.point, o.point) for o in best], [o.value for o in best]) \
-                if best else self.make_chains([self.decode_point(self.theory_point())])
+            self.chains = self.make_chains([self.chain_start(o.point) for o in best], [o.value for o in best]) \
+                if best else self.make_chains([self.chain_start(self.decode_point(self.theory_point()))])
             return None
         outcome, step = outcomes[0], proposal.step
         failed = outcome.error is not None or is_diverged(outcome.value, self.initial_value)
         gradient = None if step.line is not None else outcome.gradient()
-        if gradient is not None and not failed:
-            self.measured[_key(outcome.point)] = (outcome.value, gradient, outcome.point)
-        coarse = gradient if gradient is None or step.point == outcome.point \
-            else gradient.coarsened(outcome.point, step.point)
-        accepted = self.ladder[step.level].tell(step, math.nan if failed else outcome.value, coarse, diverged=failed)
+        accepted = self.chains.tell(step, math.nan if failed else outcome.value, gradient, diverged=failed)
         return ChainStep(step.start, accepted, gradient, step.line)
 
     # -- starting points ------------------------------------------------------------------------
@@ -376,7 +319,7 @@ class MetagradTuner(Tuner):
                 floor = max(floor, top / ASSUMED_CONDITION)
             low = min(max(known, floor), top)
             lr, momentum = optimal_hyperparameters(low, top)
-        every = max(len(self.levels[0][0]), 1)  # the first level's (η, β)
+        every = max(len(self.groups), 1)  # every group starts at the same (η, β)
         return self.project(np.array([math.log(lr)] * every + [math.log(1.0 - momentum)] * every))
 
     def screen_points(self, size: int) -> list[Point]:
@@ -385,46 +328,15 @@ class MetagradTuner(Tuner):
         point, so a learned schedule never starts worse than the constant tuner's screen."""
         from scipy.stats import qmc
 
-        groups = self.levels[0][0]
-        every, space = max(len(groups), 1), self.space
+        every, space = max(len(self.groups), 1), self.space
         unit = qmc.Sobol(d=2 * every, scramble=True, seed=self.seed).random(size)
         points = []
         for row in unit:
             momenta = space.momentum_low + row[every:] * (space.momentum_high - space.momentum_low)
             lrs = [math.exp(math.log(space.lr_low) + f * (math.log(max(self.lr_cap(m), space.lr_low))
                                                            - math.log(space.lr_low))) for f, m in zip(row[:every], momenta)]
-            points.append(Point(tuple(lrs), tuple(float(m) for m in momenta), groups))
+            points.append(Point(tuple(lrs), tuple(float(m) for m in momenta), self.groups))
         return points
-
-
-Level = tuple[tuple[str, ...], int]
-"""A refinement level: the parameter groups of its points (() for one η and one β) and their knots."""
-
-
-def space_levels(groups: tuple[str, ...], knots: int) -> list[Level]:
-    """The levels a space's chains search, coarse to fine: over parameter groups, one shared
-    (η, β) first, then the whole space (one per group, over the K knots); without groups, the
-    whole space at once, its chains starting at the constant schedule of the screen's best.
-    (The screen and the theory point are always one shared constant (η, β).)
-
-    Measured on 8 seeds of mlp-digits at K = 8 against TPE's best constant (BENCHMARKS.md):
-    K knots at once 0.943× (median), through 1 → 2 → 8 knots 0.969×, 1 → 8 0.977×; over
-    per-layer groups of mlp-regression a shared level first gains (1.155× against 1.266×
-    the best black-box method, 3 seeds).
-
-    Example:
-        >>> space_levels(("0", "2"), 8), space_levels((), 8), space_levels((), 1)
-        ([((), 1), (('0', '2'), 8)], [((), 8)], [((), 1)])
-    """
-    if groups:
-        return [((), 1), (tuple(groups), knots)]
-    return [((), knots)]
-
-
-def _key(point: Point) -> tuple[float, ...]:
-    """A point's u to 9 decimals: the same schedule reached by refining from another level
-    (whose exp/log round trip moves the last bits) finds what was measured there."""
-    return tuple(round(float(x), 9) for x in point.to_u())
 
 
 HORIZON_GRID = 64
