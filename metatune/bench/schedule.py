@@ -135,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
             row = summary(rows, reference, ours, target)
             row["unseen"] = name in UNSEEN
             targets.append(row)
-    print("\nTargets (SGD-judged value of metagrad's best over the reference's; median [min, max] over seeds):")
-    print(table(targets), flush=True)
+    if targets:
+        print("\nTargets (SGD-judged value of metagrad's best over the reference's; median [min, max] over seeds):")
+        print(table(targets), flush=True)
     return 0
