@@ -95,6 +95,15 @@ def test_evals_to_reach_is_the_first_finite_trial_at_or_below_target():
     assert evals_to_reach(diverged_first, math.inf) == 30  # a diverged trial reaches nothing, even inf
 
 
+def test_a_trial_within_a_millionth_of_the_target_reaches_it():
+    """The same point found by two methods differs in its last digits (4e-9 relative): it
+    reaches the target; a value 2e-6 above it does not."""
+    random0 = _result("random", 0)  # 4.0 @10, 2.0 @20, 1.0 @30
+    assert math.exp(math.log(3.0)) > 3.0  # the rounding that puts a bound's point past the bound
+    assert evals_to_reach(random0, 1.0 - 4e-9) == 30
+    assert evals_to_reach(random0, 1.0 - 2e-6) == math.inf
+
+
 def test_summary_rows_worked_by_hand(handmade):
     """Target 1.0. random: reach at 30, never, 10 → median 30, 2 of 3; metagrad: reach at 100,
     40, never → median 100, 2 of 3. Medians of the best values, wall times, trial counts and
@@ -119,7 +128,7 @@ def test_table_shows_the_rows(handmade):
     cmp, _ = handmade
     lines = cmp.table().splitlines()
     assert lines[0] == ("quadratic: budget 120 gradient evaluations, T = 10, schedule: constant, seeds [0, 1, 2], "
-                        "target loss 1")
+                        "target loss 1 (reached within 1e-06 of it)")
     assert lines[4:] == ["| metagrad | 0.9 | [0.8, 1.2] | 100 | 2/3 | 5.0 | 2 | 0.8000 | True | 0 |",
                          "| random | 1 | [0.5, 2.5] | 30 | 2/3 | 2.0 | 3 | 0.8000 | True | 1 |"]
 

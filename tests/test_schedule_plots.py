@@ -142,7 +142,7 @@ def test_every_job_runs_the_schedule_and_the_table_and_json_state_it(jobs, sched
         (m, s, Schedule(8)) for m in ("metagrad", "tpe") for s in (0, 1)]
     assert cmp.schedule == Schedule(8)
     assert cmp.table().splitlines()[0] == ("quadratic: budget 100 gradient evaluations, T = 12, "
-                                           "schedule: 8 knots, seeds [0, 1], target loss 1.5")
+                                           "schedule: 8 knots, seeds [0, 1], target loss 1.5 (reached within 1e-06 of it)")
     assert "| ρ (largest knot) |" in cmp.table().splitlines()[2]
     data = json.loads(cmp.to_json())
     assert Schedule.parse(data["schedule"]) == Schedule(8) and data["steps"] == 12

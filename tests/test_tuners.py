@@ -448,3 +448,21 @@ def test_a_line_search_value_is_not_taken_for_a_meta_gradient_and_serves_the_lin
     bounded.tell(line, value=0.5)
     assert bounded.ask(line=True) is None
     assert len(bounded.starts[0].line) == LINE_POINTS and bounded.starts[0].done
+
+
+def test_a_chain_point_at_the_bound_is_the_bound_itself():
+    """u = (log 3, log(1 − 0.99)) decodes to η = exp(log 3) = 3.0000000000000004 and
+    β = 0.9899999999999999…; point_at clips into the space, so the best lr of a chain that
+    ran into the bound is the space's high, not a rounding error past it."""
+    import numpy as np
+
+    from metatune.objectives import SearchSpace
+    from metatune.point import Point
+    from metatune.tuners.chains import point_at
+
+    space = SearchSpace(lr_low=1e-3, lr_high=3.0, momentum_low=0.0, momentum_high=0.99)
+    u = np.array([np.log(3.0), np.log(1.0 - 0.99)])
+    assert Point.from_u(u).lrs[0] > space.lr_high
+    point = point_at(u, space)
+    assert point.lrs == (3.0,) and space.momentum_low <= point.momenta[0] <= space.momentum_high
+    assert point_at(np.array([np.log(0.1), np.log(0.5)]), space).lrs[0] == pytest.approx(0.1, rel=1e-15)

@@ -40,6 +40,7 @@ from metatune import checks
 from metatune.errors import invalid
 from metatune.objectives import SearchSpace
 from metatune.point import MetaGradient, Point
+from metatune.schedule import Shape
 from metatune.tuners.adam import AdamState, adam_direction, adam_init, adam_update
 from metatune.tuners.records import LOG_FLOOR
 
@@ -85,6 +86,16 @@ def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] 
         cap = space.lr_high if lr_cap is None else min(space.lr_high, lr_cap(1.0 - math.exp(u1)))
         out[g], out[half + g] = float(np.clip(u[g], math.log(min(space.lr_low, cap)), math.log(cap))), u1
     return out
+
+
+def point_at(u: np.ndarray, space: SearchSpace, groups: tuple[str, ...] = (), shape: Shape | None = None) -> Point:
+    """The point at u (:meth:`~metatune.point.Point.from_u`), each η and β clipped into the space:
+    u inside the box in log coordinates can still land a rounding error outside it
+    (exp(log 3.0) = 3.0000000000000004)."""
+    point = Point.from_u(u, groups, shape)
+    lrs = tuple(min(max(x, space.lr_low), space.lr_high) for x in point.lrs)
+    momenta = tuple(min(max(x, space.momentum_low), space.momentum_high) for x in point.momenta)
+    return Point(lrs, momenta, point.groups, point.shape)
 
 
 @dataclass
@@ -250,7 +261,8 @@ class MetagradChains:
                 start.done = True
                 continue
             start.busy, start.attempts = True, start.attempts + 1
-            step = Step(start.index, Point.from_u(u, self.groups, self.shape), tuple(float(x) for x in u), fraction)
+            step = Step(start.index, point_at(u, self.space, self.groups, self.shape), tuple(float(x) for x in u),
+                        fraction)
             memory = self.known.get(step.u) or (self.values.get(step.u) if step.line is not None else None)
             if memory is None:
                 return step

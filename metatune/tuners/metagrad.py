@@ -100,7 +100,7 @@ from metatune.stability import critical_lr, horizon_loss, optimal_hyperparameter
 from metatune.point import Point
 from metatune.schedule import KNOTS
 from metatune.tuners.base import Tuner, is_diverged
-from metatune.tuners.chains import OUTER, MetagradChains, check_options, project
+from metatune.tuners.chains import OUTER, MetagradChains, check_options, point_at, project
 from metatune.tuners.evaluation import Outcome, Proposal
 from metatune.tuners.records import BUDGET_SLACK, ChainStep
 
@@ -211,8 +211,8 @@ class MetagradTuner(Tuner):
                               max_amplification=self.max_amplification, groups=self.groups, values=values)
 
     def decode_point(self, u: np.ndarray) -> Point:
-        """The constant point at u (:meth:`~metatune.point.Point.from_u`, in this space's groups)."""
-        return Point.from_u(u, self.groups)
+        """The constant point at u (:func:`~metatune.tuners.chains.point_at`, in this space's groups)."""
+        return point_at(u, self.space, self.groups)
 
     def chain_start(self, point: Point) -> Point:
         """A constant point as a chain's start in this space: over a schedule of K knots, the
