@@ -25,10 +25,22 @@ if TYPE_CHECKING:
     from metatune_service.client import Client
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 1–65535 (argparse exits 2 with the message otherwise: a port past the range
+    would make uvicorn fail after the URL is printed)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (an integer 1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the REST API with an embedded worker")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default 8000)")
     serve.add_argument("--no-worker", action="store_true", help="API only (run `metatune worker` apart)")
     serve.set_defaults(handler=serve_command)
     worker = commands.add_parser("worker", help="run jobs from the database (several may share one)")

@@ -50,3 +50,13 @@ def test_a_service_command_s_user_error_is_one_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"metatune {argv[0]}: error:")
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "eighty"])
+def test_serve_refuses_a_port_outside_1_to_65535_in_one_line(port, capsys):
+    """A port past the range used to print the URL and hang; argparse now exits 2 with one line."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", "--port", port])
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--port" in error and "port number" in error and port.lstrip("-") in error
