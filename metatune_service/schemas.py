@@ -35,7 +35,10 @@ def metagrad_default(name: str) -> Any:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown keys refused, and no coercion (``"1000"`` is not a number,
+    ``true`` is not an integer)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LrRange(Strict):

@@ -69,11 +69,19 @@ BAD_SPECS = [
     ({"objective": "quadratic", "method": "tpe", "options": {"starts": 2}}, "options.starts"),
     ({"objective": "quadratic", "method": "tpe", "code": "import os"}, "code"),
     ({"objective": "quadratic", "method": "tpe", "seed": 1.7}, "seed"),
+    # strict types: no string or boolean is coerced into a number
+    ({"objective": "quadratic", "method": "tpe", "budget": {"gradient_evals": "1000"}}, "'gradient_evals'], 'msg': 'Input should be a valid number'"),
+    ({"objective": "quadratic", "method": "tpe", "seed": "7"}, "seed"),
+    ({"objective": "quadratic", "method": "tpe", "concurrency": True}, "concurrency"),
+    ({"objective": "quadratic", "method": "tpe", "resources": {"cpu": "2"}}, "'cpu'], 'msg': 'Input should be a valid number'"),
+    ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": "0.1", "high": 1.0}}}, "'low'], 'msg': 'Input should be a valid number'"),
 ]
 
 
 @pytest.mark.parametrize(("spec", "message"), BAD_SPECS, ids=[m for _, m in BAD_SPECS])
 def test_bad_specs_get_422_with_a_message_and_nothing_is_stored(served, spec, message):
+    """Each bad spec is refused with a message naming what to change (a string or boolean where
+    a number goes too: the request models are strict), and nothing is stored."""
     response = served.client().post("/v1/jobs", json=spec)
     assert response.status_code == 422
     assert message in str(response.json()["detail"])
