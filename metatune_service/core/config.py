@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,7 +22,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default_factory=default_database_url)
     api_tokens: str = ""
-    """Comma-separated ``owner:token`` or bare ``token`` (its own owner)."""
+    """Comma-separated ``owner:token`` or bare ``token`` (its owner is then
+    :func:`owner_of_bare_token`: a name derived from the token, never the token itself)."""
     max_gradient_evals: float = 2_000_000
     default_gradient_evals: float = 20_000
     max_inner_steps: int = 10_000
@@ -51,6 +53,17 @@ class Settings(BaseSettings):
         for item in (part.strip() for part in self.api_tokens.split(",")):
             if item:
                 owner, _, token = item.rpartition(":")
-                pairs[token] = owner or token
+                pairs[token] = owner or owner_of_bare_token(token)
         self._tokens = pairs
         return pairs
+
+
+def owner_of_bare_token(token: str) -> str:
+    """The owner of a token given without one: ``token-`` and the first 12 hex digits of its
+    SHA-256, so that job responses (which show the owner) never show a token.
+
+    Example:
+        >>> owner_of_bare_token("s3cret")
+        'token-1ec1c26b50d5'
+    """
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]

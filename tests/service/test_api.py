@@ -180,3 +180,15 @@ def test_objectives_are_listed_with_their_parameters(served):
     names = {o["name"]: o for o in served.client().get("/v1/objectives").json()}
     assert {"quadratic", "mlp-digits"} <= set(names)
     assert names["quadratic"]["parameters"]["dim"] == 50 and "device" not in names["quadratic"]["parameters"]
+
+
+def test_a_bare_token_is_never_its_owners_name():
+    """METATUNE_API_TOKENS="s3cret" used to make "s3cret" the owner, shown in every job
+    response; its owner is now a name derived from its SHA-256, and owner:token pairs keep theirs."""
+    import hashlib
+
+    from metatune_service.core.config import Settings
+
+    tokens = Settings(database_url="sqlite://", api_tokens="s3cret, alice:token-a").tokens()
+    assert tokens == {"s3cret": "token-" + hashlib.sha256(b"s3cret").hexdigest()[:12], "token-a": "alice"}
+    assert all(token not in owner for token, owner in tokens.items())
