@@ -4,10 +4,12 @@ asked, request bodies capped, library errors mapped to HTTP codes in one place."
 
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from metatune.errors import InvalidArgumentError
@@ -57,6 +59,12 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
             return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 body, with each error's input made JSON-safe: a NaN or ±Infinity a
+        client sent (Python's parser reads them) would otherwise fail to encode, as a 500."""
+        return JSONResponse({"detail": json_safe_errors(error.errors())}, status_code=422)
+
     @app.exception_handler(SpecError)
     @app.exception_handler(InvalidArgumentError)
     async def invalid_argument(request: Request, error: ValueError) -> JSONResponse:
@@ -69,3 +77,17 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     for module in (jobs, comparisons, objectives):
         app.include_router(module.router)
     return app
+
+
+def json_safe_errors(value: Any) -> Any:
+    """``value`` with every non-finite float as its name ("NaN", "Infinity", "-Infinity") and
+    anything else JSON cannot hold as its ``repr``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): json_safe_errors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe_errors(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)

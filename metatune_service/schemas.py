@@ -35,10 +35,11 @@ def metagrad_default(name: str) -> Any:
 
 
 class Strict(BaseModel):
-    """A request body: unknown keys refused, and no coercion (``"1000"`` is not a number,
-    ``true`` is not an integer)."""
+    """A request body: unknown keys refused, no coercion (``"1000"`` is not a number, ``true``
+    is not an integer), and no NaN or ±Infinity in a number (JSON has neither; Python's
+    parser reads them)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class LrRange(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import pytest
 from sqlalchemy import func, select
@@ -75,6 +76,11 @@ BAD_SPECS = [
     ({"objective": "quadratic", "method": "tpe", "concurrency": True}, "concurrency"),
     ({"objective": "quadratic", "method": "tpe", "resources": {"cpu": "2"}}, "'cpu'], 'msg': 'Input should be a valid number'"),
     ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": "0.1", "high": 1.0}}}, "'low'], 'msg': 'Input should be a valid number'"),
+    # NaN and ±Infinity (Python's JSON parser reads them) are not numbers here
+    ({"objective": "quadratic", "method": "tpe", "space": {"lr": {"low": 0.001, "high": float("inf")}}}, "finite number"),
+    ({"objective": "quadratic", "method": "metagrad", "options": {"max_amplification": float("inf")}}, "finite number"),
+    ({"objective": "quadratic", "method": "tpe", "budget": {"gradient_evals": float("nan")}}, "finite number"),
+    ({"objective": "quadratic", "method": "tpe", "resources": {"gpu": float("-inf")}}, "finite number"),
 ]
 
 
@@ -82,7 +88,8 @@ BAD_SPECS = [
 def test_bad_specs_get_422_with_a_message_and_nothing_is_stored(served, spec, message):
     """Each bad spec is refused with a message naming what to change (a string or boolean where
     a number goes too: the request models are strict), and nothing is stored."""
-    response = served.client().post("/v1/jobs", json=spec)
+    body = json.dumps(spec)  # Python writes NaN and Infinity as the bare words its parser reads
+    response = served.client().post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert message in str(response.json()["detail"])
     assert count_jobs(served) == 0
