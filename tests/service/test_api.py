@@ -199,3 +199,16 @@ def test_a_bare_token_is_never_its_owners_name():
     tokens = Settings(database_url="sqlite://", api_tokens="s3cret, alice:token-a").tokens()
     assert tokens == {"s3cret": "token-" + hashlib.sha256(b"s3cret").hexdigest()[:12], "token-a": "alice"}
     assert all(token not in owner for token, owner in tokens.items())
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/{id}/trials/47777283706521419776", "/v1/jobs/{id}/trials?after=99999999999999999999",
+                                  "/v1/jobs?offset=99999999999999999999", "/v1/jobs?cursor=99999999999999999999",
+                                  "/v1/jobs/{id}/trials/-1"])
+def test_integers_past_the_databases_range_get_a_4xx_not_a_500(served, path):
+    """A trial number, offset, after or cursor past 2³¹ − 1 is refused before it reaches the
+    database (it used to overflow there: a 500)."""
+    client = served.client()
+    job = client.post("/v1/jobs", json={"objective": "quadratic", "method": "random",
+                                        "budget": {"gradient_evals": 2000}}).json()
+    response = client.get(path.format(id=job["id"]))
+    assert 400 <= response.status_code < 500, response.text

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import AsyncIterator
+from typing import Annotated, AsyncIterator
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +22,9 @@ from metatune_service.validation import SpecError, normalise
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 PAGE = 1000
+MAX_ROW = 2**31 - 1
+"""The largest offset, trial number or cursor a query takes: bounded in the OpenAPI document and
+checked before the database, whose integers (PostgreSQL's 32-bit INTEGER) end here."""
 
 
 def owned_job(db: Database, job_id: str, owner: str) -> Job:
@@ -45,11 +48,11 @@ def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: Owner
 @router.get("", response_model=JobList)
 def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None, method: Method | None = None,
               objective: str | None = None, limit: int = Query(50, ge=1, le=500),
-              offset: int = Query(0, ge=0), cursor: str | None = None) -> JobList:
+              offset: int = Query(0, ge=0, le=MAX_ROW), cursor: str | None = None) -> JobList:
     """The caller's jobs, newest first; page with ``limit`` and ``offset`` (or ``cursor``,
     the ``next_cursor`` of the previous page)."""
     if cursor is not None:
-        if not cursor.isdigit():
+        if not cursor.isdigit() or len(cursor) > len(str(MAX_ROW)) or int(cursor) > MAX_ROW:
             raise HTTPException(400, f"cursor={cursor!r} is not one this server issued; pass next_cursor as given")
         offset = int(cursor)
     jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
@@ -73,7 +76,7 @@ def cancel(job_id: str, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
 
 
 @router.get("/{job_id}/trials", response_model=TrialList)
-def list_trials(job_id: str, db: DatabaseDep, owner: OwnerDep, after: int = Query(-1, ge=-1),
+def list_trials(job_id: str, db: DatabaseDep, owner: OwnerDep, after: int = Query(-1, ge=-1, le=MAX_ROW),
                 limit: int = Query(1000, ge=1, le=10_000)) -> TrialList:
     """Trials in order; ``after`` = the last number already seen."""
     owned_job(db, job_id, owner)
@@ -83,7 +86,8 @@ def list_trials(job_id: str, db: DatabaseDep, owner: OwnerDep, after: int = Quer
 
 
 @router.get("/{job_id}/trials/{number}", response_model=TrialPublic)
-def read_trial(job_id: str, number: int, db: DatabaseDep, owner: OwnerDep) -> TrialPublic:
+def read_trial(job_id: str, number: Annotated[int, Path(ge=0, le=MAX_ROW)], db: DatabaseDep,
+               owner: OwnerDep) -> TrialPublic:
     owned_job(db, job_id, owner)
     trial = crud.get_trial(db, job_id=job_id, number=number)
     if trial is None:
