@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
         length = request.headers.get("content-length")
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        if length is None and chunked:  # no length and no body (curl -X POST …/cancel) is an empty body
             return JSONResponse({"detail": "send the body with a Content-Length header (no chunked bodies)"},
                                 status_code=411)
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):

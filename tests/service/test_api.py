@@ -169,6 +169,22 @@ def test_a_queued_job_is_cancelled_at_once(served):
     assert events.count("event: status") == 1 and '"status": "cancelled"' in events
 
 
+def test_a_cancel_with_no_body_and_no_content_length_cancels(served):
+    """`curl -X POST …/cancel` sends neither a body nor Content-Length; it used to get a 411
+    and cancel nothing."""
+    import http.client
+
+    job = served.client().post("/v1/jobs", json=QUAD).json()
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    connection.putrequest("POST", f"/v1/jobs/{job['id']}/cancel")
+    connection.putheader("Authorization", "Bearer token-alice")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    assert json.loads(response.read())["status"] == "cancelled"
+    connection.close()
+
+
 def test_two_hundred_concurrent_submissions_make_two_hundred_jobs(served):
     client = served.client(limits=__import__("httpx").Limits(max_connections=50))
 
