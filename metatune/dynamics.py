@@ -12,7 +12,6 @@ or as a dict of those keyed by parameter-name prefix (per-layer hyperparameters)
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
@@ -22,7 +21,7 @@ from torch import Tensor
 from metatune import checks
 from metatune._types import HyperArg, Params
 from metatune.errors import invalid
-from metatune.schedule import Knots, interpolate, knot_positions
+from metatune.schedule import Knots, interpolate, knot_weights
 
 SCALAR_GROUP = ""
 """The group key used when a hyperparameter is one scalar for every parameter."""
@@ -98,11 +97,6 @@ CONSTANT, PER_STEP, KNOTTED = "constant", "steps", "knots"
 tensor of length T), or K knots interpolated over the T steps (:mod:`metatune.schedule`)."""
 
 
-@functools.lru_cache(maxsize=64)
-def _positions(knots: int, steps: int) -> tuple[tuple[int, float], ...]:
-    return tuple(knot_positions(knots, steps))
-
-
 class GroupedPath(NamedTuple):
     """A hyperparameter as one tensor per group, how each varies over the run, and the group
     of each parameter.
@@ -110,7 +104,7 @@ class GroupedPath(NamedTuple):
     ``values[SCALAR_GROUP]`` alone means one value (or path) shared by every parameter.
     ``kinds[g]`` is :data:`CONSTANT` (a 0-d tensor), :data:`PER_STEP` (length T) or
     :data:`KNOTTED` (K knots, interpolated in log when ``log`` — learning rates — and linearly
-    otherwise, :func:`metatune.schedule.knot_positions`).
+    otherwise: the hat weights of :func:`metatune.schedule.knot_weights`).
     """
 
     values: dict[str, Tensor]
@@ -131,23 +125,7 @@ class GroupedPath(NamedTuple):
 
     def at(self, t: int, values: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Each group's 0-d value at step t (from ``values`` if given: tensors under a transform)."""
-        source = self.values if values is None else values
-        return {group: self._value(group, source[group], t) for group in self.values}
-
-    def _value(self, group: str, tensor: Tensor, t: int) -> Tensor:
-        kind = self.kinds[group]
-        if kind == CONSTANT:
-            return tensor
-        if kind == PER_STEP:
-            return tensor[t]
-        i, a = _positions(len(tensor), self.steps)[t]
-        if a == 0.0:
-            return tensor[i]
-        if a == 1.0:
-            return tensor[i + 1]
-        if self.log:
-            return torch.exp((1.0 - a) * torch.log(tensor[i]) + a * torch.log(tensor[i + 1]))
-        return (1.0 - a) * tensor[i] + a * tensor[i + 1]
+        return self.every_step(values, t, t + 1)[0]
 
     def coefficients(self, group: str, t: int, value: Tensor) -> tuple[tuple[int, Tensor | float], ...]:
         """∂h_t/∂z for the group's tensor z at step t, as (index in z, coefficient) pairs:
@@ -158,11 +136,11 @@ class GroupedPath(NamedTuple):
         if kind == PER_STEP:
             return ((t, 1.0),)
         tensor = self.values[group]
-        i, a = _positions(len(tensor), self.steps)[t]
-        pairs = [(i, 1.0 - a), (i + 1, a)] if len(tensor) > 1 else [(0, 1.0)]
+        row = knot_weights(len(tensor), self.steps)[t]  # the hat weights w of step t
+        pairs = [(int(k), float(row[k])) for k in torch.nonzero(row).flatten()]
         if self.log:  # η_t = exp(Σ w log z): ∂η_t/∂z_k = η_t w_k / z_k
-            return tuple((k, value * w / tensor[k]) for k, w in pairs if w != 0.0)
-        return tuple((k, w) for k, w in pairs if w != 0.0)
+            return tuple((k, value * w / tensor[k]) for k, w in pairs)
+        return tuple(pairs)
 
     def every_step(self, values: Mapping[str, Tensor] | None = None, start: int = 0,
                    stop: int | None = None) -> list[dict[str, Tensor]]:

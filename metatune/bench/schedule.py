@@ -82,8 +82,7 @@ def measure_memory(task: MemoryTask) -> dict:
     lr, momentum = (0.5, 0.5) if task.knots == 1 else (Knots([0.5] * task.knots), Knots([0.5] * task.knots))
     options = {"mode": "auto"} if task.mode == "auto" else {"mode": "reverse",
                                                            "checkpoint": math.ceil(math.sqrt(task.steps))}
-    mt.hypergrad(objective.train_loss, objective.val_loss, params, lr if task.knots <= 3 else 0.5, momentum
-                 if task.knots <= 3 else 0.5, 3, batches, mode="reverse")  # warm-up: K ≤ T = 3 knots
+    mt.hypergrad(objective.train_loss, objective.val_loss, params, 0.5, 0.5, 3, batches, mode="reverse")  # warm-up
     plan = resolve("auto", objective.train_loss, params, task.steps, batches[0])
     with PeakSampler() as sampler:
         started = time.perf_counter()

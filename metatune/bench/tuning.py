@@ -85,8 +85,7 @@ def sgd_value(objective: mt.objectives.Objective, seed: int, point: mt.Point | N
     groups = sorted(set(lr_path.groups.values()))
     optimizer = torch.optim.SGD([{"params": [p for n, p in params.items() if lr_path.groups[n] == g], "lr": 0.0,
                                   "momentum": 0.0} for g in groups])
-    for step in range(objective.steps):
-        lrs, momenta = lr_path.at(step), momentum_path.at(step)
+    for step, lrs, momenta in zip(range(objective.steps), lr_path.every_step(), momentum_path.every_step()):
         for group, settings in zip(groups, optimizer.param_groups):
             settings["lr"], settings["momentum"] = float(lrs[group]), float(momenta[group])
         optimizer.zero_grad()

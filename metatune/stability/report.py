@@ -217,7 +217,7 @@ def _path(value: Scalar | Knots | Tensor, params: Params, steps: int, like: Tens
         raise invalid(name, dict(value), "one value, a tensor per step or Knots (no per-group values here)")
     path = group_hyperparameter(value, params, name=name, like=like, steps=steps, log=log)
     (check_lr if log else check_momentum)(path)
-    return torch.stack([path.at(t)[SCALAR_GROUP].detach() for t in range(steps)])
+    return torch.stack([values[SCALAR_GROUP].detach() for values in path.every_step()])
 
 
 def _check(train_loss: TrainLoss, params: Params, lrs: Tensor, momenta: Tensor, step: int, batches: Batches,
