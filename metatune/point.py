@@ -134,11 +134,10 @@ class Point:
                    shape)
 
     @classmethod
-    def same(cls, lr: float, momentum: float, groups: Sequence[str] = (), shape: Shape | None = None) -> Point:
-        """η and β repeated for every group (and knot)."""
-        shape = shape or Shape()
-        size = max(len(groups), 1) * shape.knots
-        return cls((float(lr),) * size, (float(momentum),) * size, tuple(groups), shape)
+    def same(cls, lr: float, momentum: float, groups: Sequence[str] = ()) -> Point:
+        """η and β repeated for every group."""
+        size = max(len(groups), 1)
+        return cls((float(lr),) * size, (float(momentum),) * size, tuple(groups))
 
     def with_shape(self, shape: Shape) -> Point:
         """This constant point as the constant schedule of ``shape`` (each η and β repeated over

@@ -254,10 +254,6 @@ class Schedule:
     def constant(self) -> bool:
         return self.shape == KNOTS and self.knots == 1
 
-    def values_per_group(self) -> int:
-        """How many η (and as many β) each group has: K, or the one peak of a fixed shape."""
-        return self.knots
-
     def check_steps(self, steps: int) -> None:
         """K ≤ T: every knot moves at least one step."""
         if self.knots > steps:

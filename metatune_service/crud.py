@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from metatune.compare import json_safe
 from metatune.job import TuningJob
-from metatune.point import Hyper, MetaGradient, Point
+from metatune.point import MetaGradient, Point
 from metatune.tuners import Trial as LibraryTrial
 from metatune.tuners import TrialStatus
 from metatune_service.core.db import Database
@@ -222,24 +222,9 @@ def meta_gradient_columns(gradient: MetaGradient, point: Point) -> dict[str, Any
     :func:`point_columns`."""
     dlr, dmomentum = gradient.as_point_values(point.groups, point.knots)
     keyed = not point.groups
-    return {"meta_gradient": {"lr": finite_json(dlr), "momentum": finite_json(dmomentum)},
+    return {"meta_gradient": {"lr": json_safe(dlr), "momentum": json_safe(dmomentum)},
             "dvalue_dlr": _finite(gradient.dlr[0]) if keyed else None,
             "dvalue_dmomentum": _finite(gradient.dmomentum[0]) if keyed else None}
-
-
-def finite_json(value: Hyper | float | None) -> Any:
-    """``value`` (a float, a list, or a dict of those) with every NaN and ±inf as None: what a
-    JSON column and a response can hold.
-
-    Example:
-        >>> finite_json({"0": [1.0, float("nan")]}), finite_json(float("inf"))
-        ({'0': [1.0, None]}, None)
-    """
-    if isinstance(value, Mapping):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_json(v) for v in value]
-    return _finite(None if value is None else float(value))
 
 
 def trial_row(job_id: str, trial: LibraryTrial, lambda_max: float | None) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def hyperparameters(schedule: Schedule, groups: int) -> int:
         (24, 4)
     """
     shape = 0 if schedule.shape == KNOTS else 2
-    return 2 * schedule.values_per_group() * max(groups, 1) + shape
+    return 2 * schedule.knots * max(groups, 1) + shape
 
 
 def normalise(job: JobCreate, settings: Settings) -> TuningJob:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from metatune.compare import json_safe
 from metatune.point import MetaGradient, Point
 from metatune_service import crud
 from metatune_service.core.db import Database
@@ -60,6 +61,6 @@ def meta_gradient_public(point: Point, metrics: Mapping[str, float | None]) -> M
     if gradient is None:
         return None
     dlr, dmomentum = gradient.as_point_values(point.groups, point.knots)
-    return MetaGradientPublic(lr=crud.finite_json(dlr), momentum=crud.finite_json(dmomentum),
-                              growth_rate=crud.finite_json(gradient.growth_rate),
-                              amplification=crud.finite_json(gradient.amplification))
+    return MetaGradientPublic(lr=json_safe(dlr), momentum=json_safe(dmomentum),
+                              growth_rate=json_safe(gradient.growth_rate),
+                              amplification=json_safe(gradient.amplification))
