@@ -102,7 +102,7 @@ def library_comparison(db: Database, jobs: Sequence[Job]) -> LibraryComparison:
 
 
 def _result(db: Database, job: Job, budget: float) -> TuneResult:
-    trials = crud.library_trials(db, job_id=job.id)
+    trials = crud.library_trials(db, job_id=job.id, chains=True)
     ran = job.finished_at and job.started_at
     wall = (job.finished_at - job.started_at).total_seconds() if ran else math.nan
     return TuneResult(job.method, job.objective, job.seed, budget, trials, wall)

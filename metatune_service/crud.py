@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ from metatune.compare import json_safe
 from metatune.job import TuningJob
 from metatune.point import MetaGradient, Point
 from metatune.tuners import Trial as LibraryTrial
-from metatune.tuners import TrialStatus
+from metatune.tuners import ChainStep, TrialStatus
 from metatune_service.core.db import Database
 from metatune_service.models import ApiToken, Clock, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
 from metatune_service.status import JobStatus
@@ -306,11 +307,32 @@ def trial_metrics(db: Database, *, trial_ids: Sequence[int]) -> dict[int, dict[s
     return out
 
 
-def library_trials(db: Database, *, job_id: str) -> list[LibraryTrial]:
-    """The job's recorded trials as library Trials (how a resumed job rebuilds its tuner)."""
+def library_trials(db: Database, *, job_id: str, chains: bool = False) -> list[LibraryTrial]:
+    """The job's recorded trials as library Trials (how a resumed job rebuilds its tuner);
+    with ``chains``, each metagrad meta-gradient trial also gets back its
+    :class:`~metatune.tuners.ChainStep` (chain, acceptance, and the meta-gradient from its
+    metrics), as figures of metagrad's paths need."""
     rows = list_trials(db, job_id=job_id, limit=10**9)
     metrics = trial_metrics(db, trial_ids=[r.id for r in rows])
-    return [library_trial(r, metrics[r.id]) for r in rows]
+    return as_library_trials(db, job_id, rows, metrics, chains=chains)
+
+
+def as_library_trials(db: Database, job_id: str, rows: Sequence[Trial], metrics: dict[int, dict[str, float | None]],
+                      chains: bool = False) -> list[LibraryTrial]:
+    """:func:`library_trials` of rows already read (with their :func:`trial_metrics`)."""
+    trials = [library_trial(r, metrics[r.id]) for r in rows]
+    if not chains:
+        return trials
+    with db.read() as session:
+        steps = {s.trial_number: s for s in session.scalars(select(MetagradStep).where(MetagradStep.job_id == job_id))}
+    for index, trial in enumerate(trials):
+        step = steps.get(trial.number)
+        if step is not None:
+            stored = {k: math.nan if v is None else v for k, v in metrics[rows[index].id].items()}
+            gradient = MetaGradient.from_metrics(stored, trial.point.groups, trial.point.knots)
+            if gradient is not None:
+                trials[index] = replace(trial, chain=ChainStep(step.start, step.accepted, gradient))
+    return trials
 
 
 def library_trial(row: Trial, metrics: dict[str, float | None]) -> LibraryTrial:

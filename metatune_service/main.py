@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from metatune.errors import InvalidArgumentError
 from metatune_service.api.routes import comparisons, jobs, objectives
+from metatune_service.ui import routes as dashboard
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.core.migrations import prepare
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
 
     for module in (jobs, comparisons, objectives):
         app.include_router(module.router)
+    dashboard.install(app)
     return app
 
 

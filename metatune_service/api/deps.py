@@ -28,20 +28,45 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def current_owner(db: DatabaseDep, settings: SettingsDep,
-                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The owner of the bearer token (from the settings, compared in constant time, or from
-    the tokens table by hash); 401 otherwise. The token itself is never logged."""
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise HTTPException(401, "missing bearer token: send `Authorization: Bearer <token>`",
-                            headers={"WWW-Authenticate": "Bearer"})
-    given = credentials.credentials.encode()
+SESSION_COOKIE = "metatune_token"
+"""The dashboard's cookie: the token entered once at ``/ui/login`` (HttpOnly, SameSite=Strict)."""
+UI_HEADER = "X-Requested-With"
+"""A request authenticated by the cookie that changes something (not GET or HEAD) must carry
+this header: a cross-site form cannot set it (SameSite=Strict already keeps the cookie from
+other sites; the header also holds where a browser ignores SameSite)."""
+
+
+def token_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The caller's token: the bearer header, else the dashboard's cookie; 401 without either
+    (or for a cookie on a state-changing request without :data:`UI_HEADER`)."""
+    if credentials is not None and credentials.scheme.lower() == "bearer" and credentials.credentials:
+        return credentials.credentials
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        if request.method not in ("GET", "HEAD") and not request.headers.get(UI_HEADER):
+            raise HTTPException(403, f"a request signed in by the dashboard's cookie must send {UI_HEADER}")
+        return cookie
+    raise HTTPException(401, "missing bearer token: send `Authorization: Bearer <token>`",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+async def owner_of(db: Database, settings: Settings, token: str) -> str | None:
+    """The owner of ``token`` (from the settings, compared in constant time, or from the
+    tokens table by hash), or None. The token itself is never logged."""
+    given = token.encode()
     owner = None
-    for token, name in settings.tokens().items():
-        if hmac.compare_digest(token.encode(), given):
+    for known, name in settings.tokens().items():
+        if hmac.compare_digest(known.encode(), given):
             owner = name
     if owner is None:  # a stored token: a database read, off the event loop
-        owner = await run_in_threadpool(crud.owner_of_token, db, token=credentials.credentials)
+        owner = await run_in_threadpool(crud.owner_of_token, db, token=token)
+    return owner
+
+
+async def current_owner(request: Request, db: DatabaseDep, settings: SettingsDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The owner of the bearer token or of the dashboard's cookie; 401 otherwise."""
+    owner = await owner_of(db, settings, token_of(request, credentials))
     if owner is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return owner
