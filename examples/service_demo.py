@@ -1,7 +1,10 @@
 """The README's main job: start the service (SQLite file, local Ray), run a comparison over
-REST with a progress bar, print its table and where its plots are, stop the service.
+REST with a progress bar, print its table and where its plots are, then the dashboard's
+address (and the optuna-dashboard command for the same jobs). In a terminal the service keeps
+serving the dashboard until Ctrl-C; with --no-wait, or when not run in a terminal (CI,
+scripts), it stops at once.
 
-    python examples/service_demo.py [--budget 5000] [--seeds 2]
+    python examples/service_demo.py [--budget 5000] [--seeds 2] [--no-wait]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> int:
     parser.add_argument("--budget", default="5000")
     parser.add_argument("--seeds", default="2")
     parser.add_argument("--out", default="metatune-out")
+    parser.add_argument("--no-wait", action="store_true", help="stop the service once the comparison has ended")
     args = parser.parse_args()
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -50,11 +54,22 @@ def main() -> int:
                 time.sleep(0.5)
         else:
             raise SystemExit("the service did not start within 60 s")
-        return subprocess.call([*metatune, "compare", "--server", url, "--token", token, "--objective", args.objective,
+        code = subprocess.call([*metatune, "compare", "--server", url, "--token", token, "--objective", args.objective,
                                 "--methods", args.methods, "--budget", args.budget, "--seeds", args.seeds,
                                 "--out", str(out)], env=env)
+        optuna_dashboard = Path(sys.executable).parent / "optuna-dashboard"
+        print(f"\ndashboard: {url}/ui  (sign in with the token {token})\n"
+              f"the same jobs in optuna-dashboard: {optuna_dashboard} sqlite:///{out / 'demo-optuna.db'}")
+        if sys.stdin.isatty() and not args.no_wait:
+            print("serving the dashboard until Ctrl-C …", flush=True)
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                pass
+        return code
     finally:
-        server.send_signal(signal.SIGINT)  # a graceful stop: the worker hands its job back, Ray shuts down
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)  # a graceful stop: the worker hands its job back, Ray shuts down
         server.wait(timeout=60)
         print(f"service stopped; its database: {out / 'demo.db'}")
 

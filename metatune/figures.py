@@ -184,6 +184,35 @@ def unstable_region(eigenvalues: Sequence[float], space: SearchSpace,
     return [{"lr": lrs, "momentum": [*momenta.tolist(), beta_high, beta_low, beta_low]}]
 
 
+LABEL_GAP = 0.08
+"""The least distance between two contour labels, as a fraction of the plot (log η and β
+each scaled to [0, 1]): closer labels would overlap, so the later one moves or is left out."""
+
+
+def _label_at(lines: Sequence[Mapping[str, list[float]]], space: SearchSpace,
+              placed: list[tuple[float, float]]) -> dict[str, float] | None:
+    """Where a contour's label goes: the point of its longest line nearest that line's middle
+    height that keeps :data:`LABEL_GAP` from the labels ``placed`` so far (appended to), or
+    None where no point does."""
+    if not lines:
+        return None
+    longest = max(lines, key=lambda line: len(line["lr"]))
+    span = math.log10(space.lr_high / space.lr_low)
+    height = space.momentum_high - space.momentum_low
+
+    def scaled(lr: float, momentum: float) -> tuple[float, float]:
+        return math.log10(lr / space.lr_low) / span, (momentum - space.momentum_low) / height
+
+    middle = (min(longest["momentum"]) + max(longest["momentum"])) / 2
+    order = sorted(range(len(longest["lr"])), key=lambda i: abs(longest["momentum"][i] - middle))
+    for i in order:
+        here = scaled(longest["lr"][i], longest["momentum"][i])
+        if 0.02 < here[0] < 0.98 and all(math.dist(here, other) >= LABEL_GAP for other in placed):
+            placed.append(here)
+            return {"lr": longest["lr"][i], "momentum": longest["momentum"][i]}
+    return None
+
+
 def stability_map(space: SearchSpace, eigenvalues: Sequence[float], levels: Sequence[float] = RHO_LEVELS,
                   samples: int = MAP_SAMPLES) -> dict[str, Any]:
     """ρ(η, β) of heavy ball over the space's box from the given Hessian eigenvalues, as
@@ -191,13 +220,17 @@ def stability_map(space: SearchSpace, eigenvalues: Sequence[float], levels: Sequ
 
     Returns:
         ``{"eigenvalues", "lr_range": [η_lo, η_hi], "momentum_range": [β_lo, β_hi],
-        "contours": [{"level": r, "lines": [{"lr": [...], "momentum": [...]}]}] for r in levels,
-        "boundary": lines of ρ = 1, "unstable": closed outlines of the region ρ > 1}``.
+        "contours": [{"level": r, "lines": [{"lr": [...], "momentum": [...]}], "label": {"lr", "momentum"}
+        or None}] for r in levels (labels kept apart, :func:`_label_at`), "boundary": lines of ρ = 1,
+        "unstable": closed outlines of the region ρ > 1}``.
     """
     lambdas = [float(x) for x in eigenvalues]
     if not lambdas or not all(math.isfinite(x) for x in lambdas):
         raise ValueError(f"eigenvalues={lambdas}: give at least one finite Hessian eigenvalue")
     contours = [{"level": float(level), "lines": level_set(level, lambdas, space, samples)} for level in levels]
+    placed: list[tuple[float, float]] = []
+    for contour in contours:
+        contour["label"] = _label_at(contour["lines"], space, placed)
     return {"eigenvalues": lambdas, "lr_range": [space.lr_low, space.lr_high],
             "momentum_range": [space.momentum_low, space.momentum_high], "contours": contours,
             "boundary": level_set(1.0, lambdas, space, samples), "unstable": unstable_region(lambdas, space, samples)}

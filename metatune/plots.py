@@ -105,10 +105,8 @@ def draw_plane(data: Mapping[str, Any], title: str = "", path_label: str = "meta
     for contour in stability["contours"]:
         for line in contour["lines"]:
             ax.plot(line["lr"], line["momentum"], color="grey", lw=0.7, gid=f"rho={contour['level']:g}")
-        longest = max(contour["lines"], key=lambda line: len(line["lr"]), default=None)
-        if longest is not None:  # labelled where its first branch is halfway up (left of the boundary)
-            middle = int(np.argmin(np.abs(np.asarray(longest["momentum"]) - np.mean(longest["momentum"]))))
-            ax.annotate(f"ρ={contour['level']:.2f}", (longest["lr"][middle], longest["momentum"][middle]),
+        if contour["label"] is not None:
+            ax.annotate(f"ρ={contour['level']:.2f}", (contour["label"]["lr"], contour["label"]["momentum"]),
                         fontsize=7, color="dimgrey", ha="center", va="center",
                         bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
     for line in stability["boundary"]:

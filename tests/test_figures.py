@@ -145,3 +145,22 @@ def test_best_so_far_steps_hold_the_minimum_of_completed_trials():
               _trial(2, Point.scalar(0.2, 0.5), 1.0), _trial(3, Point.scalar(0.3, 0.5), 2.0)]
     assert figures.best_so_far_steps(trials) == {"evals": [10.0, 20.0, 30.0, 40.0], "best": [3.0, 3.0, 1.0, 1.0]}
     assert figures.best_so_far_steps(trials[1:2]) == {"evals": [20.0], "best": [None]}
+
+
+@pytest.mark.parametrize("eigenvalues,space", CASES + [([1.224978190439138], SearchSpace(1e-2, 30.0, 0.0, 0.99))])
+def test_contour_labels_sit_on_their_contour_and_apart(eigenvalues, space):
+    """Each label is a point of its own level set (ρ = r there) and no two labels are closer
+    than LABEL_GAP of the plot; on [0.01, 30] the 0.9–0.99 curves crowd beside the boundary,
+    where labels at each curve's middle would overlap."""
+    data = figures.stability_map(space, eigenvalues)
+    span = math.log10(space.lr_high / space.lr_low)
+    placed = []
+    for contour in data["contours"]:
+        label = contour["label"]
+        if label is None:
+            continue
+        assert spectral_radius(label["lr"], label["momentum"], eigenvalues) == pytest.approx(contour["level"], abs=1e-7)
+        placed.append((math.log10(label["lr"] / space.lr_low) / span,
+                       (label["momentum"] - space.momentum_low) / (space.momentum_high - space.momentum_low)))
+    assert len(placed) >= 2
+    assert all(math.dist(a, b) >= figures.LABEL_GAP for i, a in enumerate(placed) for b in placed[i + 1:])

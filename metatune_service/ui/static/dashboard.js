@@ -57,9 +57,20 @@ const metatune = (() => {
   const draw = (id, traces, layout) => Plotly.react(id, traces, Object.assign({}, LAYOUT, layout), CONFIG);
   // a log axis labelled at each decade when it spans more than one, else at 1, 2 and 5 times each
   const logAxis = (title, low, high) => Object.assign({title: {text: title}, type: "log"},
-    low > 0 && high / low > 30 ? {exponentformat: "power", dtick: 1} : {},
-    low > 0 ? {range: [Math.log10(low), Math.log10(high)]} : {});
-  const extent = (values) => { const v = values.filter((x) => x !== null && x > 0); return v.length ? [Math.min(...v), Math.max(...v)] : [0, 0]; };
+    low > 0 ? logTicks(low, high) : {}, low > 0 ? {range: [Math.log10(low), Math.log10(high)]} : {});
+  function logTicks(low, high) {  // labels at 1, 2 and 5 × 10^k (each decade alone over a wide range)
+    const ratio = high / low, steps = ratio > 1000 ? [1] : ratio > 20 ? [1, 3] : ratio > 8 ? [1, 2, 5] : ratio > 3 ? [1, 1.5, 2, 3, 5, 7] : [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9];
+    const tickvals = [];
+    for (let k = Math.floor(Math.log10(low)) - 1; k <= Math.ceil(Math.log10(high)); k++) {
+      for (const m of steps) { const v = m * 10 ** k; if (v >= low * 0.999 && v <= high * 1.001) tickvals.push(v); }
+    }
+    if (tickvals.length < 2) return {};
+    return {tickvals, ticktext: tickvals.map((v) => (v >= 1e-3 && v < 1e4 ? String(+v.toPrecision(3)) : v.toExponential(0)))};
+  }
+  const extent = (values) => {  // of the positive values, widened 10 % each way in log
+    const v = values.filter((x) => x !== null && x > 0);
+    return v.length ? [Math.min(...v) / 1.1, Math.max(...v) * 1.1] : [0, 0];
+  };
   const joined = (lines) => {  // several polylines as one trace, separated by gaps
     const x = [], y = [];
     for (const line of lines) { x.push(...line.lr, null); y.push(...line.momentum, null); }
@@ -74,7 +85,7 @@ const metatune = (() => {
       {x: best.evals, y: best.best, mode: "lines", type: "scatter", line: {shape: "hv", width: 2.5, color: "#1f77b4"},
        name: "best so far", connectgaps: false, meta: "best"},
     ], {title: {text: "Best validation loss so far"}, xaxis: {title: {text: "gradient evaluations"}, rangemode: "tozero"},
-        yaxis: Object.assign(logAxis("validation loss ℓ_val (log)", ...extent(finite.map((t) => t.value))), {range: undefined})});
+        yaxis: logAxis("validation loss ℓ_val (log)", ...extent(finite.map((t) => t.value)))});
   }
 
   function drawPlane(id, plane, title) {
@@ -90,12 +101,10 @@ const metatune = (() => {
         const {x, y} = joined(contour.lines);
         traces.push({x, y, mode: "lines", line: {color: "#888", width: 1}, name: "ρ = " + contour.level,
                      showlegend: false, hoverinfo: "name", meta: "contour"});
-        const longest = contour.lines.reduce((a, b) => (b.lr.length > a.lr.length ? b : a));
-        const mean = longest.momentum.reduce((a, b) => a + b, 0) / longest.momentum.length;
-        let at = 0;
-        longest.momentum.forEach((m, i) => { if (Math.abs(m - mean) < Math.abs(longest.momentum[at] - mean)) at = i; });
-        annotations.push({x: Math.log10(longest.lr[at]), y: longest.momentum[at], text: "ρ=" + contour.level,
-                          showarrow: false, font: {size: 10, color: "#555"}, bgcolor: "rgba(255,255,255,0.7)"});
+        if (contour.label) {
+          annotations.push({x: Math.log10(contour.label.lr), y: contour.label.momentum, text: "ρ=" + contour.level,
+                            showarrow: false, font: {size: 10, color: "#555"}, bgcolor: "rgba(255,255,255,0.7)"});
+        }
       }
       const boundary = joined(map.boundary);
       traces.push({x: boundary.x, y: boundary.y, mode: "lines", line: {color: "black", width: 2.5},
@@ -151,10 +160,11 @@ const metatune = (() => {
     }
     const axes = (left, right) => ({margin: Object.assign({}, LAYOUT.margin, {r: 80}),
                                     xaxis: {title: {text: "outer step (meta-gradient evaluations along a chain)"}, dtick: 1},
-                                    yaxis: {title: {text: left}}, yaxis2: {title: {text: right}, overlaying: "y", side: "right"}});
+                                    yaxis: {title: {text: left}}, yaxis2: {title: {text: right}, overlaying: "y", side: "right", tickmode: "auto",
+                                                                     nticks: 6, showgrid: false}});
     draw("chart-outer", params, Object.assign({title: {text: "η and β per outer step"}},
                                               axes("learning rate η (log)", "momentum β (dotted)"),
-                                              {yaxis: Object.assign(logAxis("learning rate η (log)", ...extent(outer.flatMap((s) => s.lr))), {range: undefined})}));
+                                              {yaxis: logAxis("learning rate η (log)", ...extent(outer.flatMap((s) => s.lr)))}));
     draw("chart-grads", grads, Object.assign({title: {text: "Meta-gradients per outer step"}},
                                              axes("∂ℓ_val/∂η", "∂ℓ_val/∂β (dotted)")));
   }
@@ -168,7 +178,7 @@ const metatune = (() => {
     }
     draw("chart-schedule", traces, {title: {text: "Best trial's schedule"}, xaxis: {title: {text: "inner step t"}},
                                     margin: Object.assign({}, LAYOUT.margin, {r: 80}),
-                                    yaxis: {title: {text: "learning rate η_t (log)"}, type: "log"},
+                                    yaxis: logAxis("learning rate η_t (log)", ...extent(schedule.series.flatMap((s) => s.lr))),
                                     yaxis2: {title: {text: "momentum β_t (dotted)"}, overlaying: "y", side: "right"}});
   }
 
@@ -346,7 +356,8 @@ const metatune = (() => {
                                                 line: {dash: "dot", color: "grey"}}];
       draw("chart-convergence", traces, {title: {text: "Best validation loss so far (median, band = min–max)"},
            xaxis: {title: {text: "gradient evaluations"}, range: [0, c.budget]},
-           yaxis: {title: {text: "best validation loss so far (log)"}, type: "log"}, shapes});
+           yaxis: logAxis("best validation loss so far (log)",
+                          ...extent(c.convergence.methods.flatMap((m) => [...m.low, ...m.high]))), shapes});
       const table = document.getElementById("table");
       if (c.table) {
         const columns = Object.keys(c.table[0] || {});
