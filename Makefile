@@ -7,6 +7,7 @@ PYTHON      ?= python3
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_VENV   ?= .venv
+DEMO_ARGS   ?=
 TEST_VENV   ?= .venv-test
 
 .PHONY: demo test bench clean
@@ -26,7 +27,7 @@ $(TEST_VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(DEMO_VENV)/.installed
-	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/python examples/service_demo.py
+	OMP_NUM_THREADS=1 $(DEMO_VENV)/bin/python examples/service_demo.py $(DEMO_ARGS)
 
 test: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/lint-imports

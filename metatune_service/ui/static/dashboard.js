@@ -28,7 +28,7 @@ const metatune = (() => {
     for (const child of children) node.append(child);
     return node;
   };
-  const num = (x, digits = 4) => (x === null || x === undefined) ? "–" :
+  const num = (x, digits = 4) => (x === null || x === undefined) ? "–" : Number.isInteger(x) ? String(x) :
     (typeof x === "number" ? (Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0) ? x.toExponential(digits - 1)
                                                                                      : x.toPrecision(digits)) : String(x));
   const hyper = (x) => {  // η or β: a float, K knot values, or either per group
@@ -352,12 +352,14 @@ const metatune = (() => {
         traces.push({x: c.convergence.grid, y: m.median, mode: "lines", line: {width: 2.5, color},
                      name: `${m.method} (${m.runs} seed${m.runs === 1 ? "" : "s"})`, legendgroup: m.method, meta: "median"});
       });
-      const shapes = c.target === null ? [] : [{type: "line", xref: "paper", x0: 0, x1: 1, y0: c.target, y1: c.target,
-                                                line: {dash: "dot", color: "grey"}}];
+      if (c.target !== null) {
+        traces.push({x: [0, c.budget], y: [c.target, c.target], mode: "lines", line: {dash: "dot", color: "grey", width: 1},
+                     name: `target ${num(c.target, 3)}`, meta: "target", hoverinfo: "name"});
+      }
       draw("chart-convergence", traces, {title: {text: "Best validation loss so far (median, band = min–max)"},
            xaxis: {title: {text: "gradient evaluations"}, range: [0, c.budget]},
            yaxis: logAxis("best validation loss so far (log)",
-                          ...extent(c.convergence.methods.flatMap((m) => [...m.low, ...m.high]))), shapes});
+                          ...extent(c.convergence.methods.flatMap((m) => [...m.low, ...m.high])))});
       const table = document.getElementById("table");
       if (c.table) {
         const columns = Object.keys(c.table[0] || {});
