@@ -1,5 +1,5 @@
 """The service's commands: ``serve``, ``worker``, ``submit``, ``jobs``, ``db upgrade``,
-``token create``, and ``compare --server``.
+``db export-optuna``, ``token create``, and ``compare --server``.
 
 ``metatune`` finds this module through the ``metatune.commands`` entry point (see
 :mod:`metatune.cli`): it calls :func:`add_commands` and, for ``compare --server``,
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -23,6 +24,8 @@ from metatune_service.status import JobStatus
 
 if TYPE_CHECKING:
     from metatune_service.client import Client
+    from metatune_service.core.config import Settings
+    from metatune_service.core.db import Database
 
 
 def port_number(text: str) -> int:
@@ -55,8 +58,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     jobs.add_argument("--limit", type=int, default=20)
     _client_arguments(jobs)
     jobs.set_defaults(handler=jobs_command)
-    db = commands.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade", "current"])
+    db = commands.add_parser("db", help="database schema; export jobs as Optuna studies")
+    db.add_argument("action", choices=["upgrade", "current", "export-optuna"])
+    db.add_argument("--storage", default=None, help="export-optuna: an Optuna storage URL (default "
+                    "METATUNE_OPTUNA_STORAGE, else beside the database)")
+    db.add_argument("--job", action="append", default=None, metavar="ID",
+                    help="export-optuna: this job only (repeatable; default every job that has started)")
     db.set_defaults(handler=db_command)
     token = commands.add_parser("token", help="API tokens")
     token.add_argument("action", choices=["create"])
@@ -89,8 +96,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
         ensure_ray(settings.ray_address)
     app = create_app(settings, embedded_worker=not args.no_worker)
-    print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database {_shown(settings.database_url)}",
-          flush=True)
+    print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database {_shown(settings.database_url)}"
+          f", Optuna studies {_optuna_shown(settings)}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -111,7 +118,8 @@ def worker_command(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     worker = Worker(db, settings)
-    print(f"metatune worker {worker.name}: database {_shown(settings.database_url)}", flush=True)
+    print(f"metatune worker {worker.name}: database {_shown(settings.database_url)}, Optuna studies "
+          f"{_optuna_shown(settings)}", flush=True)
     worker.run(stop)
     return 0
 
@@ -123,9 +131,35 @@ def db_command(args: argparse.Namespace) -> int:
 
     settings = Settings()
     db = Database(settings.database_url)
+    if args.action == "export-optuna":
+        try:
+            return export_optuna(db, Settings(optuna_storage=args.storage) if args.storage else settings, args.job)
+        finally:
+            db.dispose()
     if args.action == "upgrade":
         upgrade(db.url)
     print(f"database {_shown(settings.database_url)} at revision {current_revision(db.engine)} (head {head_revision()})")
+    return 0
+
+
+def export_optuna(db: Database, settings: Settings, job_ids: list[str] | None) -> int:
+    """``metatune db export-optuna``: write the jobs' studies (those missing, and the trials
+    they lack) and print how to open them."""
+    from metatune_service import crud, optuna_storage
+    from metatune_service.core.migrations import prepare
+
+    url = optuna_storage.storage_url(settings)
+    if url is None:
+        raise UserError("the Optuna export is off here (METATUNE_OPTUNA_STORAGE=off, or a database with no "
+                        "default place): pass --storage URL")
+    prepare(db.engine, db.url)
+    missing = [job_id for job_id in job_ids or () if crud.get_job(db, job_id=job_id) is None]
+    if missing:
+        raise UserError(f"no job {', '.join(missing)} in {_shown(settings.database_url)}")
+    studies, trials = optuna_storage.export_jobs(db, url, job_ids)
+    print(f"wrote {studies} stud{'y' if studies == 1 else 'ies'} ({trials} new trial{'' if trials == 1 else 's'}) "
+          f"to {optuna_storage.shown(url)}")
+    print(f"open them: optuna-dashboard {shlex.quote(optuna_storage.shown(url))}")
     return 0
 
 
@@ -261,6 +295,15 @@ def _compare_with(client: Client, args: argparse.Namespace, params: dict, method
                for path in state["plots"]]
     print("plots: " + ", ".join(written) + f" (also at {client.url}{state['plots'][0]})")
     return 0
+
+
+def _optuna_shown(settings: Settings) -> str:
+    """Where the jobs' Optuna studies go, as printed (``off`` when nowhere), once Optuna's schema
+    is ready there (:func:`metatune_service.optuna_storage.prepare`)."""
+    from metatune_service.optuna_storage import prepare
+
+    url = prepare(settings)
+    return "off" if url is None else _shown(url)
 
 
 def _shown(url: str) -> str:

@@ -5,7 +5,9 @@ comparison's last job has ended, build its table and plots (:mod:`metatune_servi
 A worker that dies loses its lease; another worker claims the job again and resumes it
 (its recorded trials are kept and replayed into the method, not run again). A job that
 fails on every attempt up to ``max_attempts`` is marked failed with its error. A cancel
-request reaches the run through the heartbeat (Ray stops within a second of it).
+request reaches the run through the heartbeat (Ray stops within a second of it). Each job is
+also written into its Optuna study (:mod:`metatune_service.optuna_storage`) as it runs and
+when it ends; a failure there is logged and changes nothing of the job.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import time
 import traceback
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from metatune.tuners.base import Trial as LibraryTrial
-from metatune_service import comparisons, crud
+from metatune_service import comparisons, crud, optuna_storage
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.models import Clock, Job, utcnow
@@ -37,10 +39,12 @@ class LeaseLost(RuntimeError):
 
 class JobWriter:
     """The one path a job's trials take into the database: buffered, written in batches of
-    ``batch`` or every ``interval`` seconds, each batch one transaction."""
+    ``batch`` or every ``interval`` seconds, each batch one transaction; ``on_write`` is called
+    after each batch is written."""
 
-    def __init__(self, db: Database, job_id: str, worker: str, batch: int = 32, interval: float = 0.25) -> None:
-        self.db, self.job_id, self.worker = db, job_id, worker
+    def __init__(self, db: Database, job_id: str, worker: str, batch: int = 32, interval: float = 0.25,
+                 on_write: Callable[[], None] | None = None) -> None:
+        self.db, self.job_id, self.worker, self.on_write = db, job_id, worker, on_write
         self.batch, self.interval = batch, interval
         self.buffer: list[LibraryTrial] = []
         self.flushed_at = time.monotonic()
@@ -62,6 +66,8 @@ class JobWriter:
         lambda_max = trials[0].lambda_max if math.isfinite(trials[0].lambda_max) else None
         if not crud.write_trials(self.db, job_id=self.job_id, worker=self.worker, trials=trials, lambda_max=lambda_max):
             raise LeaseLost(f"job {self.job_id} is no longer held by {self.worker}")
+        if self.on_write is not None:
+            self.on_write()
 
 
 class Worker:
@@ -106,11 +112,13 @@ class Worker:
             self.failed_builds.add(comparison_id)
 
     def execute(self, job: Job, stop: threading.Event | None = None) -> None:
-        """Run one claimed job to its end (succeeded, cancelled, failed or released)."""
+        """Run one claimed job to its end (succeeded, cancelled, failed or released); its Optuna
+        study is written as it runs and once it has ended (:class:`optuna_storage.JobExport`)."""
         cancel, done = threading.Event(), threading.Event()
         beat = threading.Thread(target=self.keep_lease, args=(job.id, cancel, done, stop), daemon=True)
         beat.start()
-        writer = JobWriter(self.db, job.id, self.name)
+        export = optuna_storage.JobExport(self.db, self.settings, job.id)
+        writer = JobWriter(self.db, job.id, self.name, on_write=export.tick)
         try:
             result = self._run(job, writer, cancel)
             writer.flush()
@@ -119,6 +127,7 @@ class Worker:
             else:
                 crud.finish_job(self.db, job_id=job.id, worker=self.name, clock=self.clock,
                                 status=JobStatus.CANCELLED if result.cancelled else JobStatus.SUCCEEDED)
+                export.final()
         except Exception as error:  # noqa: BLE001 - recorded on the job, which is retried or failed
             if _caused_by(error, LeaseLost):  # Ray wraps errors raised in its callbacks
                 log.warning("lost the lease of job %s", job.id)
@@ -132,6 +141,7 @@ class Worker:
             if job.attempts >= self.settings.max_attempts or isinstance(error, ValueError):
                 crud.finish_job(self.db, job_id=job.id, worker=self.name, status=JobStatus.FAILED,
                                 error=message, clock=self.clock)
+                export.final()
             else:
                 crud.release_job(self.db, job_id=job.id, worker=self.name, error=message)
         finally:

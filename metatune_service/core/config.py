@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     poll_seconds: float = 0.5
     ray_address: str | None = None
+    optuna_storage: str | None = None
+    """Where every job is also written as an Optuna study (:mod:`metatune_service.optuna_storage`),
+    so that ``optuna-dashboard <url>`` opens it: an SQLAlchemy URL Optuna's ``RDBStorage``
+    takes, or ``off``. Unset: Optuna's tables cannot share a schema with the service's (both
+    have a table ``trials``), so beside a SQLite database ``…/name.db`` it is the file
+    ``…/name-optuna.db``, and in a PostgreSQL database the schema ``optuna`` of the same
+    database (the URL with ``options=-csearch_path=optuna``; the schema is created when
+    missing). Any other database has no default: set a URL, or ``off``."""
     output_dir: Path = Field(default_factory=lambda: Path.cwd() / "metatune-out" / "service")
     _tokens: dict[str, str] | None = PrivateAttr(default=None)
 
