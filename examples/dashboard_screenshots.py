@@ -46,7 +46,7 @@ def main() -> None:
         page.goto(f"{args.url}/ui/login")
         page.fill("#token", args.token)
         page.click("#login-form button[type=submit]")
-        page.wait_for_url(f"{args.url}/ui")
+        page.wait_for_selector("#owner")  # signed in
         for name, path in pick(jobs).items():
             page.goto(args.url + path)
             page.wait_for_function("document.body.dataset.status !== undefined || "
