@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from metatune.errors import UserError
@@ -89,6 +90,8 @@ def serve_command(args: argparse.Namespace) -> int:
     db = Database(settings.database_url)
     try:  # an outdated database is refused here, as one line, before the server starts
         prepare(db.engine, db.url)
+        if no_token(db, settings):
+            print(NO_TOKENS, file=sys.stderr, flush=True)
     finally:
         db.dispose()
     if not args.no_worker:  # before uvicorn installs its signal handlers: ray.init replaces SIGTERM's
@@ -124,12 +127,37 @@ def worker_command(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_TOKENS = ("metatune serve: warning: no API token is set (METATUNE_API_TOKENS) or stored: every request "
+             "gets a 401 until `metatune token create --owner NAME` makes one")
+
+
+def no_token(db: Database, settings: Settings) -> bool:
+    """Whether no request could be let in: no METATUNE_API_TOKENS and no stored, unrevoked token."""
+    from metatune_service import crud
+
+    return not settings.tokens() and crud.count_tokens(db) == 0
+
+
+def sqlite_file_missing(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist yet, else None (an in-memory
+    database, another kind of database, or a file that exists)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
+
+
 def db_command(args: argparse.Namespace) -> int:
     from metatune_service.core.config import Settings
     from metatune_service.core.db import Database
     from metatune_service.core.migrations import current_revision, head_revision, upgrade
 
     settings = Settings()
+    missing = sqlite_file_missing(settings.database_url)
+    if args.action != "upgrade" and missing is not None:  # reading must not create an empty database
+        raise UserError(f"no database at {missing}: `metatune db upgrade` or `metatune serve` creates it")
     db = Database(settings.database_url)
     if args.action == "export-optuna":
         try:

@@ -42,6 +42,12 @@ def create_token(db: Database, *, owner: str) -> str:
     return token
 
 
+def count_tokens(db: Database) -> int:
+    """How many stored tokens are not revoked."""
+    with db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.revoked.is_(False))) or 0)
+
+
 def owner_of_token(db: Database, *, token: str) -> str | None:
     """The owner of a stored, unrevoked token (its last use is recorded), or None."""
     digest = hash_token(token)

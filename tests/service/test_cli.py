@@ -60,3 +60,39 @@ def test_serve_refuses_a_port_outside_1_to_65535_in_one_line(port, capsys):
     assert info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--port" in error and "port number" in error and port.lstrip("-") in error
+
+
+def test_db_current_on_a_missing_sqlite_file_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    """Reading the revision of a database that is not there used to create an empty file."""
+    path = tmp_path / "nowhere.db"
+    monkeypatch.setenv("METATUNE_DATABASE_URL", f"sqlite:///{path}")
+    assert main(["db", "current"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no database at {path}" in err and "db upgrade" in err
+    assert not path.exists()
+    assert main(["db", "upgrade"]) == 0 and path.exists()  # upgrade still creates it
+    assert main(["db", "current"]) == 0 and "at revision" in capsys.readouterr().out
+
+
+def test_serve_warns_when_no_token_would_let_anyone_in(tmp_path, monkeypatch):
+    """The warning goes out exactly when neither METATUNE_API_TOKENS nor a stored token exists."""
+    from metatune_service import cli as service_cli
+    from metatune_service import crud
+    from metatune_service.core.config import Settings
+    from metatune_service.core.db import Database
+    from metatune_service.core.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    db = Database(url)
+    try:
+        def warned(tokens: str) -> bool:
+            return service_cli.no_token(db, Settings(database_url=url, api_tokens=tokens))
+
+        assert warned("") and not warned("alice:s3cret")
+        token = crud.create_token(db, owner="alice")
+        assert not warned("")
+        assert crud.owner_of_token(db, token=token) == "alice"
+    finally:
+        db.dispose()
+    assert "METATUNE_API_TOKENS" in service_cli.NO_TOKENS and "token create" in service_cli.NO_TOKENS
