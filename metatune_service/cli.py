@@ -5,7 +5,12 @@
 :mod:`metatune.cli`): it calls :func:`add_commands` and, for ``compare --server``,
 :func:`compare_on_server`. The service's own modules are imported inside the commands, so
 that listing them costs nothing. User mistakes are :class:`metatune.errors.UserError`s: one
-line on stderr, exit code 2.
+line on stderr, exit code 2, and so are settings it cannot use (a ``METATUNE_*`` value that
+does not parse, a database it cannot open, or one at a revision it does not know).
+
+``serve`` and ``worker`` end on SIGTERM or SIGINT with exit code 0: a running job is handed back
+to the queue (its lease released: another worker claims it at once), the database's connections
+closed, and the embedded Ray stopped with its session folder removed.
 """
 
 from __future__ import annotations
@@ -14,16 +19,21 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, Iterator
 
 from metatune.errors import UserError
 from metatune_service.status import JobStatus
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
     from metatune_service.client import Client
     from metatune_service.core.config import Settings
     from metatune_service.core.db import Database
@@ -80,51 +90,170 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from metatune_service.core.config import Settings
+    from metatune_service.core.config import load_settings
+    from metatune_service.core.migrations import prepare
     from metatune_service.main import create_app
 
-    from metatune_service.core.db import Database
-    from metatune_service.core.migrations import prepare
-
-    settings = Settings()
-    db = Database(settings.database_url)
+    settings = load_settings()
+    db = open_database(settings)
     try:  # an outdated database is refused here, as one line, before the server starts
         prepare(db.engine, db.url)
         if no_token(db, settings):
             print(NO_TOKENS, file=sys.stderr, flush=True)
     finally:
         db.dispose()
-    if not args.no_worker:  # before uvicorn installs its signal handlers: ray.init replaces SIGTERM's
-        from metatune.distributed import ensure_ray
-
-        ensure_ray(settings.ray_address)
-    app = create_app(settings, embedded_worker=not args.no_worker)
-    print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database {_shown(settings.database_url)}"
-          f", Optuna studies {_optuna_shown(settings)}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with embedded_ray(settings, start=not args.no_worker):
+        exit_on_signals()  # what uvicorn re-raises once it has shut down: exit code 0
+        app = create_app(settings, embedded_worker=not args.no_worker)
+        print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database "
+              f"{_shown(settings.database_url)}, Optuna studies {_optuna_shown(settings)}", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=GRACEFUL_SECONDS)
     return 0
+
+
+GRACEFUL_SECONDS = 5
+"""How long ``serve`` waits, on SIGTERM or SIGINT, for open requests (event streams) to end
+before it closes them; the embedded worker then hands back its job (``main.create_app``)."""
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from metatune_service.core.config import Settings
-    from metatune_service.core.db import Database
+    from metatune_service.core.config import load_settings
     from metatune_service.core.migrations import prepare
     from metatune_service.worker import Worker
 
-    settings = Settings()
-    db = Database(settings.database_url)
-    prepare(db.engine, db.url)
-    from metatune.distributed import ensure_ray
-
-    ensure_ray(settings.ray_address)  # first: ray.init replaces the SIGTERM handler, ours must come after
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    worker = Worker(db, settings)
-    print(f"metatune worker {worker.name}: database {_shown(settings.database_url)}, Optuna studies "
-          f"{_optuna_shown(settings)}", flush=True)
-    worker.run(stop)
+    settings = load_settings()
+    db = open_database(settings)
+    try:
+        prepare(db.engine, db.url)
+        with embedded_ray(settings, start=True):
+            stop = stop_on_signals()
+            worker = Worker(db, settings)
+            print(f"metatune worker {worker.name}: database {_shown(settings.database_url)}, Optuna studies "
+                  f"{_optuna_shown(settings)}", flush=True)
+            worker.run(stop)  # on stop, a running job is handed back to the queue (its lease released)
+    finally:
+        db.dispose()
     return 0
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGINT end the process with exit code 0 (uvicorn replaces these handlers
+    while it serves, shuts down gracefully, then raises the signal again: it lands here). Set
+    after :func:`~metatune.distributed.ensure_ray`, whose ``ray.init`` makes SIGTERM exit 15."""
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, leave)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that the first SIGTERM or SIGINT sets (the worker hands back its job and ends,
+    exit code 0); a second one ends the process at once (its Ray ends with it)."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    return stop
+
+
+@contextmanager
+def embedded_ray(settings: Settings, *, start: bool) -> Iterator[None]:
+    """While the command runs: the embedded Ray (when ``start``; on 127.0.0.1 unless
+    METATUNE_RAY_HOST says otherwise), then Ray stopped (its session folder removed) and Ray
+    Tune's result folders under ``output_dir/ray`` removed once no other serve or worker on
+    this machine uses them (:func:`ray_results`)."""
+    from metatune.distributed import ensure_ray, shutdown
+
+    with ray_results(settings.output_dir / "ray"):
+        try:
+            if start:  # before uvicorn's signal handlers and ours: ray.init replaces SIGTERM's
+                ensure_ray(settings.ray_address, host=settings.ray_host)
+            yield
+        finally:
+            shutdown()
+
+
+@contextmanager
+def ray_results(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` (Ray Tune's result folders) for as long as the block runs: a shared
+    ``flock`` on ``folder.lock``, which the kernel drops when a process ends, killed or not.
+    Whoever finds no other holder (at start: what a killed process left; at the end: the last
+    one out) removes the folder. Nothing reads it once a job has ended (its trials are in the
+    database); without ``fcntl`` the folder is left alone."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        _remove_unless_held(lock, folder, fcntl)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            _remove_unless_held(lock, folder, fcntl)
+
+
+def _remove_unless_held(lock: IO[str], folder: Path, fcntl: ModuleType) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another serve or worker uses the folder
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def checked_url(settings: Settings) -> URL:
+    """The settings' database URL, parsed, with its driver loaded and, for a SQLite file, its
+    folder there; else a :class:`UserError` naming METATUNE_DATABASE_URL (one line)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(settings.database_url)
+        url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
+        raise UserError(f"METATUNE_DATABASE_URL is not a database URL this metatune can open ({_first_line(error)}):"
+                        f" use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME") from None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        folder = Path(url.database).parent
+        if not folder.is_dir():
+            raise UserError(f"METATUNE_DATABASE_URL={url.render_as_string(hide_password=True)}: the folder {folder} "
+                            f"does not exist (create it, or point METATUNE_DATABASE_URL at a file in a folder that "
+                            f"does)")
+    return url
+
+
+def open_database(settings: Settings) -> Database:
+    """The settings' database, once a connection to it has been made. A URL that does not
+    parse, an unknown or missing driver, a SQLite file in a folder that does not exist
+    (:func:`checked_url`), or a server that does not answer is a :class:`UserError` naming
+    METATUNE_DATABASE_URL (one line), not a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from metatune_service.core.db import Database
+
+    shown = checked_url(settings).render_as_string(hide_password=True)
+    db = Database(settings.database_url)
+    try:
+        with db.engine.connect():
+            pass
+    except DBAPIError as error:
+        db.dispose()
+        raise UserError(f"cannot open the database METATUNE_DATABASE_URL={shown}: {_first_line(error.orig)}") from None
+    return db
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 NO_TOKENS = ("metatune serve: warning: no API token is set (METATUNE_API_TOKENS) or stored: every request "
@@ -150,23 +279,27 @@ def sqlite_file_missing(url: str) -> str | None:
 
 
 def db_command(args: argparse.Namespace) -> int:
-    from metatune_service.core.config import Settings
-    from metatune_service.core.db import Database
-    from metatune_service.core.migrations import current_revision, head_revision, upgrade
+    from metatune_service.core.config import load_settings
+    from metatune_service.core.migrations import current_revision, head_revision, known, refuse_newer, upgrade
 
-    settings = Settings()
+    settings = load_settings()
+    checked_url(settings)
     missing = sqlite_file_missing(settings.database_url)
     if args.action != "upgrade" and missing is not None:  # reading must not create an empty database
         raise UserError(f"no database at {missing}: `metatune db upgrade` or `metatune serve` creates it")
-    db = Database(settings.database_url)
-    if args.action == "export-optuna":
-        try:
-            return export_optuna(db, Settings(optuna_storage=args.storage) if args.storage else settings, args.job)
-        finally:
-            db.dispose()
-    if args.action == "upgrade":
-        upgrade(db.url)
-    print(f"database {_shown(settings.database_url)} at revision {current_revision(db.engine)} (head {head_revision()})")
+    db = open_database(settings)
+    try:
+        if args.action == "export-optuna":
+            return export_optuna(db, load_settings(optuna_storage=args.storage) if args.storage else settings,
+                                 args.job)
+        if args.action == "upgrade":
+            refuse_newer(db.engine)
+            upgrade(db.url)
+        current = current_revision(db.engine)
+        newer = "; newer than this metatune" if current is not None and not known(current) else ""
+        print(f"database {_shown(settings.database_url)} at revision {current} (head {head_revision()}{newer})")
+    finally:
+        db.dispose()
     return 0
 
 
@@ -193,13 +326,15 @@ def export_optuna(db: Database, settings: Settings, job_ids: list[str] | None) -
 
 def token_command(args: argparse.Namespace) -> int:
     from metatune_service import crud
-    from metatune_service.core.config import Settings
-    from metatune_service.core.db import Database
+    from metatune_service.core.config import load_settings
     from metatune_service.core.migrations import prepare
 
-    db = Database(Settings().database_url)
-    prepare(db.engine, db.url)
-    print(crud.create_token(db, owner=args.owner))
+    db = open_database(load_settings())
+    try:
+        prepare(db.engine, db.url)
+        print(crud.create_token(db, owner=args.owner))
+    finally:
+        db.dispose()
     print(f"(the token of {args.owner!r}: it is shown once and stored only as a hash)", file=sys.stderr)
     return 0
 

@@ -1,4 +1,5 @@
-"""The service's settings, read once at start-up from ``METATUNE_*`` environment variables."""
+"""The service's settings, read once at start-up from ``METATUNE_*`` environment variables
+(:func:`load_settings`: a value that does not parse is one line naming its variable)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ import hashlib
 import os
 from pathlib import Path
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metatune.errors import UserError
+
+ENV_PREFIX = "METATUNE_"
+
+
+class ConfigurationError(UserError):
+    """A ``METATUNE_*`` setting this service cannot use; the message names the variable and
+    what to change (the command line prints it as one line and exits with code 2)."""
 
 
 def default_database_url() -> str:
@@ -18,7 +28,7 @@ def default_database_url() -> str:
 class Settings(BaseSettings):
     """Everything the API and the workers are configured by (env prefix ``METATUNE_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="METATUNE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: str = Field(default_factory=default_database_url)
     api_tokens: str = ""
@@ -37,6 +47,14 @@ class Settings(BaseSettings):
     max_objective_size: int = 4096
     """Largest integer objective parameter (dim, hidden, width, batch_size, …) a job may ask for."""
     max_body_bytes: int = 64 * 1024
+    max_json_depth: int = 32
+    """Deepest nesting of arrays and objects a request body may have (a job spec needs 5)."""
+    rate_limit: float = 300.0
+    """Requests per second a token may make on average (0: no limit); past it, 429 with Retry-After."""
+    rate_burst: float = 600.0
+    """Requests a token may make at once before :attr:`rate_limit` applies."""
+    keepalive_seconds: float = 10.0
+    """Longest silence of an event stream: a comment line is sent when nothing else was."""
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     max_attempts: int = 3
@@ -51,6 +69,9 @@ class Settings(BaseSettings):
     database (the URL with ``options=-csearch_path=optuna``; the schema is created when
     missing). Any other database has no default: set a URL, or ``off``."""
     output_dir: Path = Field(default_factory=lambda: Path.cwd() / "metatune-out" / "service")
+    ray_host: str = "127.0.0.1"
+    """The address the embedded Ray's processes listen on (:func:`metatune.distributed.ensure_ray`):
+    loopback unless another machine's Ray workers must reach it."""
     _tokens: dict[str, str] | None = PrivateAttr(default=None)
 
     def tokens(self) -> dict[str, str]:
@@ -75,3 +96,26 @@ def owner_of_bare_token(token: str) -> str:
         'token-1ec1c26b50d5'
     """
     return "token-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def load_settings(**values: object) -> Settings:
+    """:class:`Settings` from the environment (``values`` override it), or a
+    :class:`ConfigurationError` naming the first variable whose value does not parse.
+
+    Example:
+        >>> try:
+        ...     load_settings(max_trials="many")
+        ... except ConfigurationError as error:
+        ...     print(error)
+        METATUNE_MAX_TRIALS='many' is invalid: Input should be a valid integer, unable to parse string as an integer
+    """
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        problems = error.errors()
+        first = problems[0]
+        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX + "*"
+        shown = repr(first.get("input"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigurationError(f"{name}={shown} is invalid: {first['msg']}{more}") from None

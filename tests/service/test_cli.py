@@ -1,9 +1,15 @@
 """The service's commands reach ``metatune`` through entry points: the library never imports
-the service, and the service's user errors are one line on stderr with exit code 2."""
+the service, and the service's user errors and configuration errors (run as the real command)
+are one line on stderr with exit code 2."""
 
 from __future__ import annotations
 
 import ast
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -96,3 +102,73 @@ def test_serve_warns_when_no_token_would_let_anyone_in(tmp_path, monkeypatch):
     finally:
         db.dispose()
     assert "METATUNE_API_TOKENS" in service_cli.NO_TOKENS and "token create" in service_cli.NO_TOKENS
+
+
+def run_cli(argv: list[str], cwd, **env: str) -> subprocess.CompletedProcess:
+    """The real ``metatune`` command in ``cwd``, with only ``env``'s METATUNE_* settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("METATUNE_")}
+    return subprocess.run([sys.executable, "-m", "metatune.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**clean, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                                            "METATUNE_RAY_DIR": str(cwd / "ray"), **env})
+
+
+def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
+    """The one line a configuration error prints (exit code 2, no traceback)."""
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"metatune {command}: error: ")
+    return done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, url, says", [
+    (["worker"], "garbage", "METATUNE_DATABASE_URL is not a database URL"),
+    (["db", "upgrade"], "foo://host/name", "METATUNE_DATABASE_URL is not a database URL"),
+    (["serve"], "postgresql://postgres@127.0.0.1:{closed}/test", "Connection refused"),
+    (["token", "create", "--owner", "alice"], "sqlite:///{tmp}/no/such/folder/m.db", "the folder"),
+    (["db", "current"], "sqlite:///{tmp}/no/such/folder/m.db", "the folder"),
+])
+def test_a_database_url_that_cannot_be_opened_is_one_line_and_exit_code_two(argv, url, says, tmp_path):
+    """A garbage URL, an unknown driver, PostgreSQL on a closed port, a SQLite file in a folder
+    that does not exist: one line naming METATUNE_DATABASE_URL, and nothing made on disk (no
+    database file or folder, no Ray, no output folder)."""
+    url = url.format(closed=free_port(), tmp=tmp_path)
+    done = run_cli(argv, tmp_path, METATUNE_DATABASE_URL=url)
+    line = one_line_error(done, argv[0])
+    assert "METATUNE_DATABASE_URL" in line and says in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["serve"], ["worker"]])
+def test_a_setting_that_does_not_parse_is_one_line_naming_its_variable(argv, tmp_path):
+    """METATUNE_MAX_GRADIENT_EVALS=abc (a pydantic ValidationError) used to print a traceback;
+    nothing is made on disk, not even the default database in the working directory."""
+    done = run_cli(argv, tmp_path, METATUNE_MAX_GRADIENT_EVALS="abc")
+    line = one_line_error(done, argv[0])
+    assert "METATUNE_MAX_GRADIENT_EVALS='abc' is invalid" in line and "number" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_database_newer_than_the_code_is_refused_with_its_own_message(tmp_path):
+    """A database at a revision this code does not know (a newer metatune migrated it): every
+    command that would use it says so, in one line, and not "run db upgrade" (which cannot
+    help); ``db upgrade`` leaves it as it was, ``db current`` shows it."""
+    from metatune_service.core.migrations import VERSION_TABLE, head_revision, upgrade
+
+    path = tmp_path / "newer.db"
+    upgrade(f"sqlite:///{path}")
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(f"UPDATE {VERSION_TABLE} SET version_num = 'f00dfeedbeef'")
+    url = f"sqlite:///{path}"
+    for argv in (["serve"], ["worker"], ["db", "upgrade"], ["token", "create", "--owner", "alice"]):
+        line = one_line_error(run_cli(argv, tmp_path, METATUNE_DATABASE_URL=url), argv[0])
+        assert f"is at revision f00dfeedbeef, newer than this metatune (head {head_revision()})" in line
+        assert "upgrade metatune" in line and "db upgrade" not in line
+    current = run_cli(["db", "current"], tmp_path, METATUNE_DATABASE_URL=url)
+    assert current.returncode == 0 and "at revision f00dfeedbeef" in current.stdout and "newer" in current.stdout
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [("f00dfeedbeef",)]
+        assert connection.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
+    assert {p.name for p in tmp_path.iterdir()} <= {"newer.db", "newer.db-wal", "newer.db-shm"}  # no Ray, no output
