@@ -1,15 +1,26 @@
 """Engines and sessions. SQLite: WAL, a busy timeout, foreign keys on, and writes serialised
 through one lock per engine (SQLite has one writer at a time; waiting on our lock is cheaper
-and fairer than its busy loop). PostgreSQL through psycopg 3."""
+and fairer than its busy loop). PostgreSQL through psycopg 3.
+
+Reads run in autocommit (each statement its own snapshot: no BEGIN and ROLLBACK round trips
+around a request's one or two SELECTs); writes in one transaction each. A pooled connection is
+pinged before use only when it has been idle for :data:`PING_AFTER_IDLE_SECONDS` (one that
+fails is replaced): under load connections are reused within milliseconds, and a ping on
+every checkout would double a read's round trips, while one left idle through a database
+restart is still caught before a request gets it."""
 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
+
+PING_AFTER_IDLE_SECONDS = 1.0
+"""How long a pooled connection may have been idle before it is pinged at checkout."""
 
 
 def normalise_url(url: str) -> str:
@@ -37,7 +48,29 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=20, max_overflow=40)
+    ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+def ping_when_idle(engine: Engine, seconds: float) -> None:
+    """Ping a pooled connection at checkout if it was checked in more than ``seconds`` ago; a
+    failed ping makes the pool discard it and check out another (SQLAlchemy's
+    :class:`~sqlalchemy.exc.DisconnectionError` protocol)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("checked_in")
+        if since is None or time.monotonic() - since <= seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(f"a pooled connection failed its ping: {error}") from error
 
 
 class Database:
@@ -47,12 +80,16 @@ class Database:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessions = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                                          expire_on_commit=False)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self.sessions() as session:
+        """A session for reading, in autocommit: each statement sees the data committed when
+        it runs (nothing written through it is kept)."""
+        with self.read_sessions() as session:
             yield session
 
     @contextmanager

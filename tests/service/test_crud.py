@@ -119,3 +119,30 @@ def test_a_worker_whose_lease_was_taken_stops_its_run_at_its_next_heartbeat(migr
     finally:
         done.set()
         thread.join(timeout=30)
+
+
+def test_reads_see_each_commit_and_a_connection_closed_while_idle_is_replaced(migrated):
+    """A read session is in autocommit: a job committed by another session is seen by the next
+    statement. A pooled PostgreSQL connection the server closed while it sat idle (a restart)
+    fails its ping at checkout and is replaced, so the read that gets it does not fail."""
+    import pytest
+    from sqlalchemy import text
+
+    from metatune_service.core.db import PING_AFTER_IDLE_SECONDS
+
+    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    with migrated.read() as session:
+        assert session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        crud.create_jobs(migrated, owner="alice", specs=[SPEC.with_changes(seed=1)])
+        assert session.execute(text("SELECT count(*) FROM jobs")).scalar() == 2
+    if migrated.is_sqlite:
+        pytest.skip("SQLite has no server to close a connection")
+    import psycopg
+
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+    name = migrated.engine.url.database
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+        closed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                               (name,)).fetchone()[0]
+    assert closed >= 1
+    assert crud.get_job(migrated, job_id=job.id).id == job.id
