@@ -165,16 +165,21 @@ def stop_on_signals() -> threading.Event:
 
 @contextmanager
 def embedded_ray(settings: Settings, *, start: bool) -> Iterator[None]:
-    """While the command runs: the embedded Ray (when ``start``; on 127.0.0.1 unless
-    METATUNE_RAY_HOST says otherwise), then Ray stopped (its session folder removed) and Ray
+    """While the command runs, when ``start``: the embedded Ray (on 127.0.0.1 unless
+    METATUNE_RAY_HOST says otherwise); then Ray stopped (its session folder removed) and Ray
     Tune's result folders under ``output_dir/ray`` removed once no other serve or worker on
     this machine uses them (:func:`ray_results`)."""
+    if not start:
+        yield
+        return
     from metatune.distributed import ensure_ray, shutdown
 
     with ray_results(settings.output_dir / "ray"):
-        try:
-            if start:  # before uvicorn's signal handlers and ours: ray.init replaces SIGTERM's
+        try:  # before uvicorn's signal handlers and ours: ray.init replaces SIGTERM's
+            try:
                 ensure_ray(settings.ray_address, host=settings.ray_host)
+            except SystemExit as leaving:  # SIGTERM while Ray starts: ray.init's handler exits 15
+                raise SystemExit(0 if leaving.code == signal.SIGTERM else leaving.code) from None
             yield
         finally:
             shutdown()

@@ -43,18 +43,19 @@ characters, and a Unix socket path holds at most 107."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WATCHDOG = """\
 import importlib.util, pathlib, sys
-sys.stdin.buffer.read()  # end of file: the process that started the Ray has ended
+sys.stdin.buffer.read()  # end of file: the process that starts the Ray has ended (or stopped it)
 spec = importlib.util.spec_from_file_location("metatune_ray_watchdog", sys.argv[1])
 cluster = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cluster)
-cluster.reap(pathlib.Path(sys.argv[2]))
+cluster.reap_owned(pathlib.Path(sys.argv[2]), int(sys.argv[3]))
 """
-"""The watchdog's program: it waits on a pipe only its starter holds open, then :func:`reap`s
-the session (a bare Python with this file: no torch, no Ray)."""
+"""The watchdog's program: it waits on a pipe only its starter holds open, then reaps the
+sessions its starter made (:func:`reap_owned`), in a bare Python with this file: no torch, no Ray."""
 
 
 class _Started:
-    """The session folder of the embedded Ray this process started, and its watchdog."""
+    """The session folder of the embedded Ray this process started, and its watchdog (started
+    before Ray, so that a kill while Ray starts is covered too)."""
 
     session: Path | None = None
     watchdog: subprocess.Popen | None = None
@@ -120,11 +121,15 @@ def ensure_ray(address: str | None = None, *, root: str | Path | None = None, nu
         return True
     temp = temp_dir(Path(root) if root else default_root())
     sweep(Path(temp))
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp,
-             _node_ip_address=_node_address(host or default_host()), **quiet)
-    _started.session = Path(ray._private.worker._global_node.get_session_dir_path())
-    _started.watchdog = _watch(_started.session)
+    _started.watchdog = _watch(Path(temp))
     atexit.register(shutdown)
+    try:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp,
+                 _node_ip_address=_node_address(host or default_host()), **quiet)
+    except BaseException:
+        shutdown()  # the watchdog removes what the failed start left
+        raise
+    _started.session = Path(ray._private.worker._global_node.get_session_dir_path())
     return True
 
 
@@ -142,11 +147,13 @@ def _node_address(host: str) -> str:
     return "127.0.0.1"
 
 
-def _watch(session: Path) -> subprocess.Popen:
-    """Start the watchdog of ``session`` (:data:`WATCHDOG`) in a session of its own, so that a
-    signal to this process's group leaves it to clean up after the group."""
-    return subprocess.Popen([sys.executable, "-c", WATCHDOG, __file__, str(session)], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _watch(temp: Path) -> subprocess.Popen:
+    """Start the watchdog (:data:`WATCHDOG`) of the sessions this process makes under Ray's temp
+    folder ``temp``, in a session of its own, so that a signal to this process's group leaves
+    it to clean up after the group."""
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, __file__, str(temp), str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def shutdown() -> None:
@@ -259,6 +266,14 @@ def reap(session: Path, grace: float = 5.0) -> None:
     latest = session.parent / "session_latest"
     if latest.is_symlink() and not latest.exists():
         latest.unlink(missing_ok=True)
+
+
+def reap_owned(temp: Path, owner: int) -> None:
+    """:func:`reap` the sessions under Ray's temp folder ``temp`` that process ``owner`` made."""
+    for session in temp.glob("session_*"):
+        made = session_owner(session)
+        if made is not None and made[0] == owner and not session.is_symlink():
+            reap(session)
 
 
 def sweep(temp: Path) -> list[Path]:
