@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson")
     parser.add_argument("--mix", default=MIX, help=f"weights per request kind (default {MIX})")
     parser.add_argument("--stream-seconds", type=float, default=1.0, help="longest an event stream is read")
+    parser.add_argument("--stream-interval", type=float, default=0.5,
+                        help="the event streams' polling interval (the server's default 0.5 s)")
     parser.add_argument("--database", action="append", default=None,
                         help="a database URL to run on (repeatable; default a new SQLite file and a scratch "
                              "PostgreSQL database)")
@@ -173,8 +175,9 @@ class RawClient:
             async with asyncio.timeout(seconds):
                 self._send(writer, "GET", path, None, None)
                 status, _, chunked, _ = _parse_head(await reader.readuntil(b"\r\n\r\n"))
-                async for _ in _chunks(reader) if chunked and status == 200 else _nothing():
-                    first = loop.time() if first is None else first
+                if chunked and status == 200:
+                    async for _ in _chunks(reader):
+                        first = loop.time() if first is None else first
         except TimeoutError:
             pass
         finally:
@@ -210,11 +213,6 @@ async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         if size == 0:
             return
         yield data[:-2]
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield b""
 
 
 class Generator:
@@ -278,7 +276,7 @@ def _expect(what: str, answer: tuple[int, bytes], status: int) -> str | None:
 
 
 async def open_loop(client: RawClient, plan: list[tuple[float, str]], jobs: list[str], *,
-                    stream_seconds: float = 1.0, stream_interval: float = 0.25, seed: int = 0) -> LoadResult:
+                    stream_seconds: float = 1.0, stream_interval: float = 0.5, seed: int = 0) -> LoadResult:
     """Send ``plan`` (from :func:`schedule`) through ``client``, reading from ``jobs`` (ids;
     submitted jobs are added); event streams poll every ``stream_interval`` seconds."""
     result = LoadResult(offered=len(plan))
@@ -415,7 +413,8 @@ async def _phases(port: int, args: argparse.Namespace, worker: subprocess.Popen 
         known = await seed_jobs(client)
         await asyncio.sleep(3.0 if worker is not None else 0.0)  # let the worker start on them
         cpu = cpu_seconds(server.pid)
-        load = await open_loop(client, plan, known, stream_seconds=args.stream_seconds, seed=args.seed)
+        load = await open_loop(client, plan, known, stream_seconds=args.stream_seconds,
+                               stream_interval=args.stream_interval, seed=args.seed)
         server_cpu = (cpu_seconds(server.pid) - cpu) / load.wall
         if worker is not None:
             await asyncio.to_thread(stop_process, worker)

@@ -9,6 +9,7 @@ from typing import Any
 
 from metatune.compare import json_safe
 from metatune.point import MetaGradient, Point
+from metatune.schedule import Schedule as LibrarySchedule
 from metatune_service import crud
 from metatune_service.core.db import Database
 from metatune_service.models import Job, Trial
@@ -16,15 +17,20 @@ from metatune_service.schemas import JobPublic, MetaGradientPublic, Schedule, Tr
 
 
 def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None = None) -> JobPublic:
-    """The job as the API shows it (``summary``: its trial count and best trial, if known)."""
+    """The job as the API shows it (``summary``: its trial count and best trial, if known).
+
+    Budget, groups and schedule are read from the stored spec (:meth:`TuningJob.to_json`, which
+    always writes them) rather than through :meth:`Job.tuning_job`, whose checks cost most of
+    a page of jobs' time."""
     trials, best = summary if summary is not None else crud.summaries(db, jobs=[job])[job.id]
-    spec = job.tuning_job()
+    space = job.spec.get("space") or {}
+    schedule = LibrarySchedule.parse(space.get("schedule"))
     return JobPublic(
         id=job.id, status=job.status, owner=job.owner, objective=job.objective, method=job.method, seed=job.seed,
         spec=job.spec, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        error=job.error, trials=trials, gradient_evals=job.gradient_evals, budget=spec.budget,
-        attempts=job.attempts, comparison_id=job.comparison_id, groups=spec.groups,
-        schedule=Schedule(knots=spec.schedule.knots, shape=spec.schedule.shape),
+        error=job.error, trials=trials, gradient_evals=job.gradient_evals, budget=job.spec["budget"]["gradient_evals"],
+        attempts=job.attempts, comparison_id=job.comparison_id, groups=space.get("groups"),
+        schedule=Schedule(knots=schedule.knots, shape=schedule.shape),
         best_trial=None if best is None else trial_summary(best),
     )
 
