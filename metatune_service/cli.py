@@ -225,14 +225,15 @@ def checked_url(settings: Settings) -> URL:
         url = make_url(settings.database_url)
         url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
-        raise UserError(f"METATUNE_DATABASE_URL is not a database URL this metatune can open ({_first_line(error)}):"
-                        f" use sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME") from None
+        raise UserError(f"METATUNE_DATABASE_URL is not a database URL this metatune can open "
+                        f"({_first_line(error)}): use sqlite:///PATH or "
+                        f"postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME") from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         folder = Path(url.database).parent
         if not folder.is_dir():
-            raise UserError(f"METATUNE_DATABASE_URL={url.render_as_string(hide_password=True)}: the folder {folder} "
-                            f"does not exist (create it, or point METATUNE_DATABASE_URL at a file in a folder that "
-                            f"does)")
+            shown = url.render_as_string(hide_password=True)
+            raise UserError(f"METATUNE_DATABASE_URL={shown}: the folder {folder} does not exist (create it, "
+                            f"or point METATUNE_DATABASE_URL at a file in a folder that does)")
     return url
 
 
@@ -252,7 +253,8 @@ def open_database(settings: Settings) -> Database:
             pass
     except DBAPIError as error:
         db.dispose()
-        raise UserError(f"cannot open the database METATUNE_DATABASE_URL={shown}: {_first_line(error.orig)}") from None
+        raise UserError(f"cannot open the database METATUNE_DATABASE_URL={shown}: "
+                        f"{_first_line(error.orig)}") from None
     return db
 
 
@@ -302,7 +304,8 @@ def db_command(args: argparse.Namespace) -> int:
             upgrade(db.url)
         current = current_revision(db.engine)
         newer = "; newer than this metatune" if current is not None and not known(current) else ""
-        print(f"database {_shown(settings.database_url)} at revision {current} (head {head_revision()}{newer})")
+        shown = _shown(settings.database_url)
+        print(f"database {shown} at revision {current} (head {head_revision()}{newer})")
     finally:
         db.dispose()
     return 0

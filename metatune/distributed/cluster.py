@@ -233,8 +233,8 @@ def session_processes(session: Path) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            named = marker.encode() in (entry / "cmdline").read_bytes()
-            named = named or any(os.readlink(fd).startswith(marker + os.sep) for fd in (entry / "fd").iterdir())
+            named = marker.encode() in (entry / "cmdline").read_bytes() or any(
+                os.readlink(fd).startswith(marker + os.sep) for fd in (entry / "fd").iterdir())
         except OSError:  # ended meanwhile, or another user's
             continue
         if named:

@@ -103,11 +103,11 @@ def load_settings(**values: object) -> Settings:
     :class:`ConfigurationError` naming the first variable whose value does not parse.
 
     Example:
-        >>> try:
+        >>> try:  # doctest: +ELLIPSIS
         ...     load_settings(max_trials="many")
         ... except ConfigurationError as error:
         ...     print(error)
-        METATUNE_MAX_TRIALS='many' is invalid: Input should be a valid integer, unable to parse string as an integer
+        METATUNE_MAX_TRIALS='many' is invalid: Input should be a valid integer, ...
     """
     try:
         return Settings(**values)

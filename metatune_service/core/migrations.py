@@ -64,9 +64,9 @@ def refuse_newer(engine: Engine) -> None:
     """Raise :class:`NewerDatabase` when the database is at a revision this code does not know."""
     current = current_revision(engine)
     if current is not None and not known(current):
-        raise NewerDatabase(f"the database at {_shown(engine)} is at revision {current}, newer than this metatune "
-                            f"(head {head_revision()}): upgrade metatune, or point METATUNE_DATABASE_URL at "
-                            f"another database")
+        raise NewerDatabase(f"the database at {_shown(engine)} is at revision {current}, newer than this "
+                            f"metatune (head {head_revision()}): upgrade metatune, or point "
+                            f"METATUNE_DATABASE_URL at another database")
 
 
 def prepare(engine: Engine, url: str) -> str:

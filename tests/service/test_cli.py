@@ -107,9 +107,10 @@ def test_serve_warns_when_no_token_would_let_anyone_in(tmp_path, monkeypatch):
 def run_cli(argv: list[str], cwd, **env: str) -> subprocess.CompletedProcess:
     """The real ``metatune`` command in ``cwd``, with only ``env``'s METATUNE_* settings."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("METATUNE_")}
-    return subprocess.run([sys.executable, "-m", "metatune.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**clean, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
-                                            "METATUNE_RAY_DIR": str(cwd / "ray"), **env})
+    env = {**clean, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "METATUNE_RAY_DIR": str(cwd / "ray"),
+           **env}
+    command = [sys.executable, "-m", "metatune.cli", *argv]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
 def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
@@ -167,8 +168,11 @@ def test_a_database_newer_than_the_code_is_refused_with_its_own_message(tmp_path
         assert f"is at revision f00dfeedbeef, newer than this metatune (head {head_revision()})" in line
         assert "upgrade metatune" in line and "db upgrade" not in line
     current = run_cli(["db", "current"], tmp_path, METATUNE_DATABASE_URL=url)
-    assert current.returncode == 0 and "at revision f00dfeedbeef" in current.stdout and "newer" in current.stdout
+    assert current.returncode == 0
+    assert "at revision f00dfeedbeef" in current.stdout and "newer than this metatune" in current.stdout
     with closing(sqlite3.connect(path)) as connection:
-        assert connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [("f00dfeedbeef",)]
+        versions = connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
+        assert versions == [("f00dfeedbeef",)]
         assert connection.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
-    assert {p.name for p in tmp_path.iterdir()} <= {"newer.db", "newer.db-wal", "newer.db-shm"}  # no Ray, no output
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left <= {"newer.db", "newer.db-wal", "newer.db-shm"}  # no Ray folder, no output folder

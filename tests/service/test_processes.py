@@ -66,11 +66,11 @@ def test_a_start_sweeps_the_sessions_of_dead_owners_and_their_processes_only(tmp
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     stale, live = session_folder(temp, ended.pid), session_folder(temp, os.getpid())
-    holders = [subprocess.Popen([sys.executable, "-c", "import os, time; log = open(os.environ['LOG'], 'w'); "
-                                 "time.sleep(60)"], env={**os.environ, "LOG": str(folder / "logs" / "agent.log")})
+    hold = "import os, time; log = open(os.environ['LOG'], 'w'); time.sleep(60)"
+    holders = [subprocess.Popen([sys.executable, "-c", hold], env={**os.environ, "LOG": f"{folder}/logs/a"})
                for folder in (stale, live)]  # the folder is not on their command lines
     try:
-        wait_until(lambda: all((folder / "logs" / "agent.log").exists() for folder in (stale, live)), 30,
+        wait_until(lambda: all((folder / "logs" / "a").exists() for folder in (stale, live)), 30,
                    "both logs opened")
         time.sleep(0.5)  # the log is open by now
         assert sweep(temp) == [stale]
@@ -83,9 +83,10 @@ def test_a_start_sweeps_the_sessions_of_dead_owners_and_their_processes_only(tmp
 
 
 def start(argv: list[str], tmp_path: Path, root: Path, url: str) -> subprocess.Popen:
-    env = {**os.environ, "METATUNE_DATABASE_URL": url, "METATUNE_RAY_DIR": str(root), "RAY_AUTH_MODE": "disabled",
-           "METATUNE_OUTPUT_DIR": str(tmp_path / "out"), "METATUNE_API_TOKENS": TOKENS, "OMP_NUM_THREADS": "1",
-           "METATUNE_LEASE_SECONDS": "10", "METATUNE_HEARTBEAT_SECONDS": "0.5", "METATUNE_POLL_SECONDS": "0.2"}
+    env = {**os.environ, "METATUNE_DATABASE_URL": url, "METATUNE_RAY_DIR": str(root), "OMP_NUM_THREADS": "1",
+           "RAY_AUTH_MODE": "disabled", "METATUNE_OUTPUT_DIR": str(tmp_path / "out"),
+           "METATUNE_API_TOKENS": TOKENS, "METATUNE_LEASE_SECONDS": "10", "METATUNE_HEARTBEAT_SECONDS": "0.5",
+           "METATUNE_POLL_SECONDS": "0.2"}
     env.pop("RAY_ADDRESS", None)
     env.pop("METATUNE_RAY_HOST", None)
     with open(tmp_path / f"{argv[0]}-{time.monotonic_ns()}.log", "w") as log:
@@ -183,7 +184,7 @@ def test_a_killed_worker_leaves_no_ray_process_and_a_new_start_sweeps_what_remai
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         killed = time.monotonic()
-        wait_until(lambda: not alive(processes), 15, f"no process of the killed worker left: {alive(processes)}")
+        wait_until(lambda: not alive(processes), 15, "no process of the killed worker left")
         wait_until(lambda: not session.exists(), 15, "the killed worker's session folder removed")
         assert time.monotonic() - killed < 15
     finally:
@@ -209,7 +210,7 @@ def test_a_killed_worker_leaves_no_ray_process_and_a_new_start_sweeps_what_remai
         assert not session.exists() and not alive(processes), alive(processes)  # swept before its Ray started
         assert [s.name.rsplit("_", 1)[1] for s in sessions(ray_root)] == [str(third.pid)]
         assert stop(third) == 0
-        wait_until(lambda: not alive(mine), 15, f"no process of the stopped worker left: {alive(mine)}")
+        wait_until(lambda: not alive(mine), 15, "no process of the stopped worker left")
         assert sessions(ray_root) == []
     finally:
         stop(third)
@@ -220,7 +221,8 @@ def slow_job(url: str) -> str:
     upgrade(url)
     db = Database(url)
     try:
-        spec = normalise(JobCreate(objective="mlp-digits", method="tpe", budget={"inner_steps": 100, "trials": 500}),
+        budget = {"inner_steps": 100, "trials": 500}
+        spec = normalise(JobCreate(objective="mlp-digits", method="tpe", budget=budget),
                          Settings(database_url=url, max_gradient_evals=1e7))
         (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
         return job.id
@@ -253,7 +255,7 @@ def test_sigterm_hands_the_running_job_back_and_leaves_nothing(argv, tmp_path, r
         job = crud.get_job(db, job_id=job_id)
         assert (job.status, job.lease_holder, job.lease_expires) == ("queued", None, None)
         assert len(crud.list_trials(db, job_id=job_id)) < 500
-        wait_until(lambda: not alive(processes), 15, f"no process of the stopped command left: {alive(processes)}")
+        wait_until(lambda: not alive(processes), 15, "no process of the stopped command left")
         assert sessions(ray_root) == [] and not results.exists()
         claimed = crud.claim_job(db, worker="another", lease_seconds=10, max_attempts=3)
         assert claimed is not None and claimed.id == job_id
