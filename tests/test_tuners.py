@@ -466,3 +466,92 @@ def test_a_chain_point_at_the_bound_is_the_bound_itself():
     point = point_at(u, space)
     assert point.lrs == (3.0,) and space.momentum_low <= point.momenta[0] <= space.momentum_high
     assert point_at(np.array([np.log(0.1), np.log(0.5)]), space).lrs[0] == pytest.approx(0.1, rel=1e-15)
+
+
+# -- resuming an interrupted job -------------------------------------------------------------
+
+SEEDED = sorted(set(METHODS) - {"online"})  # online keeps its history as it is: each run starts where the last ended
+RESUME_BUDGET = 31 * 24
+
+
+def run_with_trials_in_flight(tuner, width: int = 4) -> TuneResult:
+    """The tuner driven as Ray drives it with ``width`` trials running: it is asked again
+    while results are outstanding, and the newest proposal finishes first, so the first
+    point asked is recorded last (the order that made a resumed sampler draw its first
+    points again)."""
+    from metatune.tuners.evaluation import evaluate
+
+    tuner.start()
+    flight, committed = [], 0.0
+    while True:
+        while len(flight) < width and (proposal := tuner.propose(tuner.remaining() - committed)) is not None:
+            flight.append(proposal)
+            committed += proposal.cost
+        if not flight:
+            return tuner.finish()
+        proposal = flight.pop()
+        committed -= proposal.cost
+        tuner.conclude(proposal, evaluate(tuner.context, proposal))
+
+
+def evaluation(trial: Trial) -> tuple[Point, bool]:
+    """What a trial evaluated: its point, and whether it took the meta-gradient there (a
+    metagrad chain's first meta-gradient is taken at a screened point)."""
+    return trial.point, "growth_rate" in trial.metrics
+
+
+@pytest.mark.parametrize("method", SEEDED)
+def test_a_resumed_run_goes_on_with_the_sequence_the_uninterrupted_run_drew(quadratic, method):
+    """Resumed after its first k trials (asked and told one at a time), a run proposes what
+    the uninterrupted run proposed next: the replay restores the sampler's random state."""
+    full = tune(quadratic, method, budget=RESUME_BUDGET, seed=0)
+    k = len(full.trials) // 2
+    resumed = tune(quadratic, method, budget=RESUME_BUDGET, seed=0, history=full.trials[:k])
+    assert [t.point for t in resumed.trials] == [t.point for t in full.trials]
+    assert [t.number for t in resumed.trials] == list(range(len(full.trials)))
+
+
+@pytest.mark.parametrize("method", SEEDED)
+def test_a_run_resumed_after_out_of_order_trials_never_repeats_a_recorded_point(quadratic, method):
+    """The interrupted run had 4 trials in flight and recorded them newest first; resumed
+    from its first 13 records, no evaluation is repeated, the numbers go on, and the
+    budget is spent as by an uninterrupted run (as many trials for fixed-cost methods)."""
+    interrupted = run_with_trials_in_flight(METHODS[method](quadratic, budget=RESUME_BUDGET, seed=0))
+    history = interrupted.trials[:13]
+    resumed = tune(quadratic, method, budget=RESUME_BUDGET, seed=0, history=history)
+    recorded = {evaluation(t) for t in history}
+    assert [t.point for t in resumed.trials[:13]] == [t.point for t in history]
+    assert not [t.number for t in resumed.trials[13:] if evaluation(t) in recorded]
+    assert [t.number for t in resumed.trials] == list(range(len(resumed.trials)))
+    assert len({evaluation(t) for t in resumed.trials}) == len(resumed.trials)
+    trial_cost = quadratic.steps + 1.0
+    assert resumed.gradient_evals <= RESUME_BUDGET + 1e-9
+    if method == "grid":
+        assert len(resumed.trials) == math.isqrt(RESUME_BUDGET // 31) ** 2
+    elif method == "metagrad":
+        assert RESUME_BUDGET - resumed.gradient_evals < trial_cost  # the rest affords no run
+    else:
+        assert len(resumed.trials) == RESUME_BUDGET // trial_cost
+
+
+def test_a_proposal_at_recorded_points_is_told_from_the_records_and_not_evaluated(quadratic):
+    """propose() tells the method the recorded outcome of a point it asks again and returns
+    only the unrecorded rest, which conclude() tells together with it."""
+    tuner = METHODS["random"](quadratic, budget=31 * 4, seed=0)
+    tuner.start()
+    first = tuner.ask(tuner.remaining())
+    from metatune.tuners.evaluation import evaluate
+
+    outcomes = evaluate(tuner.context, first)
+    recorded = [tuner.record_outcome(o, 31.0) for o in outcomes[:2]]  # two of four recorded, untold
+    told = []
+    tuner.tell = lambda proposal, outs: told.append((proposal, outs))  # noqa: ARG005 - what the method is told
+    tuner.ask = lambda remaining: first  # the method asks the same four points again
+    part = tuner.propose(tuner.remaining())
+    assert part.points == first.points[2:] and part.cost == pytest.approx(first.cost / 2)
+    assert told == []
+    tuner.conclude(part, outcomes[2:])
+    (proposal, outs), = told
+    assert proposal is first and [o.point for o in outs] == [t.point for t in recorded] + list(first.points[2:])
+    assert [o.value for o in outs[:2]] == [t.value for t in recorded]
+    assert len(tuner.trials) == 4 and [t.number for t in tuner.trials] == [0, 1, 2, 3]

@@ -3,7 +3,7 @@
 :class:`TunerSearch` lets Ray drive any :class:`~metatune.tuners.base.Tuner` (metagrad's
 chains, Optuna's samplers over the tuner's own study, random search and the grid as
 vmapped populations): ``suggest`` asks for a proposal that fits the budget not yet
-committed; the run's :class:`~metatune.distributed.recorder.TrialRecorder` concludes it
+committed (:meth:`~metatune.tuners.base.Tuner.propose`: never a point the job has recorded); the run's :class:`~metatune.distributed.recorder.TrialRecorder` concludes it
 when its trial ends. :class:`MetagradSearch` is metagrad for a Ray user's own trainable:
 it proposes ``{"lr", "momentum"}`` and turns the reported meta-gradient into the next
 proposal with the same chains (:mod:`metatune.tuners.chains`) the tuner uses.
@@ -51,7 +51,7 @@ class TunerSearch(DriverOnly, Searcher):
         self.committed = 0.0
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        proposal, self.pending = self.pending or self.tuner.ask(self.limit - self.committed), None
+        proposal, self.pending = self.pending or self.tuner.propose(self.limit - self.committed), None
         if proposal is None:
             exhausted = self.limit - self.committed + BUDGET_SLACK < self.tuner.trial_cost()  # not even one run fits
             return Searcher.FINISHED if exhausted or not self.flight.proposals or self.tuner.finished() else None

@@ -8,7 +8,8 @@ evaluates the proposals:
 
 * :meth:`Tuner.start`: the curvature for ρ, the clock, the method's :meth:`Tuner.prepare`
   (charged), and a resumed job's recorded trials replayed into the method;
-* :meth:`Tuner.ask` within the remaining budget, evaluation (here by
+* :meth:`Tuner.propose` (the method's :meth:`Tuner.ask` within the remaining budget, less
+  the points this job has recorded already), evaluation (here by
   :func:`~metatune.tuners.evaluation.evaluate`, or in Ray trials), then
   :meth:`Tuner.conclude`: the method is told and every point recorded as a :class:`Trial`
   (its cost charged, the one ``callback`` called: progress bars, the service's writer);
@@ -120,6 +121,7 @@ class Tuner(abc.ABC):
         self.groups = self.check_groups(groups, self.params)
         self.schedule = self.check_schedule(schedule, self.steps)
         self.trials: list[Trial] = []
+        self._recorded: dict[Point, list[Trial]] = {}
         self.spent = 0.0
         self._curvature = checks.instance("curvature", curvature, Curvature, "a Curvature", optional=True)
         self._partial: dict[int, tuple[Proposal, list[Outcome]]] = {}
@@ -176,6 +178,12 @@ class Tuner(abc.ABC):
         """True when :meth:`ask` will never propose again, whatever results come back."""
         return False
 
+    def observe(self, outcomes: list[Outcome]) -> None:
+        """Learn from outcomes of points this run did not ask for: the recorded trials of a
+        resumed job that replaying its asks did not reproduce (:meth:`replay`). By default
+        the method learns nothing from them; :meth:`propose` still never evaluates their
+        points again."""
+
     # -- the lifecycle ----------------------------------------------------------------------------
 
     def start(self, history: Sequence[Trial] = ()) -> Proposal | None:
@@ -206,7 +214,7 @@ class Tuner(abc.ABC):
     def search(self, pending: Proposal | None = None) -> None:
         """Ask, evaluate here and conclude until nothing more fits in the budget (``pending``
         first)."""
-        while (proposal := pending or self.ask(self.remaining())) is not None:
+        while (proposal := pending or self.propose(self.remaining())) is not None:
             pending = None
             self.conclude(proposal, evaluate(self.context, proposal))
 
@@ -221,19 +229,71 @@ class Tuner(abc.ABC):
 
     # -- resuming ------------------------------------------------------------------------------
 
+    def propose(self, remaining: float) -> Proposal | None:
+        """The next proposal to evaluate: :meth:`ask`'s, less the points this job has recorded.
+
+        An evaluation is a function of its point alone (θ₀, the minibatches and T are the
+        job's), so a recorded point is told to the method from its record instead of being
+        evaluated again (:meth:`record_for`): a resumed job never repeats a trial, whatever
+        its method asks. A
+        proposal whose points are all recorded is told at once and the method asked again;
+        one with some recorded is evaluated for the rest and told whole when they are
+        concluded (:meth:`conclude`)."""
+        for _ in range(len(self.trials) + 1):  # each round tells the method a proposal or returns
+            proposal = self.ask(remaining)
+            if proposal is None:
+                return None
+            part = self.unrecorded(proposal)
+            if part is not None:
+                return part
+        return None
+
+    def unrecorded(self, proposal: Proposal) -> Proposal | None:
+        """The part of ``proposal`` at points this job has not recorded: ``proposal`` itself
+        when it has none recorded; None when all are, told to the method from their records;
+        else the rest, which :meth:`conclude` tells together with the recorded part."""
+        known = [self.record_for(point, proposal.hypergrad is not None) for point in proposal.points]
+        told = [_outcome_of(trial) for trial in known if trial is not None]
+        if not told:
+            return proposal
+        rest = tuple(point for point, trial in zip(proposal.points, known) if trial is None)
+        if not rest:
+            self.tell(proposal, told)
+            return None
+        part = Proposal(rest, proposal.cost * len(rest) / len(proposal.points), proposal.hypergrad, proposal.start,
+                        proposal.step, proposal.checkpoint)
+        self._partial[id(part)] = (proposal, told)
+        return part
+
+    def record_for(self, point: Point, meta_gradient: bool) -> Trial | None:
+        """A recorded trial that answers an evaluation of ``point``: any trial there for a run
+        at fixed (η, β); for a meta-gradient, one that took it (its metrics hold a growth
+        rate, :meth:`~metatune.point.MetaGradient.from_metrics`) or whose run diverged or
+        failed (no meta-gradient is told of such a run). None where there is none."""
+        for trial in self._recorded.get(point, ()):
+            if not meta_gradient or "growth_rate" in trial.metrics or trial.status != TrialStatus.COMPLETED:
+                return trial
+        return None
+
     def keep(self, trials: Sequence[Trial]) -> None:
         """Take trials recorded by an earlier, interrupted run of this job as they are: kept
         with their numbers, charged to the budget, not reported again."""
         for trial in trials:
             self.trials.append(trial)
+            self._recorded.setdefault(trial.point, []).append(trial)
             self.spent += trial.gradient_evals
 
     def replay(self, history: list[Trial]) -> Proposal | None:
         """Rebuild the method's state from ``history`` (this job's recorded trials): ask as the
         interrupted run did and tell each recorded outcome without evaluating it again. Trials
-        are matched to proposals by their point, so trials that finished out of order (runs
-        with concurrency) replay too. Returns the first proposal that was asked but not (or
-        only partly) recorded, to evaluate next, or None."""
+        are matched to proposals by their point, so trials that finished out of order replay
+        too. While the asks reproduce the recorded points the method's state, its random
+        state included, is the interrupted run's, and the resumed run goes on with the
+        sequence that run would have produced. Where an ask is not recorded (with concurrency
+        the interrupted run asked while results were outstanding, so a sampler saw fewer
+        results there), the trials not yet matched are told by :meth:`observe` instead, and
+        :meth:`propose` keeps their points from being evaluated again. Returns the first
+        proposal that was asked but not (or only partly) recorded, to evaluate next, or None."""
         recorded: dict[Point, list[Trial]] = {}
         for trial in history:
             recorded.setdefault(trial.point, []).append(trial)
@@ -242,21 +302,15 @@ class Tuner(abc.ABC):
             proposal = self.ask(self.remaining())
             if proposal is None:
                 break
-            found = [recorded[p].pop(0) for p in proposal.points if recorded.get(p)]
+            found = [recorded[point].pop(0) for point in proposal.points if recorded.get(point)]
             self.keep(found)
-            if len(found) == len(proposal.points):
-                self.tell(proposal, [_outcome_of(t) for t in found])
-                continue
-            done = {t.point for t in found}
-            rest = tuple(p for p in proposal.points if p not in done)
-            pending = Proposal(rest, proposal.cost * len(rest) / len(proposal.points), proposal.hypergrad,
-                               proposal.start, proposal.step)
-            if found:  # a population cut short: tell it whole once the rest is evaluated
-                self._partial[id(pending)] = (proposal, [_outcome_of(t) for t in found])
-            else:
-                pending = proposal
-            break
-        self.keep(sorted((t for trials in recorded.values() for t in trials), key=lambda t: t.number))
+            pending = self.unrecorded(proposal)
+            if pending is not None or not found:  # an ask the interrupted run did not record
+                break
+        unmatched = sorted((t for trials in recorded.values() for t in trials), key=lambda t: t.number)
+        self.keep(unmatched)
+        if unmatched:
+            self.observe([_outcome_of(t) for t in unmatched])
         return pending if pending is not None and pending.cost <= self.remaining() + BUDGET_SLACK else None
 
     # -- budget and records -------------------------------------------------------------------
@@ -294,6 +348,7 @@ class Tuner(abc.ABC):
             error=error, lambda_max=self.curvature().lambda_max, chain=chain,
         )
         self.trials.append(trial)
+        self._recorded.setdefault(point, []).append(trial)
         if self.callback is not None:
             self.callback(trial)
         return trial

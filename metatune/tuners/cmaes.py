@@ -12,5 +12,5 @@ class CmaEsTuner(OptunaTuner):
 
     name = "cmaes"
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.CmaEsSampler(seed=self.seed)
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.CmaEsSampler(seed=seed)

@@ -12,5 +12,5 @@ class GPTuner(OptunaTuner):
 
     name = "gp"
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.GPSampler(seed=self.seed)
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GPSampler(seed=seed)

@@ -9,6 +9,12 @@ diverge, so the study never crashes and the sampler learns to avoid the region. 
 that do not learn from results sequentially (random) ask for a batch at a time, trained
 as one vmapped population. On Ray the same tuner asks its own study
 (:mod:`metatune.distributed`), so the sampler and distributions are the same there.
+
+A resumed job replays its recorded trials by asking again (the sampler's random state then
+follows the interrupted run's); recorded trials that the asks do not reproduce are added to
+the study as finished trials (:meth:`OptunaTuner.observe`) and the sampler is seeded afresh
+from (seed, trials in the study) (:func:`resumed_seed`), so that it does not draw again the
+sequence a sampler of the job's seed drew before.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 import warnings
 from typing import ClassVar
 
+import numpy as np
 import optuna
 
 from metatune.point import Point, slot_names
@@ -34,6 +41,18 @@ def told_value(value: float, initial_value: float) -> float:
     return math.log(max(value, LOG_FLOOR))
 
 
+def resumed_seed(seed: int, told: int) -> int:
+    """The seed of a sampler that goes on after ``told`` trials of a job of ``seed``: a 32-bit
+    word of numpy's SeedSequence of (seed, told), so that every (seed, told) gets its own
+    stream, none of them the stream of ``seed`` itself.
+
+    Example:
+        >>> resumed_seed(0, 7) == resumed_seed(0, 7) != resumed_seed(0, 8)
+        True
+    """
+    return int(np.random.SeedSequence([seed, told]).generate_state(1)[0])
+
+
 def quiet_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """A minimising in-memory study, without Optuna's per-trial log lines and experimental warnings."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,7 +66,8 @@ class OptunaTuner(Tuner):
 
     batch_size: ClassVar[int] = 1
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """The method's sampler, seeded with ``seed``."""
         raise NotImplementedError
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -73,7 +93,7 @@ class OptunaTuner(Tuner):
         return Point.from_params(values, self.groups, self.schedule)
 
     def prepare(self) -> float:
-        self.study = quiet_study(self.make_sampler())
+        self.study = quiet_study(self.make_sampler(self.seed))
         self.asked: dict[Point, list[optuna.trial.Trial]] = {}
         return 0.0
 
@@ -94,3 +114,14 @@ class OptunaTuner(Tuner):
             trial = self.asked[outcome.point].pop(0)
             self.study.tell(trial, told_value(outcome.value, self.initial_value))
         return None
+
+    def observe(self, outcomes: list[Outcome]) -> None:
+        """Add each outcome to the study as a finished trial (its point's params, its told
+        value), then seed the sampler from (seed, trials in the study) (:func:`resumed_seed`)."""
+        distributions = self.distributions()
+        for outcome in outcomes:
+            params = outcome.point.to_params()
+            self.study.add_trial(optuna.trial.create_trial(
+                params=params, distributions={name: distributions[name] for name in params},
+                value=told_value(outcome.value, self.initial_value)))
+        self.study.sampler = self.make_sampler(resumed_seed(self.seed, len(self.study.trials)))

@@ -13,5 +13,5 @@ class RandomTuner(OptunaTuner):
     name = "random"
     batch_size = 64
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.RandomSampler(seed=self.seed)
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)

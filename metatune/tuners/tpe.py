@@ -12,5 +12,5 @@ class TPETuner(OptunaTuner):
 
     name = "tpe"
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=self.seed, multivariate=True)
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
