@@ -237,6 +237,30 @@ def test_the_route_inventory_sees_every_kind_of_route(served):
             "MOUNT /ui/static", "POST /ui/session"} <= routes
 
 
+def test_a_token_gets_in_only_where_it_belongs(served):
+    """A token in the query string is no token; a revoked stored token is a 401; a state change
+    signed in by the dashboard's cookie without its header (what a cross-site form sends) is a
+    403 and stores nothing."""
+    from metatune_service.models import ApiToken
+
+    anonymous = served.client(owner=None)
+    for params in ({"token": "token-alice"}, {"access_token": "token-alice"}, {"api_key": "token-alice"}):
+        assert anonymous.get("/v1/jobs", params=params).status_code == 401
+    stored = crud.create_token(served.db, owner="carol")
+    carol = served.client(owner=None, headers={"Authorization": f"Bearer {stored}"})
+    assert carol.get("/v1/jobs").status_code == 200
+    with served.db.write() as session:
+        session.execute(ApiToken.__table__.update().values(revoked=True))
+    assert carol.get("/v1/jobs").status_code == 401
+    assert anonymous.post("/ui/session", json={"token": stored}).status_code == 401
+    cookie = served.client(owner=None, headers={"Cookie": f"{SESSION_COOKIE}=token-alice"})
+    assert cookie.get("/v1/jobs").status_code == 200
+    for path, body in (("/v1/jobs", JOB), ("/v1/comparisons", COMPARISON)):
+        assert cookie.post(path, json=body).status_code == 403
+    with served.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
 # -- no code, pickle or import path -----------------------------------------------------------------
 
 
