@@ -144,18 +144,25 @@ class RawClient:
         """(status, body) of one request; a connection is reused unless the server closes it. An
         idle connection the server closed before answering (its keep-alive ran out: nothing of
         the request was read) is replaced by a new one, as HTTP clients do."""
-        reused = bool(self.idle)
-        connection = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+        if self.idle:
+            try:
+                return await self._exchange(self.idle.pop(), method, path, body, headers)
+            except (asyncio.IncompleteReadError, ConnectionResetError) as error:
+                if getattr(error, "partial", b""):
+                    raise
+                for _, writer in self.idle:  # idle as long or longer: closed by the server too
+                    writer.close()
+                self.idle.clear()
+        connection = await asyncio.open_connection(self.host, self.port)
+        return await self._exchange(connection, method, path, body, headers)
+
+    async def _exchange(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, path: str,
+                        body: dict | None, headers: dict[str, str] | None) -> tuple[int, bytes]:
         reader, writer = connection
         try:
             self._send(writer, method, path, body, headers)
             status, length, chunked, close = _parse_head(await reader.readuntil(b"\r\n\r\n"))
             data = b"".join([c async for c in _chunks(reader)]) if chunked else await reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionResetError) as error:
-            writer.close()
-            if reused and not getattr(error, "partial", b""):
-                return await self.request(method, path, body, headers)
-            raise
         except BaseException:
             writer.close()
             raise
