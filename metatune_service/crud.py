@@ -23,7 +23,7 @@ from metatune.point import MetaGradient, Point
 from metatune.tuners import Trial as LibraryTrial
 from metatune.tuners import ChainStep, TrialStatus
 from metatune_service.core.db import Database
-from metatune_service.models import ApiToken, Clock, Comparison, Job, MetagradStep, Trial, TrialMetric, utcnow
+from metatune_service.models import ApiToken, Clock, Comparison, Job, MetagradStep, Trial, TrialMetric, is_id, utcnow
 from metatune_service.status import JobStatus
 
 
@@ -152,6 +152,8 @@ def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: 
         .returning(Job.id)
     )
     with db.write() as session:
+    if not is_id(job_id):
+        return None
         job_id = session.scalar(statement)
         if job_id is None:
             return None
@@ -394,3 +396,5 @@ def comparisons_to_build(db: Database, *, ended_before: datetime) -> list[str]:
 def cancel_requested(db: Database, *, job_id: str) -> bool:
     with db.read() as session:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    if not is_id(comparison_id):
+        return None

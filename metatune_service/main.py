@@ -1,24 +1,28 @@
 """The FastAPI app: routers combined, settings and database opened at start-up (the schema
 migrated when the database is new, refused when it is outdated), an embedded worker when
-asked, request bodies capped, library errors mapped to HTTP codes in one place."""
+asked, requests limited in rate, size and depth (:mod:`~metatune_service.api.limits`), every
+error answered in one shape (:mod:`~metatune_service.api.errors`), and ``/docs`` served
+without a CDN."""
 
 from __future__ import annotations
 
-import math
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
-from metatune.errors import InvalidArgumentError
+from metatune_service.api import errors
+from metatune_service.api.deps import SESSION_COOKIE
+from metatune_service.api.limits import Limits
 from metatune_service.api.routes import comparisons, jobs, objectives
 from metatune_service.ui import routes as dashboard
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.core.migrations import prepare
-from metatune_service.validation import SpecError
 
 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = False) -> FastAPI:
@@ -46,33 +50,16 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
                 thread.join(timeout=30)
             db.dispose()
 
-    app = FastAPI(title="metatune", version="1", lifespan=lifespan,
+    app = FastAPI(title="metatune", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Tune momentum SGD's learning rate and momentum by meta-gradients, against "
                               "Optuna's samplers at equal budget. Jobs run on Ray Tune.")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
-        if length is None and chunked:  # no length and no body (curl -X POST …/cancel) is an empty body
-            return JSONResponse({"detail": "send the body with a Content-Length header (no chunked bodies)"},
-                                status_code=411)
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(Limits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth,
+                       rate=settings.rate_limit, burst=settings.rate_burst, cookie_name=SESSION_COOKIE)
+    errors.install(app)
+    install_docs(app)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422 body, with each error's input made JSON-safe: a NaN or ±Infinity a
-        client sent (Python's parser reads them) would otherwise fail to encode, as a 500."""
-        return JSONResponse({"detail": json_safe_errors(error.errors())}, status_code=422)
-
-    @app.exception_handler(SpecError)
-    @app.exception_handler(InvalidArgumentError)
-    async def invalid_argument(request: Request, error: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=422)
-
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], operation_id="health", responses=errors.responses(429))
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -82,15 +69,17 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     return app
 
 
-def json_safe_errors(value: Any) -> Any:
-    """``value`` with every non-finite float as its name ("NaN", "Infinity", "-Infinity") and
-    anything else JSON cannot hold as its ``repr``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): json_safe_errors(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe_errors(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)
+def install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its script and style sheet served here (from the
+    ``fastapi-offline`` wheel), so the page loads on a machine without the internet."""
+    import fastapi_offline
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="metatune API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")

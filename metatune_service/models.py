@@ -27,6 +27,12 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_id(text: str) -> bool:
+    """Whether ``text`` could be an id :func:`new_id` made (32 lower-case hex digits): anything
+    else names no row, and is answered without a query."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -43,6 +49,29 @@ class StatusColumn(TypeDecorator):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> JobStatus | None:
         return None if value is None else JobStatus(value)
+
+
+class UtcDateTime(TypeDecorator):
+    """A timezone-aware UTC ``datetime`` in a ``DateTime(timezone=True)`` column (the column of
+    every revision: no migration). PostgreSQL keeps the offset itself; SQLite keeps none, so the
+    value is stored as UTC and read back with ``tzinfo=UTC``. A naive datetime is refused: its
+    zone is unknown."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"{value!r} has no timezone: give UTC times (models.utcnow)")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Comparison(Base):
@@ -71,17 +100,17 @@ class Job(Base):
     method: Mapped[str] = mapped_column(String(32), index=True)
     objective: Mapped[str] = mapped_column(String(100), index=True)
     seed: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     best_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
     best_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     gradient_evals: Mapped[float] = mapped_column(Float, default=0.0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     comparison_id: Mapped[str | None] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"),
                                                       nullable=True, index=True)
@@ -126,7 +155,7 @@ class Trial(Base):
     wall_seconds: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     start: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="trials")
     metrics: Mapped[list[TrialMetric]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -182,6 +211,6 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(200), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -8,10 +8,9 @@ Nothing in a spec is code: objectives and methods are names the server knows.
 from __future__ import annotations
 
 import inspect
-from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from metatune import tuners
 from metatune.job import Resources as LibraryResources
@@ -40,6 +39,29 @@ class Strict(BaseModel):
     parser reads them)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        """No string holds a NUL or a lone surrogate (``"\\ud800"``): no database stores them."""
+        bad = _bad_text(data)
+        if bad is not None:
+            raise ValueError(f"{bad!r}: strings may not hold NUL characters or lone surrogates")
+        return data
+
+
+def _bad_text(value: Any) -> str | None:
+    """The first string in ``value`` (keys included) that UTF-8 cannot encode or that holds a NUL."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return value[:40]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode()[:40]
+        return None
+    parts = [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((bad for bad in map(_bad_text, parts) if bad is not None), None)
 
 
 class LrRange(Strict):
@@ -182,9 +204,9 @@ class JobPublic(BaseModel):
     groups: Groups | None = Field(default=None, description="the job's space.groups, as submitted")
     schedule: Schedule = Field(description="the job's space.schedule, defaults filled in")
     spec: dict
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: AwareDatetime = Field(description="UTC, with its offset")
+    started_at: AwareDatetime | None
+    finished_at: AwareDatetime | None
     error: str | None
     best_trial: TrialSummary | None
     trials: int
@@ -260,4 +282,9 @@ class ObjectivePublic(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: str | list
+    """Every error's body (:mod:`metatune_service.api.errors`)."""
+
+    detail: str | list = Field(description="what is wrong and what to change (a list of field errors for a 422 "
+                                           "of the request's shape)")
+    code: str = Field(description="the kind of error, fixed per kind: unauthenticated, not_found, conflict, "
+                                  "invalid_request, invalid_spec, rate_limited, unavailable, …")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse
 
 from metatune_service import comparisons, crud
@@ -14,7 +16,13 @@ from metatune_service.schemas import ComparisonCreate, ComparisonPublic, JobCrea
 from metatune_service.status import JobStatus
 from metatune_service.validation import SpecError, normalise
 
-router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
+router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], responses=responses(*AUTHENTICATED))
+ComparisonId = Annotated[str, Path(max_length=64, description="a comparison's id (32 hex digits)")]
+
+
+COMPARISON_LINKS = {name: {"operationId": name, "parameters": {"comparison_id": "$response.body#/id"}}
+                    for name in ("readComparison", "comparisonPlot")}
+"""What a created comparison's id opens (OpenAPI links)."""
 
 
 @router.post("", status_code=202, response_model=ComparisonPublic)
@@ -24,21 +32,15 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
     seeds = list(range(count)) if isinstance(body.seeds, int) and 1 <= count <= settings.max_seeds else body.seeds
     if (not 1 <= count <= settings.max_seeds or len(set(seeds)) != len(seeds)
             or not all(0 <= s < 2**31 for s in seeds)):
-        raise HTTPException(422, f"seeds={str(body.seeds)[:50]}: give 1 to {settings.max_seeds} distinct seeds "
-                                 f"in [0, 2**31) (a count or a list)")
+        raise SpecError(f"seeds={str(body.seeds)[:50]}: give 1 to {settings.max_seeds} distinct seeds "
+                        f"in [0, 2**31) (a count or a list)")
     unknown = sorted(set(body.options) - set(body.methods))
     if unknown:
-        raise HTTPException(422, f"options for {unknown}: those methods are not in methods={body.methods}")
-    specs = []
-    try:
-        for method in dict.fromkeys(body.methods):
-            for seed in seeds:
-                job = JobCreate(objective=body.objective, objective_params=body.objective_params, method=method,
-                                options=body.options.get(method, {}), space=body.space, budget=body.budget,
-                                resources=body.resources, seed=seed, concurrency=body.concurrency)
-                specs.append(normalise(job, settings))
-    except SpecError as error:
-        raise HTTPException(422, str(error)) from None
+        raise SpecError(f"options for {unknown}: those methods are not in methods={body.methods}")
+    specs = [normalise(JobCreate(objective=body.objective, objective_params=body.objective_params, method=method,
+                                 options=body.options.get(method, {}), space=body.space, budget=body.budget,
+                                 resources=body.resources, seed=seed, concurrency=body.concurrency), settings)
+             for method in dict.fromkeys(body.methods) for seed in seeds]
     summary = {"name": body.name or f"{body.objective}: {', '.join(body.methods)}", "objective": body.objective,
                "spec": {**body.model_dump(), "seeds": seeds}}
     jobs, group = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary)
@@ -46,8 +48,8 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
                             jobs=[job_public(db, j, (0, None)) for j in jobs], table=None, plots=[])
 
 
-@router.get("/{comparison_id}", response_model=ComparisonPublic)
-def read(comparison_id: str, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> ComparisonPublic:
+@router.get("/{comparison_id}", response_model=ComparisonPublic, operation_id="readComparison", responses=responses(404, 422))
+def read(comparison_id: ComparisonId, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> ComparisonPublic:
     """Its jobs, and once a worker has built them after the last job ended, the same table as
     ``metatune compare`` and the plots' URLs (``table`` is null until then)."""
     group, jobs = owned_comparison(db, comparison_id, owner)
@@ -58,10 +60,9 @@ def read(comparison_id: str, db: DatabaseDep, settings: SettingsDep, owner: Owne
                             jobs=[job_public(db, j, summary[j.id]) for j in jobs])
 
 
-@router.get("/{comparison_id}/plots/{name}.png", response_class=FileResponse,
-            responses={404: {"description": "no such comparison or plot"},
-                       409: {"description": "the plot is not built (yet)"}})
-def plot(comparison_id: str, name: str, db: DatabaseDep, settings: SettingsDep,
+@router.get("/{comparison_id}/plots/{name}.png", response_class=FileResponse, operation_id="comparisonPlot",
+            responses={200: {"content": {"image/png": {}}}, **responses(404, 409, 422)})
+def plot(comparison_id: ComparisonId, name: Annotated[str, Path(max_length=40)], db: DatabaseDep, settings: SettingsDep,
          owner: OwnerDep) -> FileResponse:
     """``convergence`` (best so far against gradient evaluations), ``plane`` (η–β with ρ = 1), or,
     for a comparison of schedules, ``schedule`` (each method's best η_t and β_t)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -18,14 +19,16 @@ from metatune_service.core.db import Database
 from metatune_service.models import Job
 from metatune_service.schemas import JobCreate, JobList, JobPublic, Method, TrialList, TrialPublic
 from metatune_service.status import JobStatus
-from metatune_service.validation import SpecError, normalise
+from metatune_service.validation import normalise
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(*AUTHENTICATED))
 PAGE = 1000
 MAX_ROW = 2**31 - 1
 """The largest offset, trial number or cursor a query takes: bounded in the OpenAPI document and
 checked before the database, whose integers (PostgreSQL's 32-bit INTEGER) end here."""
 
+JobId = Annotated[str, Path(max_length=64, description="a job's id (32 hex digits)")]
+Filter = Query(None, max_length=100, pattern=r"^[^\x00]*$")
 
 def owned_job(db: Database, job_id: str, owner: str) -> Job:
     job = crud.get_job(db, job_id=job_id, owner=owner)
@@ -45,14 +48,14 @@ def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: Owner
     return job_public(db, job, (0, None))
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, operation_id="listJobs", responses=responses(400, 422))
 def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None, method: Method | None = None,
-              objective: str | None = None, limit: int = Query(50, ge=1, le=500),
-              offset: int = Query(0, ge=0, le=MAX_ROW), cursor: str | None = None) -> JobList:
+              objective: str | None = Filter, limit: int = Query(50, ge=1, le=500),
+              offset: int = Query(0, ge=0, le=MAX_ROW), cursor: str | None = Query(None, max_length=20)) -> JobList:
     """The caller's jobs, newest first; page with ``limit`` and ``offset`` (or ``cursor``,
     the ``next_cursor`` of the previous page)."""
     if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > len(str(MAX_ROW)) or int(cursor) > MAX_ROW:
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > len(str(MAX_ROW)) or int(cursor) > MAX_ROW:
             raise HTTPException(400, f"cursor={cursor!r} is not one this server issued; pass next_cursor as given")
         offset = int(cursor)
     jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
@@ -63,30 +66,32 @@ def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None,
                    next_cursor=str(nxt) if nxt < total else None)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, operation_id="readJob", responses=responses(404, 422))
+def read_job(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
     return job_public(db, owned_job(db, job_id, owner))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: str, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
+@router.post("/{job_id}/cancel", response_model=JobPublic, operation_id="cancelJob", responses=responses(404, *WITH_BODY))
+def cancel(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
     """A queued job is cancelled at once; a running one within seconds (its worker stops Ray)."""
     owned_job(db, job_id, owner)
     return job_public(db, crud.request_cancel(db, job_id=job_id))
 
 
-@router.get("/{job_id}/trials", response_model=TrialList)
-def list_trials(job_id: str, db: DatabaseDep, owner: OwnerDep, after: int = Query(-1, ge=-1, le=MAX_ROW),
+@router.get("/{job_id}/trials", response_model=TrialList, operation_id="listTrials", responses=responses(404, 422))
+def list_trials(job_id: JobId, db: DatabaseDep, owner: OwnerDep, after: int = Query(-1, ge=-1, le=MAX_ROW),
                 limit: int = Query(1000, ge=1, le=10_000)) -> TrialList:
-    """Trials in order; ``after`` = the last number already seen."""
-    owned_job(db, job_id, owner)
+    """Trials in order; ``after`` = the last number already seen; ``total``: the job's trials."""
+    job = owned_job(db, job_id, owner)
     trials = crud.list_trials(db, job_id=job_id, after=after, limit=limit)
     metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
-    return TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=len(trials))
+    total, _ = crud.summaries(db, jobs=[job])[job.id]
+    return TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=total)
 
 
-@router.get("/{job_id}/trials/{number}", response_model=TrialPublic)
-def read_trial(job_id: str, number: Annotated[int, Path(ge=0, le=MAX_ROW)], db: DatabaseDep,
+@router.get("/{job_id}/trials/{number}", response_model=TrialPublic, operation_id="readTrial",
+            responses=responses(404, 422))
+def read_trial(job_id: JobId, number: Annotated[int, Path(ge=0, le=MAX_ROW)], db: DatabaseDep,
                owner: OwnerDep) -> TrialPublic:
     owned_job(db, job_id, owner)
     trial = crud.get_trial(db, job_id=job_id, number=number)
@@ -95,31 +100,36 @@ def read_trial(job_id: str, number: Annotated[int, Path(ge=0, le=MAX_ROW)], db: 
     return trial_public(trial, crud.trial_metrics(db, trial_ids=[trial.id])[trial.id])
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
-def events(job_id: str, db: DatabaseDep, owner: OwnerDep, interval: float = Query(0.5, ge=0.05, le=10)) -> StreamingResponse:
-    """Server-sent events: ``status`` on every status change, ``trial`` for each new trial,
-    until the job ends (then one last ``status``)."""
+@router.get("/{job_id}/events", response_class=StreamingResponse, operation_id="jobEvents",
+            responses={200: {"content": {"text/event-stream": {}}}, **responses(404, 422)})
+def events(job_id: JobId, db: DatabaseDep, owner: OwnerDep, settings: SettingsDep,
+           interval: float = Query(0.5, ge=0.05, le=10)) -> StreamingResponse:
+    """Server-sent events: ``status`` on every status change, ``trial`` for each new trial (with
+    its metrics), until the job ends (then one last ``status``); a ``: keep-alive`` comment
+    after ``keepalive_seconds`` without an event, so that clients and proxies with a read
+    timeout keep the stream."""
     owned_job(db, job_id, owner)
-    return StreamingResponse(_event_stream(db, job_id, interval), media_type="text/event-stream",
+    return StreamingResponse(_event_stream(db, job_id, interval, settings.keepalive_seconds),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _event_stream(db: Database, job_id: str, interval: float) -> AsyncIterator[str]:
-    status, last = None, -1
+async def _event_stream(db: Database, job_id: str, interval: float, keepalive: float) -> AsyncIterator[str]:
+    status, last, sent_at = None, -1, time.monotonic()
     while True:
         job = await run_in_threadpool(crud.get_job, db, job_id=job_id)
         while True:  # every trial recorded before the job was read, page by page
             trials = await run_in_threadpool(crud.list_trials, db, job_id=job_id, after=last, limit=PAGE)
             for trial in trials:
-                last = trial.number
-                yield _sse("trial", trial_public(trial).model_dump(mode="json"))
+                last, sent_at = trial.number, time.monotonic()
+                yield _sse("trial", trial_public(trial, metrics[trial.id]).model_dump(mode="json"))
             if len(trials) < PAGE:
                 break
         if job.status != status:
-            status = job.status
+            status, sent_at = job.status, time.monotonic()
             yield _sse("status", {"status": status.value, "gradient_evals": job.gradient_evals,
                                   "budget": job.tuning_job().budget, "error": job.error})
+            metrics = await run_in_threadpool(crud.trial_metrics, db, trial_ids=[t.id for t in trials])
         if status.final:
             return
         await asyncio.sleep(interval)
@@ -128,3 +138,6 @@ async def _event_stream(db: Database, job_id: str, interval: float) -> AsyncIter
 def _sse(event: str, data: dict) -> str:
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
     return f"event: {event}\ndata: {json.dumps(clean)}\n\n"
+        if time.monotonic() - sent_at >= keepalive:
+            sent_at = time.monotonic()
+            yield ": keep-alive\n\n"

@@ -6,12 +6,13 @@ from fastapi import APIRouter
 
 from metatune import objectives
 from metatune_service.api.deps import OwnerDep
+from metatune_service.api.errors import AUTHENTICATED, responses
 from metatune_service.schemas import ObjectivePublic
 
-router = APIRouter(prefix="/v1/objectives", tags=["objectives"])
+router = APIRouter(prefix="/v1/objectives", tags=["objectives"], responses=responses(*AUTHENTICATED))
 
 
-@router.get("", response_model=list[ObjectivePublic])
+@router.get("", response_model=list[ObjectivePublic], operation_id="listObjectives")
 def list_objectives(owner: OwnerDep) -> list[ObjectivePublic]:
     return [ObjectivePublic(**{**row, "parameters": {k: v for k, v in row["parameters"].items()
                                                      if isinstance(v, (int, float, str, bool))}})
