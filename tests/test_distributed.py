@@ -336,3 +336,17 @@ def test_metagrad_search_finishes_once_every_chain_is_done():
     assert (config["lr"], config["momentum"]) == pytest.approx((0.02, 0.0), rel=1e-12)
     search.on_trial_complete("a", {"value": 1.0, "dvalue_dlr": -1.0, "dvalue_dmomentum": 1.0})
     assert search.suggest("b") == Searcher.FINISHED
+
+
+def test_diverged_trials_reach_tensorboard_without_tensorboardx_warnings(ray_cluster, tmp_path, caplog):
+    """Runs at η up to 10 on κ = 100 over 100 steps overflow: ℓ_val = inf. TensorBoard gets
+    every trial's finite numbers and tensorboardX never warns of an inf it was handed
+    (Ray's own logger passed each inf on: one "NaN or Inf found in input tensor." per number)."""
+    steep = objectives.get("quadratic", dim=10, kappa=100.0, steps=100)
+    space = objectives.SearchSpace(lr_low=1e-3, lr_high=10.0)
+    with caplog.at_level("WARNING"):
+        result = ray_run(steep, "tpe", 101 * 8, seed=0, space=space, storage=tmp_path / "res")
+    overflowed = [t for t in result.trials if t.diverged]
+    assert overflowed and all(t.value == math.inf for t in overflowed)
+    assert not [r for r in caplog.records if "NaN or Inf" in r.getMessage()]
+    assert len(list((tmp_path / "res").glob("*/trial_*/events.out.tfevents.*"))) == len(result.trials)

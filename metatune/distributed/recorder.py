@@ -7,16 +7,21 @@ the budget charged and the job's callback called: a progress bar, the service's 
 writer). A retried trial re-reports points it had already reported; each is concluded
 once. A trial that errors after its retries is concluded with its reported points and
 one failed outcome, with its error, for each point it never reported; the job goes on.
+
+:class:`FiniteTensorBoard` is Ray Tune's TensorBoard logger for the same results, given only
+their finite numbers.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.stopper import Stopper
 
 from metatune.distributed.trainable import outcome_from_result, reports_a_point
@@ -121,3 +126,34 @@ class CancelStopper(DriverOnly, Stopper):
         if cancel is not None and not self.cancelled:
             self.cancelled = bool(cancel.is_set() if isinstance(cancel, threading.Event) else cancel())
         return self.cancelled
+
+
+class FiniteTensorBoard(TBXLoggerCallback):
+    """Ray Tune's TensorBoard logger, given each result without its numbers that are not
+    finite. A diverged run's ℓ_val is inf; TensorBoard cannot plot it, and tensorboardX
+    warns "NaN or Inf found in input tensor." once for each such number it is handed (Ray's
+    own logger leaves out NaN only). With a logger of this kind among the run's callbacks,
+    Ray adds no TensorBoard logger of its own."""
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        super().log_trial_result(iteration, trial, finite_only(result))
+
+
+def finite_only(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without its real numbers that are inf or NaN (nested dicts likewise).
+
+    Example:
+        >>> finite_only({"value": float("inf"), "lr": 0.1, "done": True, "config": {"x": float("nan")}})
+        {'lr': 0.1, 'done': True, 'config': {}}
+    """
+    return {key: finite_only(value) if isinstance(value, dict) else value for key, value in result.items()
+            if not (isinstance(value, numbers.Real) and not math.isfinite(value))}
+
+
+def tensorboard_loggers() -> list[Callback]:
+    """:class:`FiniteTensorBoard`, or none where tensorboardX is not installed."""
+    try:
+        return [FiniteTensorBoard()]
+    except ImportError:
+        return []
+

@@ -24,7 +24,7 @@ from metatune.objectives import Objective
 from metatune.tuners import Callback, Trial, TuneResult, build_tuner, tuner_class
 from metatune.tuners.base import Tuner
 from metatune.distributed.cluster import default_root, ensure_ray
-from metatune.distributed.recorder import Cancel, CancelStopper, InFlight, TrialRecorder
+from metatune.distributed.recorder import Cancel, CancelStopper, InFlight, TrialRecorder, tensorboard_loggers
 from metatune.distributed.search import TunerSearch
 from metatune.distributed.trainable import TrialSetup, evaluate_trial, is_registered
 
@@ -77,7 +77,8 @@ def run(job: TuningJob, *, objective: Objective | None = None, callback: Callbac
 def fit(setup: TrialSetup, tuner: Tuner, searcher: TunerSearch, recorder: TrialRecorder, resources: Resources,
         concurrency: int, stopper: CancelStopper, storage: str | Path | None, max_retries: int,
         reuse_actors: bool = True) -> None:
-    """Build the Ray Tune ``Tuner`` for the job and run it to the end."""
+    """Build the Ray Tune ``Tuner`` for the job and run it to the end (results also to
+    TensorBoard, their finite numbers only: :class:`~metatune.distributed.recorder.FiniteTensorBoard`)."""
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(evaluate_trial, setup=setup),
@@ -90,7 +91,7 @@ def fit(setup: TrialSetup, tuner: Tuner, searcher: TunerSearch, recorder: TrialR
                                     reuse_actors=reuse_actors, trial_dirname_creator=_dirname,
                                     trial_name_creator=_dirname),
         run_config=tune.RunConfig(name=name, storage_path=str(storage.absolute()), stop=stopper,
-                                  callbacks=[recorder], verbose=0,
+                                  callbacks=[recorder, *tensorboard_loggers()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=max_retries)),
     ).fit()
 
