@@ -77,8 +77,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     help="export-optuna: this job only (repeatable; default every job that has started)")
     db.set_defaults(handler=db_command)
     token = commands.add_parser("token", help="API tokens")
-    token.add_argument("action", choices=["create"])
-    token.add_argument("--owner", required=True)
+    token.add_argument("action", choices=["create", "list", "revoke"],
+                       help="create: a new token for --owner (shown once); list: stored tokens (of --owner), "
+                            "never their values; revoke: token --id, or every token of --owner")
+    token.add_argument("--owner", default=None)
+    token.add_argument("--id", type=int, default=None, dest="token_id", help="the token to revoke (from list)")
     token.set_defaults(handler=token_command)
 
 
@@ -337,14 +340,35 @@ def token_command(args: argparse.Namespace) -> int:
     from metatune_service.core.config import load_settings
     from metatune_service.core.migrations import prepare
 
+    if args.action == "create" and not args.owner:
+        raise UserError("metatune token create needs --owner NAME")
+    if args.action == "revoke" and (args.owner is None) == (args.token_id is None):
+        raise UserError("metatune token revoke needs --id N (from `metatune token list`) or --owner NAME")
     db = open_database(load_settings())
     try:
         prepare(db.engine, db.url)
-        print(crud.create_token(db, owner=args.owner))
+        if args.action == "create":
+            print(crud.create_token(db, owner=args.owner))
+            print(f"(the token of {args.owner!r}: it is shown once and stored only as a hash)", file=sys.stderr)
+        elif args.action == "list":
+            print(shown_tokens(crud.list_tokens(db, owner=args.owner)))
+        else:
+            revoked = crud.revoke_tokens(db, token_id=args.token_id, owner=args.owner)
+            which = f"token {args.token_id}" if args.token_id is not None else f"the tokens of {args.owner!r}"
+            print(f"revoked {revoked} ({which}; already revoked or missing ones are not counted)")
     finally:
         db.dispose()
-    print(f"(the token of {args.owner!r}: it is shown once and stored only as a hash)", file=sys.stderr)
     return 0
+
+
+def shown_tokens(rows: list) -> str:
+    """A table of stored tokens: id, owner, state, created, last used (UTC). No token or hash."""
+    lines = [f"{'id':>4}  {'owner':<20} {'state':<8} {'created (UTC)':<20} last used (UTC)"]
+    for row in rows:
+        used = row.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if row.last_used_at else "never"
+        lines.append(f"{row.id:>4}  {row.owner[:20]:<20} {'revoked' if row.revoked else 'active':<8} "
+                     f"{row.created_at.strftime('%Y-%m-%d %H:%M:%S'):<20} {used}")
+    return "\n".join(lines)
 
 
 def submit_command(args: argparse.Namespace) -> int:

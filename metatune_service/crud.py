@@ -50,6 +50,25 @@ def count_tokens(db: Database) -> int:
 
 def owner_of_token(db: Database, *, token: str) -> str | None:
     """The owner of a stored, unrevoked token (its last use is recorded), or None."""
+def list_tokens(db: Database, *, owner: str | None = None) -> list[ApiToken]:
+    """Stored tokens (of ``owner``, or all), oldest first: their ids, owners and times, never the
+    token (only its hash is stored)."""
+    query = select(ApiToken).order_by(ApiToken.id)
+    with db.read() as session:
+        return list(session.scalars(query if owner is None else query.where(ApiToken.owner == owner)))
+
+
+def revoke_tokens(db: Database, *, token_id: int | None = None, owner: str | None = None) -> int:
+    """Revoke the token ``token_id``, or every token of ``owner``; how many were revoked now
+    (a revoked token authenticates nothing from the next request on)."""
+    if (token_id is None) == (owner is None):
+        raise ValueError("give token_id or owner, not both or neither")
+    which = ApiToken.id == token_id if token_id is not None else ApiToken.owner == owner
+    with db.write() as session:
+        return session.execute(update(ApiToken).where(which, ApiToken.revoked.is_(False))
+                               .values(revoked=True)).rowcount
+
+
     digest = hash_token(token)
     with db.read() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked.is_(False)))

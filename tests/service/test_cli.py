@@ -176,3 +176,36 @@ def test_a_database_newer_than_the_code_is_refused_with_its_own_message(tmp_path
         assert connection.execute("SELECT count(*) FROM api_tokens").fetchone() == (0,)
     left = {p.name for p in tmp_path.iterdir()}
     assert left <= {"newer.db", "newer.db-wal", "newer.db-shm"}  # no Ray folder, no output folder
+
+
+def test_tokens_are_listed_without_their_values_and_revoked_by_id_or_owner(tmp_path, monkeypatch, capsys):
+    """A revoked token authenticates nothing; the list never shows a token or its hash."""
+    from metatune_service import crud
+    from metatune_service.core.db import Database
+
+    url = f"sqlite:///{tmp_path / 'tokens.db'}"
+    monkeypatch.setenv("METATUNE_DATABASE_URL", url)
+    made = {}
+    for owner in ("alice", "alice", "bob"):
+        assert main(["token", "create", "--owner", owner]) == 0
+        made.setdefault(owner, []).append(capsys.readouterr().out.strip())
+    assert main(["token", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert [line.split()[1] for line in listing.splitlines()[1:]] == ["alice", "alice", "bob"]
+    assert listing.count("active") == 3 and not any(t in listing for ts in made.values() for t in ts)
+    assert not any(crud.hash_token(t)[:12] in listing for ts in made.values() for t in ts)
+    assert main(["token", "revoke", "--id", "1"]) == 0 and "revoked 1" in capsys.readouterr().out
+    assert main(["token", "revoke", "--id", "1"]) == 0 and "revoked 0" in capsys.readouterr().out
+    db = Database(url)
+    try:
+        assert crud.owner_of_token(db, token=made["alice"][0]) is None
+        assert crud.owner_of_token(db, token=made["alice"][1]) == "alice"
+        assert main(["token", "revoke", "--owner", "alice"]) == 0 and "revoked 1" in capsys.readouterr().out
+        assert crud.owner_of_token(db, token=made["alice"][1]) is None
+        assert crud.owner_of_token(db, token=made["bob"][0]) == "bob"
+    finally:
+        db.dispose()
+    assert main(["token", "list", "--owner", "alice"]) == 0
+    assert capsys.readouterr().out.count("revoked") == 2
+    assert main(["token", "revoke"]) == 2 and "--id N" in capsys.readouterr().err
+    assert main(["token", "create"]) == 2 and "--owner" in capsys.readouterr().err
