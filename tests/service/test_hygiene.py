@@ -60,24 +60,24 @@ def requests_round(client: httpx.Client, url: str, token: str) -> None:
 
 
 def test_the_api_holds_steady_under_many_requests(hygiene, database_url, tmp_path):
-    """An API-only server (no worker: nothing but requests): after 20 rounds of every kind of
-    request, 120 more leave its fds, database connections and processes as they were and its
+    """An API-only server (no worker: nothing but requests): after 15 rounds of every kind of
+    request, 60 more leave its fds, database connections and processes as they were and its
     RSS within 10 % (a session, stream or connection kept per request would show here)."""
     token = secrets.token_urlsafe(24)
     server, url = hygiene.start_server(tmp_path, database_url, f"hygiene:{token}", worker=False)
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            for _ in range(20):
+            for _ in range(15):
                 requests_round(client, url, token)
             start = hygiene.snapshot(server.pid, database_url)
             time.sleep(1)
             start = hygiene.snapshot(server.pid, database_url)
-            for _ in range(120):
+            for _ in range(60):
                 requests_round(client, url, token)
             end = back_to(hygiene, server.pid, database_url, start)
     finally:
         hygiene.stop(server)
-    print(f"API, 120 rounds after 20 on {database_url.split(':')[0]}: {start} -> {end}")
+    print(f"API, 60 rounds after 15 on {database_url.split(':')[0]}: {start} -> {end}")
     assert {k: end[k] for k in STEADY} == {k: start[k] for k in STEADY}
     assert start["connections"] >= 1
     assert (end["rss_kib"] - start["rss_kib"]) / start["rss_kib"] <= RSS_GROWTH, (start, end)
@@ -85,13 +85,13 @@ def test_the_api_holds_steady_under_many_requests(hygiene, database_url, tmp_pat
 
 @pytest.mark.slow
 def test_a_server_running_jobs_returns_to_where_it_started(hygiene, tmp_path):
-    """``metatune serve`` with its worker and Ray: 3 jobs warm it up, 6 more (each a Ray Tune run,
+    """``metatune serve`` with its worker and Ray: 2 jobs warm it up, 4 more (each a Ray Tune run,
     ≈ 8 s on 2 busy cores, most of it starting the trial's actor) leave its fds, database
     connections and child processes as they were and its RSS within 10 %."""
-    result = hygiene.measure(jobs=6, warmup=3, workdir=tmp_path)
+    result = hygiene.measure(jobs=4, warmup=2, workdir=tmp_path)
     start, end = result["start"], result["end"]
-    print(f"jobs: 6 after 3: {start} -> {end}, {result['seconds']:.1f} s")
-    assert result["statuses"].get("succeeded") == 6, result["statuses"]
+    print(f"jobs: 4 after 2: {start} -> {end}, {result['seconds']:.1f} s")
+    assert result["statuses"].get("succeeded") == 4, result["statuses"]
     assert {k: end[k] for k in STEADY} == {k: start[k] for k in STEADY}, (start, end)
     assert start["processes"] >= 1 and start["connections"] >= 1
     assert result["rss_growth"] <= RSS_GROWTH, (start, end)
