@@ -8,6 +8,7 @@ SKIP LOCKED) … RETURNING`` on PostgreSQL, and the same UPDATE under SQLite's s
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import secrets
 from dataclasses import replace
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from metatune.compare import json_safe
@@ -48,8 +50,6 @@ def count_tokens(db: Database) -> int:
         return int(session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.revoked.is_(False))) or 0)
 
 
-def owner_of_token(db: Database, *, token: str) -> str | None:
-    """The owner of a stored, unrevoked token (its last use is recorded), or None."""
 def list_tokens(db: Database, *, owner: str | None = None) -> list[ApiToken]:
     """Stored tokens (of ``owner``, or all), oldest first: their ids, owners and times, never the
     token (only its hash is stored)."""
@@ -69,6 +69,8 @@ def revoke_tokens(db: Database, *, token_id: int | None = None, owner: str | Non
                                .values(revoked=True)).rowcount
 
 
+def owner_of_token(db: Database, *, token: str) -> str | None:
+    """The owner of a stored, unrevoked token (its last use is recorded), or None."""
     digest = hash_token(token)
     with db.read() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked.is_(False)))
@@ -88,25 +90,89 @@ def _aware(moment: datetime) -> datetime:
 # -- jobs -------------------------------------------------------------------------------------------
 
 
-def create_jobs(db: Database, *, owner: str, specs: Sequence[TuningJob],
-                comparison: dict[str, Any] | None = None) -> tuple[list[Job], Comparison | None]:
+class IdempotencyConflict(Exception):
+    """An idempotency key reused by its owner for a different request."""
+
+
+def create_jobs(db: Database, *, owner: str, specs: Sequence[TuningJob], comparison: dict[str, Any] | None = None,
+                idempotency_key: str | None = None) -> tuple[list[Job], Comparison | None]:
     """Queue ``specs`` (validated jobs, stored as their JSON) in one transaction, optionally as
-    one comparison."""
-    with db.write() as session:
-        group = None
-        if comparison is not None:
-            group = Comparison(owner=owner, name=comparison["name"], objective=comparison["objective"],
-                               spec=comparison["spec"])
-            session.add(group)
-            session.flush()
-        jobs = [Job(owner=owner, spec=spec.to_json(), method=spec.method, objective=spec.objective, seed=spec.seed,
-                    comparison_id=group.id if group else None) for spec in specs]
-        session.add_all(jobs)
+    one comparison.
+
+    With ``idempotency_key``, a request the owner made before with that key is not made again:
+    its jobs (and comparison) are returned as stored, or :class:`IdempotencyConflict` is raised
+    when the request differs (:func:`request_hash`). The key is stored with the job (or the
+    comparison) under a unique ``(owner, key)`` constraint, so that of two submissions racing
+    with one key the database keeps one; the other reads it back.
+    """
+    digest = request_hash(specs, comparison) if idempotency_key is not None else None
+    try:
+        with db.write() as session:
+            if idempotency_key is not None:
+                found = _submitted(session, owner, idempotency_key, digest, comparison is not None)
+                if found is not None:
+                    return found
+            return _insert_jobs(session, owner, specs, comparison, idempotency_key, digest)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        with db.read() as session:  # the racing submission with this key committed first
+            found = _submitted(session, owner, idempotency_key, digest, comparison is not None)
+        if found is None:
+            raise
+        return found
+
+
+def _insert_jobs(session: Session, owner: str, specs: Sequence[TuningJob], comparison: dict[str, Any] | None,
+                 key: str | None, digest: str | None) -> tuple[list[Job], Comparison | None]:
+    group = None
+    if comparison is not None:
+        group = Comparison(owner=owner, name=comparison["name"], objective=comparison["objective"],
+                           spec=comparison["spec"], idempotency_key=key, request_hash=digest)
+        session.add(group)
+        session.flush()
+    keyed = {"idempotency_key": key, "request_hash": digest} if group is None else {}
+    jobs = [Job(owner=owner, spec=spec.to_json(), method=spec.method, objective=spec.objective, seed=spec.seed,
+                comparison_id=group.id if group else None, **keyed) for spec in specs]
+    session.add_all(jobs)
+    session.flush()
     return jobs, group
+
+
+def _submitted(session: Session, owner: str, key: str, digest: str | None,
+               as_comparison: bool) -> tuple[list[Job], Comparison | None] | None:
+    """What the owner submitted with ``key`` (None if nothing); IdempotencyConflict if it was
+    another request."""
+    table = Comparison if as_comparison else Job
+    row = session.scalar(select(table).where(table.owner == owner, table.idempotency_key == key))
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for another request: use a new key for a "
+                                  f"new request, or send the first request again unchanged")
+    if not as_comparison:
+        return [row], None
+    jobs = session.scalars(select(Job).where(Job.comparison_id == row.id).order_by(Job.created_at, Job.id)).all()
+    return list(jobs), row
+
+
+def request_hash(specs: Sequence[TuningJob], comparison: dict[str, Any] | None = None) -> str:
+    """SHA-256 of the normalised request (the jobs' JSON, and the comparison's): two requests
+    with the same hash queue the same work.
+
+    Example:
+        >>> request_hash([TuningJob("quadratic", "tpe")]) == request_hash([TuningJob("quadratic", "tpe")])
+        True
+    """
+    text = json.dumps({"jobs": [spec.to_json() for spec in specs], "comparison": comparison}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def get_job(db: Database, *, job_id: str, owner: str | None = None) -> Job | None:
     """The job, if it exists and (when ``owner`` is given) belongs to ``owner``."""
+    if not is_id(job_id):
+        return None
     with db.read() as session:
         job = session.get(Job, job_id)
     return job if job is not None and (owner is None or job.owner == owner) else None
@@ -171,8 +237,6 @@ def claim_job(db: Database, *, worker: str, lease_seconds: float, max_attempts: 
         .returning(Job.id)
     )
     with db.write() as session:
-    if not is_id(job_id):
-        return None
         job_id = session.scalar(statement)
         if job_id is None:
             return None
@@ -380,6 +444,8 @@ def get_comparison(db: Database, *, comparison_id: str,
                    owner: str | None = None) -> tuple[Comparison, list[Job]] | None:
     """The comparison and its jobs (by method, then seed), if it exists and (when ``owner`` is
     given) belongs to ``owner``."""
+    if not is_id(comparison_id):
+        return None
     with db.read() as session:
         group = session.get(Comparison, comparison_id)
         if group is None or (owner is not None and group.owner != owner):
@@ -415,5 +481,3 @@ def comparisons_to_build(db: Database, *, ended_before: datetime) -> list[str]:
 def cancel_requested(db: Database, *, job_id: str) -> bool:
     with db.read() as session:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
-    if not is_id(comparison_id):
-        return None

@@ -85,9 +85,15 @@ class Comparison(Base):
     objective: Mapped[str] = mapped_column(String(100), index=True)
     spec: Mapped[dict] = mapped_column(JSON)
     table: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """The client's ``Idempotency-Key`` (unique per owner), or NULL."""
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the request that made it with its key: a reuse of the key must match it."""
 
     jobs: Mapped[list[Job]] = relationship(back_populates="comparison")
+
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_comparisons_owner_idempotency_key"),)
 
 
 class Job(Base):
@@ -114,12 +120,18 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     comparison_id: Mapped[str | None] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"),
                                                       nullable=True, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """The client's ``Idempotency-Key`` (unique per owner), or NULL."""
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the request that made it with its key: a reuse of the key must match it."""
 
     comparison: Mapped[Comparison | None] = relationship(back_populates="jobs")
     trials: Mapped[list[Trial]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                                passive_deletes=True, order_by="Trial.number")
 
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),
+                      Index("ix_jobs_owner_created", "owner", "created_at"),
+                      UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"))
 
     def tuning_job(self) -> TuningJob:
         """The job as the library runs it (its stored ``spec`` is :meth:`TuningJob.to_json`)."""

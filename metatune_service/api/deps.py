@@ -5,11 +5,12 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from metatune_service import crud
+from metatune_service.api.errors import responses
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 
@@ -73,3 +74,16 @@ async def current_owner(request: Request, db: DatabaseDep, settings: SettingsDep
 
 
 OwnerDep = Annotated[str, Depends(current_owner)]
+
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+    description="any string of 1-200 visible ASCII characters, new for each new request: the same request "
+                "sent again with the same key (a retry) returns what the first one made instead of making it "
+                "again; a different request with a key already used gets a 409")]
+"""A submission's ``Idempotency-Key`` header (per owner; :func:`metatune_service.crud.create_jobs`)."""
+
+
+REUSED_KEY = {409: {**responses(409)[409],
+                     "description": "the Idempotency-Key was used by this owner for another request"}}
+"""The OpenAPI entry of the 409 a submission answers when its key was used for another request."""

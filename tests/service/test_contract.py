@@ -61,14 +61,14 @@ def test_the_openapi_document_declares_every_status_of_every_route(served):
     as the Problem schema; a malformed id or filter is refused by the declared bounds."""
     paths = served.client(owner=None).get("/openapi.json").json()["paths"]
     common = {"401", "429", "503"}
-    expected = {("post", "/v1/jobs"): common | {"202", "403", "411", "413", "422"},
+    expected = {("post", "/v1/jobs"): common | {"202", "403", "409", "411", "413", "422"},
                 ("get", "/v1/jobs"): common | {"200", "400", "422"},
                 ("get", "/v1/jobs/{job_id}"): common | {"200", "404", "422"},
                 ("post", "/v1/jobs/{job_id}/cancel"): common | {"200", "403", "404", "411", "413", "422"},
                 ("get", "/v1/jobs/{job_id}/trials"): common | {"200", "404", "422"},
                 ("get", "/v1/jobs/{job_id}/trials/{number}"): common | {"200", "404", "422"},
                 ("get", "/v1/jobs/{job_id}/events"): common | {"200", "404", "422"},
-                ("post", "/v1/comparisons"): common | {"202", "403", "411", "413", "422"},
+                ("post", "/v1/comparisons"): common | {"202", "403", "409", "411", "413", "422"},
                 ("get", "/v1/comparisons/{comparison_id}"): common | {"200", "404", "422"},
                 ("get", "/v1/comparisons/{comparison_id}/plots/{name}.png"): common | {"200", "404", "409", "422"},
                 ("get", "/v1/objectives"): common | {"200"},

@@ -10,6 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from metatune.job import TuningJob
 from metatune.point import MetaGradient, Point
@@ -249,5 +250,50 @@ def test_0003_reads_older_rows_back_unchanged_and_its_downgrade_removes_only_sch
         upgrade(database_url)
         assert current_revision(db.engine) == head_revision()
         assert [t.point for t in crud.library_trials(db, job_id="grouped")] == [Point.of(GROUP_LR, GROUP_MOMENTUM)]
+    finally:
+        db.dispose()
+
+
+def insert_job(db: Database, job_id: str, owner: str = "alice", key: str | None = None) -> None:
+    """A job row in raw SQL (with an idempotency key from 0004 on)."""
+    columns, values = "", ""
+    if key is not None:
+        columns, values = ", idempotency_key, request_hash", ", :key, 'h'"
+    with db.engine.begin() as connection:
+        connection.execute(text(
+            f"INSERT INTO jobs (id, owner, status, spec, method, objective, seed, created_at, gradient_evals, "
+            f"cancel_requested, attempts{columns}) VALUES (:id, :owner, 'queued', '{{}}', 'tpe', 'quadratic', 0, "
+            f"'2026-01-01 00:00:00', 0.0, false, 0{values})"), {"id": job_id, "owner": owner, "key": key})
+
+
+def test_0004_adds_keys_unique_per_owner_and_its_downgrade_keeps_every_row(database_url):
+    upgrade(database_url, "0003")
+    db = Database(database_url)
+    try:
+        insert_job(db, "before")
+        upgrade(database_url, "0004")
+        assert rows(db, "SELECT id, idempotency_key, request_hash FROM jobs") == [("before", None, None)]
+        assert ("owner", "created_at") in {tuple(ix["column_names"]) for ix in inspect(db.engine).get_indexes("jobs")}
+        insert_job(db, "keyed", key="k1")
+        insert_job(db, "other-owner", owner="bob", key="k1")  # keys are per owner
+        insert_job(db, "no-key")  # NULL keys never collide
+        with pytest.raises(IntegrityError):
+            insert_job(db, "again", key="k1")
+        with db.engine.begin() as connection:
+            connection.execute(text("INSERT INTO comparisons (id, owner, name, objective, spec, created_at, "
+                                    "idempotency_key) VALUES ('c1', 'alice', 'c', 'quadratic', '{}', "
+                                    "'2026-01-01 00:00:00', 'k1')"))
+        with pytest.raises(IntegrityError), db.engine.begin() as connection:
+            connection.execute(text("INSERT INTO comparisons (id, owner, name, objective, spec, created_at, "
+                                    "idempotency_key) VALUES ('c2', 'alice', 'c', 'quadratic', '{}', "
+                                    "'2026-01-01 00:00:00', 'k1')"))
+        downgrade(database_url, "0003")
+        assert "idempotency_key" not in {c["name"] for c in inspect(db.engine).get_columns("jobs")}
+        assert "idempotency_key" not in {c["name"] for c in inspect(db.engine).get_columns("comparisons")}
+        assert sorted(rows(db, "SELECT id, owner FROM jobs")) == [
+            ("before", "alice"), ("keyed", "alice"), ("no-key", "alice"), ("other-owner", "bob")]
+        assert rows(db, "SELECT id FROM comparisons") == [("c1",)]
+        upgrade(database_url)
+        assert current_revision(db.engine) == head_revision()
     finally:
         db.dispose()

@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse
 
 from metatune_service import comparisons, crud
-from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
+from metatune_service.api.deps import REUSED_KEY, DatabaseDep, IdempotencyKey, OwnerDep, SettingsDep
+from metatune_service.api.errors import AUTHENTICATED, WITH_BODY, responses
 from metatune_service.api.presenters import job_public
 from metatune_service.core.db import Database
 from metatune_service.models import Comparison, Job
@@ -25,9 +26,12 @@ COMPARISON_LINKS = {name: {"operationId": name, "parameters": {"comparison_id": 
 """What a created comparison's id opens (OpenAPI links)."""
 
 
-@router.post("", status_code=202, response_model=ComparisonPublic)
-def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> ComparisonPublic:
-    """One job per method × seed, all at the same objective, space and budget."""
+@router.post("", status_code=202, response_model=ComparisonPublic, operation_id="createComparison",
+             responses={202: {"links": COMPARISON_LINKS}, **responses(*WITH_BODY), **REUSED_KEY})
+def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep,
+           idempotency_key: IdempotencyKey = None) -> ComparisonPublic:
+    """One job per method × seed, all at the same objective, space and budget. With an
+    ``Idempotency-Key`` used before for the same request, the comparison made then (as it is now)."""
     count = body.seeds if isinstance(body.seeds, int) else len(body.seeds)
     seeds = list(range(count)) if isinstance(body.seeds, int) and 1 <= count <= settings.max_seeds else body.seeds
     if (not 1 <= count <= settings.max_seeds or len(set(seeds)) != len(seeds)
@@ -43,9 +47,15 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
              for method in dict.fromkeys(body.methods) for seed in seeds]
     summary = {"name": body.name or f"{body.objective}: {', '.join(body.methods)}", "objective": body.objective,
                "spec": {**body.model_dump(), "seeds": seeds}}
-    jobs, group = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary)
-    return ComparisonPublic(id=group.id, name=group.name, objective=group.objective, status=JobStatus.QUEUED,
-                            jobs=[job_public(db, j, (0, None)) for j in jobs], table=None, plots=[])
+    try:
+        jobs, group = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary,
+                                       idempotency_key=idempotency_key)
+    except crud.IdempotencyConflict as error:
+        raise HTTPException(409, str(error)) from None
+    counts = crud.summaries(db, jobs=jobs)
+    return ComparisonPublic(id=group.id, name=group.name, objective=group.objective,
+                            status=comparisons.overall_status(jobs), table=group.table, plots=[],
+                            jobs=[job_public(db, j, counts[j.id]) for j in jobs])
 
 
 @router.get("/{comparison_id}", response_model=ComparisonPublic, operation_id="readComparison", responses=responses(404, 422))

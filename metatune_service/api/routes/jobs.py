@@ -13,7 +13,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from metatune_service import crud
-from metatune_service.api.deps import DatabaseDep, OwnerDep, SettingsDep
+from metatune_service.api.deps import REUSED_KEY, DatabaseDep, IdempotencyKey, OwnerDep, SettingsDep
+from metatune_service.api.errors import AUTHENTICATED, WITH_BODY, responses
 from metatune_service.api.presenters import job_public, trial_public
 from metatune_service.core.db import Database
 from metatune_service.models import Job
@@ -26,9 +27,9 @@ PAGE = 1000
 MAX_ROW = 2**31 - 1
 """The largest offset, trial number or cursor a query takes: bounded in the OpenAPI document and
 checked before the database, whose integers (PostgreSQL's 32-bit INTEGER) end here."""
-
 JobId = Annotated[str, Path(max_length=64, description="a job's id (32 hex digits)")]
 Filter = Query(None, max_length=100, pattern=r"^[^\x00]*$")
+
 
 def owned_job(db: Database, job_id: str, owner: str) -> Job:
     job = crud.get_job(db, job_id=job_id, owner=owner)
@@ -37,15 +38,23 @@ def owned_job(db: Database, job_id: str, owner: str) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobPublic)
-def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> JobPublic:
-    """Queue a tuning job. Only ``objective`` and ``method`` are required."""
+JOB_LINKS = {name: {"operationId": name, "parameters": {"job_id": "$response.body#/id"}}
+             for name in ("readJob", "cancelJob", "listTrials", "readTrial", "jobEvents")}
+"""What a submitted job's id opens (OpenAPI links: clients and schemathesis follow them)."""
+
+
+@router.post("", status_code=202, response_model=JobPublic, operation_id="submitJob",
+             responses={202: {"links": JOB_LINKS}, **responses(*WITH_BODY), **REUSED_KEY})
+def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep,
+           idempotency_key: IdempotencyKey = None) -> JobPublic:
+    """Queue a tuning job. Only ``objective`` and ``method`` are required. With an
+    ``Idempotency-Key`` used before for the same request, the job made then (as it is now)."""
     try:
-        spec = normalise(body, settings)
-    except SpecError as error:
-        raise HTTPException(422, str(error)) from None
-    (job,), _ = crud.create_jobs(db, owner=owner, specs=[spec])
-    return job_public(db, job, (0, None))
+        (job,), _ = crud.create_jobs(db, owner=owner, specs=[normalise(body, settings)],
+                                     idempotency_key=idempotency_key)
+    except crud.IdempotencyConflict as error:
+        raise HTTPException(409, str(error)) from None
+    return job_public(db, job, None if idempotency_key else (0, None))  # with a key: perhaps the first, run since
 
 
 @router.get("", response_model=JobList, operation_id="listJobs", responses=responses(400, 422))
@@ -120,6 +129,7 @@ async def _event_stream(db: Database, job_id: str, interval: float, keepalive: f
         job = await run_in_threadpool(crud.get_job, db, job_id=job_id)
         while True:  # every trial recorded before the job was read, page by page
             trials = await run_in_threadpool(crud.list_trials, db, job_id=job_id, after=last, limit=PAGE)
+            metrics = await run_in_threadpool(crud.trial_metrics, db, trial_ids=[t.id for t in trials])
             for trial in trials:
                 last, sent_at = trial.number, time.monotonic()
                 yield _sse("trial", trial_public(trial, metrics[trial.id]).model_dump(mode="json"))
@@ -129,15 +139,14 @@ async def _event_stream(db: Database, job_id: str, interval: float, keepalive: f
             status, sent_at = job.status, time.monotonic()
             yield _sse("status", {"status": status.value, "gradient_evals": job.gradient_evals,
                                   "budget": job.tuning_job().budget, "error": job.error})
-            metrics = await run_in_threadpool(crud.trial_metrics, db, trial_ids=[t.id for t in trials])
         if status.final:
             return
+        if time.monotonic() - sent_at >= keepalive:
+            sent_at = time.monotonic()
+            yield ": keep-alive\n\n"
         await asyncio.sleep(interval)
 
 
 def _sse(event: str, data: dict) -> str:
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
     return f"event: {event}\ndata: {json.dumps(clean)}\n\n"
-        if time.monotonic() - sent_at >= keepalive:
-            sent_at = time.monotonic()
-            yield ": keep-alive\n\n"
