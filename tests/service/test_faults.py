@@ -1,7 +1,8 @@
-"""Faults of workers: a standalone `metatune worker` killed with SIGKILL mid-job, a worker whose
-lease runs out (by its clock) while another takes the job over, two workers racing for one
-job, and a Ray trial's process killed. Each ends with the job succeeded, every trial number
-once, no point evaluated twice, and no job left `running`."""
+"""Faults of workers: a standalone `metatune worker` killed with SIGKILL mid-job, `metatune serve`
+(the API and its embedded worker) killed with SIGKILL mid-job and started again, a worker whose
+lease runs out (by its clock) while another takes the job over, two workers racing for one job,
+and a Ray trial's process killed. Each ends with the job succeeded, every trial number once, no
+point evaluated twice, and no job left `running`."""
 
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from metatune_service import crud
 from metatune_service.core.config import Settings
 from metatune_service.core.db import Database
 from metatune_service.core.migrations import upgrade
+from metatune_service.models import Job, utcnow
 from metatune_service.schemas import JobCreate
+from metatune_service.status import JobStatus
 from metatune_service.validation import normalise
 from metatune_service.worker import Worker
 
-from .conftest import FakeClock, wait_for
+from .conftest import TOKENS, FakeClock, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +117,40 @@ def run_worker(url: str, out: Path, ray_dir: Path, lease: float = 2.0) -> subpro
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def run_serve(url: str, out: Path, ray_dir: Path, port: int, lease: float = 2.0) -> subprocess.Popen:
+    """`metatune serve` (the API with its embedded worker) on ``port``, in a session of its own."""
+    env = {**os.environ, "METATUNE_DATABASE_URL": url, "METATUNE_LEASE_SECONDS": str(lease),
+           "METATUNE_HEARTBEAT_SECONDS": "0.5", "METATUNE_POLL_SECONDS": "0.2", "OMP_NUM_THREADS": "1",
+           "METATUNE_OUTPUT_DIR": str(out), "METATUNE_RAY_DIR": str(ray_dir), "METATUNE_API_TOKENS": TOKENS,
+           "METATUNE_OPTUNA_STORAGE": "off"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("METATUNE_RAY_HOST", None)
+    return subprocess.Popen([sys.executable, "-m", "metatune.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def answers(client: httpx.Client, path: str) -> bool:
+    try:
+        return client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def running_with_trials(client: httpx.Client, job_id: str) -> bool:
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    return job["status"] == "running" and job["trials"] >= 1
+
+
+def descendants(pid: int) -> list[int]:
+    """The live children, grandchildren, … of process ``pid``."""
+    parents = {child: _parent(child) for child in _pids()}
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found += frontier
+    return [child for child in found if _alive(child)]
+
+
 # -- the tests ---------------------------------------------------------------------------------------
 
 def test_a_standalone_worker_killed_mid_job_with_trials_in_flight_is_resumed_by_another(database_url, tmp_path):
@@ -138,6 +177,67 @@ def test_a_standalone_worker_killed_mid_job_with_trials_in_flight_is_resumed_by_
         assert crud.get_job(db, job_id=job_id).attempts == 2
     finally:
         end_processes(ray_dir)
+        db.dispose()
+
+
+def test_serve_killed_mid_job_answers_again_once_restarted_and_resumes_the_job(database_url, tmp_path):
+    """`metatune serve` is killed with SIGKILL (the process alone, as the OOM killer does) while
+    a job it runs has recorded a trial; within 15 s none of its processes runs (its Ray's
+    included). Started again on the same database and port, it answers /healthz and the job
+    within 30 s, claims the job (the dead server's 2 s lease has run out by then) and
+    finishes it: trials 0..n-1 each once, those recorded before the kill unchanged, no job
+    `running` past its lease."""
+    db, port, trials = Database(database_url), free_port(), 8
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                          headers={"Authorization": "Bearer token-alice"})
+    first = run_serve(database_url, tmp_path / "out", tmp_path / "r1", port)
+    second = None
+    try:
+        wait_until(lambda: answers(client, "/healthz") or first.poll() is not None, 60,
+                   "the first server answers")
+        created = client.post("/v1/jobs", json={"objective": "mlp-digits", "method": "tpe",
+                                                "budget": {"inner_steps": 100, "trials": trials}})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        wait_until(lambda: running_with_trials(client, job_id), 60, "the job runs and has recorded a trial")
+        processes = descendants(first.pid)
+        assert processes  # its Ray's
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        killed = time.monotonic()
+        before = recorded(db, job_id)
+        job = crud.get_job(db, job_id=job_id)
+        assert 1 <= len(before) < trials and job.status == "running" and job.lease_holder is not None
+
+        second = run_serve(database_url, tmp_path / "out", tmp_path / "r2", port)
+        restarted = time.monotonic()
+        wait_until(lambda: answers(client, "/healthz") or second.poll() is not None, 30,
+                   "/healthz answers again")
+        assert answers(client, f"/v1/jobs/{job_id}")
+        assert time.monotonic() - restarted < 30
+        wait_until(lambda: not [pid for pid in processes if _alive(pid)], 15,
+                   "the killed server's processes end")
+        assert not started_under(tmp_path / "r1") and time.monotonic() - killed < 15
+        done = wait_for(client, job_id, timeout=60)
+        assert done["status"] == "succeeded", done["error"]
+        assert_whole(db, job_id, trials, before)
+        assert crud.get_job(db, job_id=job_id).attempts == 2
+        with db.read() as session:
+            stuck = session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING,
+                                                         Job.lease_expires < utcnow())).all()
+        assert stuck == []
+    finally:
+        client.close()
+        for server in (first, second):
+            if server is not None and server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
+        for ray_dir in (tmp_path / "r1", tmp_path / "r2"):
+            end_processes(ray_dir)
         db.dispose()
 
 
