@@ -6,6 +6,7 @@ without a CDN."""
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
 
             ensure_ray(settings.ray_address)  # from the main thread, where Ray can install its signal handlers
             worker = start_embedded(db, settings)
+        settle_heap()
         try:
             yield
         finally:
@@ -67,6 +69,15 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
         app.include_router(module.router)
     dashboard.install(app)
     return app
+
+
+def settle_heap() -> None:
+    """Move what start-up made (torch, Ray, SQLAlchemy, the app: some 300,000 objects) out of
+    the collector's reach (:func:`gc.freeze`), so that a full collection under load walks
+    only what requests made: one over the whole start-up heap takes 60-150 ms, and
+    stopped every request in flight for that long."""
+    gc.collect()
+    gc.freeze()
 
 
 def install_docs(app: FastAPI) -> None:

@@ -7,6 +7,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from fastapi.responses import Response
+from pydantic import BaseModel
+
 from metatune.compare import json_safe
 from metatune.point import MetaGradient, Point
 from metatune.schedule import Schedule as LibrarySchedule
@@ -14,6 +17,13 @@ from metatune_service import crud
 from metatune_service.core.db import Database
 from metatune_service.models import Job, Trial
 from metatune_service.schemas import JobPublic, MetaGradientPublic, Schedule, TrialPublic, TrialSummary
+
+
+def json_response(body: BaseModel, status_code: int = 200) -> Response:
+    """``body`` as JSON, encoded once by pydantic in the calling (worker) thread: a route that
+    returns it skips FastAPI's validation of the model it built itself and the encoding on the
+    event loop (its ``response_model`` still documents the body)."""
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None = None) -> JobPublic:

@@ -91,13 +91,24 @@ class Database:
                                           expire_on_commit=False)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._reading = threading.local()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for reading, in autocommit: each statement sees the data committed when
-        it runs (nothing written through it is kept)."""
-        with self.read_sessions() as session:
+        it runs (nothing written through it is kept). Reads nested in a thread's open read
+        share its session, so a request that wraps its reads in one ``read()`` checks out one
+        pooled connection, not one per query."""
+        session = getattr(self._reading, "session", None)
+        if session is not None:
             yield session
+            return
+        with self.read_sessions() as session:
+            self._reading.session = session
+            try:
+                yield session
+            finally:
+                self._reading.session = None
 
     @contextmanager
     def write(self) -> Iterator[Session]:

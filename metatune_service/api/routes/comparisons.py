@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from metatune_service import comparisons, crud
 from metatune_service.api.deps import REUSED_KEY, DatabaseDep, IdempotencyKey, OwnerDep, SettingsDep
 from metatune_service.api.errors import AUTHENTICATED, WITH_BODY, responses
-from metatune_service.api.presenters import job_public
+from metatune_service.api.presenters import job_public, json_response
 from metatune_service.core.db import Database
 from metatune_service.models import Comparison, Job
 from metatune_service.schemas import ComparisonCreate, ComparisonPublic, JobCreate
@@ -59,15 +59,16 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
 
 
 @router.get("/{comparison_id}", response_model=ComparisonPublic, operation_id="readComparison", responses=responses(404, 422))
-def read(comparison_id: ComparisonId, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> ComparisonPublic:
+def read(comparison_id: ComparisonId, db: DatabaseDep, settings: SettingsDep, owner: OwnerDep) -> Response:
     """Its jobs, and once a worker has built them after the last job ended, the same table as
     ``metatune compare`` and the plots' URLs (``table`` is null until then)."""
-    group, jobs = owned_comparison(db, comparison_id, owner)
-    summary = crud.summaries(db, jobs=jobs)
+    with db.read():
+        group, jobs = owned_comparison(db, comparison_id, owner)
+        summary = crud.summaries(db, jobs=jobs)
     plots = [f"/v1/comparisons/{group.id}/plots/{name}.png" for name in comparisons.plots_of(settings, group.id)]
-    return ComparisonPublic(id=group.id, name=group.name, objective=group.objective,
-                            status=comparisons.overall_status(jobs), table=group.table, plots=plots,
-                            jobs=[job_public(db, j, summary[j.id]) for j in jobs])
+    return json_response(ComparisonPublic(id=group.id, name=group.name, objective=group.objective,
+                                          status=comparisons.overall_status(jobs), table=group.table, plots=plots,
+                                          jobs=[job_public(db, j, summary[j.id]) for j in jobs]))
 
 
 @router.get("/{comparison_id}/plots/{name}.png", response_class=FileResponse, operation_id="comparisonPlot",

@@ -9,13 +9,13 @@ import time
 from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from metatune_service import crud
 from metatune_service.api.deps import REUSED_KEY, DatabaseDep, IdempotencyKey, OwnerDep, SettingsDep
 from metatune_service.api.errors import AUTHENTICATED, WITH_BODY, responses
-from metatune_service.api.presenters import job_public, trial_public
+from metatune_service.api.presenters import job_public, json_response, trial_public
 from metatune_service.core.db import Database
 from metatune_service.models import Job
 from metatune_service.schemas import JobCreate, JobList, JobPublic, Method, TrialList, TrialPublic
@@ -60,24 +60,26 @@ def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: Owner
 @router.get("", response_model=JobList, operation_id="listJobs", responses=responses(400, 422))
 def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None, method: Method | None = None,
               objective: str | None = Filter, limit: int = Query(50, ge=1, le=500),
-              offset: int = Query(0, ge=0, le=MAX_ROW), cursor: str | None = Query(None, max_length=20)) -> JobList:
+              offset: int = Query(0, ge=0, le=MAX_ROW), cursor: str | None = Query(None, max_length=20)) -> Response:
     """The caller's jobs, newest first; page with ``limit`` and ``offset`` (or ``cursor``,
     the ``next_cursor`` of the previous page)."""
     if cursor is not None:
         if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > len(str(MAX_ROW)) or int(cursor) > MAX_ROW:
             raise HTTPException(400, f"cursor={cursor!r} is not one this server issued; pass next_cursor as given")
         offset = int(cursor)
-    jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
-                                 limit=limit, offset=offset)
-    summaries = crud.summaries(db, jobs=jobs)
-    nxt = offset + len(jobs)
-    return JobList(items=[job_public(db, j, summaries[j.id]) for j in jobs], total=total,
-                   next_cursor=str(nxt) if nxt < total else None)
+    with db.read():
+        jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
+                                     limit=limit, offset=offset)
+        summaries = crud.summaries(db, jobs=jobs)
+        nxt = offset + len(jobs)
+        return json_response(JobList(items=[job_public(db, j, summaries[j.id]) for j in jobs], total=total,
+                                     next_cursor=str(nxt) if nxt < total else None))
 
 
 @router.get("/{job_id}", response_model=JobPublic, operation_id="readJob", responses=responses(404, 422))
-def read_job(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
-    return job_public(db, owned_job(db, job_id, owner))
+def read_job(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> Response:
+    with db.read():
+        return json_response(job_public(db, owned_job(db, job_id, owner)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, operation_id="cancelJob", responses=responses(404, *WITH_BODY))
@@ -89,24 +91,26 @@ def cancel(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
 
 @router.get("/{job_id}/trials", response_model=TrialList, operation_id="listTrials", responses=responses(404, 422))
 def list_trials(job_id: JobId, db: DatabaseDep, owner: OwnerDep, after: int = Query(-1, ge=-1, le=MAX_ROW),
-                limit: int = Query(1000, ge=1, le=10_000)) -> TrialList:
+                limit: int = Query(1000, ge=1, le=10_000)) -> Response:
     """Trials in order; ``after`` = the last number already seen; ``total``: the job's trials."""
-    job = owned_job(db, job_id, owner)
-    trials = crud.list_trials(db, job_id=job_id, after=after, limit=limit)
-    metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
-    total, _ = crud.summaries(db, jobs=[job])[job.id]
-    return TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=total)
+    with db.read():
+        job = owned_job(db, job_id, owner)
+        trials = crud.list_trials(db, job_id=job_id, after=after, limit=limit)
+        metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
+        total, _ = crud.summaries(db, jobs=[job])[job.id]
+        return json_response(TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=total))
 
 
 @router.get("/{job_id}/trials/{number}", response_model=TrialPublic, operation_id="readTrial",
             responses=responses(404, 422))
 def read_trial(job_id: JobId, number: Annotated[int, Path(ge=0, le=MAX_ROW)], db: DatabaseDep,
-               owner: OwnerDep) -> TrialPublic:
-    owned_job(db, job_id, owner)
-    trial = crud.get_trial(db, job_id=job_id, number=number)
-    if trial is None:
-        raise HTTPException(404, f"job {job_id!r} has no trial {number}")
-    return trial_public(trial, crud.trial_metrics(db, trial_ids=[trial.id])[trial.id])
+               owner: OwnerDep) -> Response:
+    with db.read():
+        owned_job(db, job_id, owner)
+        trial = crud.get_trial(db, job_id=job_id, number=number)
+        if trial is None:
+            raise HTTPException(404, f"job {job_id!r} has no trial {number}")
+        return json_response(trial_public(trial, crud.trial_metrics(db, trial_ids=[trial.id])[trial.id]))
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse, operation_id="jobEvents",
@@ -126,25 +130,38 @@ def events(job_id: JobId, db: DatabaseDep, owner: OwnerDep, settings: SettingsDe
 async def _event_stream(db: Database, job_id: str, interval: float, keepalive: float) -> AsyncIterator[str]:
     status, last, sent_at = None, -1, time.monotonic()
     while True:
-        job = await run_in_threadpool(crud.get_job, db, job_id=job_id)
-        while True:  # every trial recorded before the job was read, page by page
-            trials = await run_in_threadpool(crud.list_trials, db, job_id=job_id, after=last, limit=PAGE)
-            metrics = await run_in_threadpool(crud.trial_metrics, db, trial_ids=[t.id for t in trials])
-            for trial in trials:
-                last, sent_at = trial.number, time.monotonic()
-                yield _sse("trial", trial_public(trial, metrics[trial.id]).model_dump(mode="json"))
-            if len(trials) < PAGE:
-                break
+        job, events, last = await run_in_threadpool(_poll, db, job_id, last)
+        if events:
+            sent_at = time.monotonic()
+            yield "".join(events)
         if job.status != status:
             status, sent_at = job.status, time.monotonic()
             yield _sse("status", {"status": status.value, "gradient_evals": job.gradient_evals,
-                                  "budget": job.tuning_job().budget, "error": job.error})
+                                  "budget": job.spec["budget"]["gradient_evals"], "error": job.error})
         if status.final:
             return
         if time.monotonic() - sent_at >= keepalive:
             sent_at = time.monotonic()
             yield ": keep-alive\n\n"
         await asyncio.sleep(interval)
+
+
+def _poll(db: Database, job_id: str, last: int) -> tuple[Job, list[str], int]:
+    """One poll of an event stream, in one thread and one read: the job, then the ``trial``
+    events of every trial numbered past ``last`` (all recorded before the job was read, so a
+    final status is sent after its last trial), and the last number sent."""
+    events = []
+    with db.read():
+        job = crud.get_job(db, job_id=job_id)
+        assert job is not None  # jobs are never deleted
+        while True:
+            trials = crud.list_trials(db, job_id=job_id, after=last, limit=PAGE)
+            metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
+            for trial in trials:
+                last = trial.number
+                events.append(_sse("trial", trial_public(trial, metrics[trial.id]).model_dump(mode="json")))
+            if len(trials) < PAGE:
+                return job, events, last
 
 
 def _sse(event: str, data: dict) -> str:
