@@ -72,10 +72,16 @@ def log_loss(value: float) -> float:
 
 
 def log_loss_gradient(point: Point, value: float, gradient: MetaGradient) -> np.ndarray:
-    """∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β) / ℓ, per group."""
+    """∇_u log ℓ = (η ∂ℓ/∂η, −(1 − β) ∂ℓ/∂β) / ℓ, per group; 0 where ℓ ≤ LOG_FLOOR, where
+    :func:`log_loss` is flat. A loss ≥ 0 is least at ℓ = 0, so its true meta-gradient is 0
+    there; what the run reports is rounding (κ(1 − cos r) is 0 in float64 for |r| < 1e-8,
+    while its slope κ sin r is not), and divided by the floor it would be ~1e280: a step to a
+    corner of the space, and overflow in the BFGS update's norms."""
     lrs, momenta = np.array(point.lrs), np.array(point.momenta)
     dlr, dmomentum = np.array(gradient.dlr), np.array(gradient.dmomentum)
-    return np.concatenate([dlr * lrs, -dmomentum * (1.0 - momenta)]) / max(value, LOG_FLOOR)
+    if value <= LOG_FLOOR:
+        return np.zeros(len(lrs) + len(momenta))
+    return np.concatenate([dlr * lrs, -dmomentum * (1.0 - momenta)]) / value
 
 
 def project(u: np.ndarray, space: SearchSpace, lr_cap: Callable[[float], float] | None = None) -> np.ndarray:

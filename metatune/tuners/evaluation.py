@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from metatune._types import Params
 from metatune.costs import CostModel, measure
 from metatune.hypergrad import Plan, hypergrad, resolve
@@ -114,34 +117,45 @@ def evaluate(context: Context, proposal: Proposal) -> list[Outcome]:
     return [evaluate_point(context, point) for point in proposal.points]  # populations of uniform points only
 
 
+def run_diverged(params: Params, losses: Tensor) -> bool:
+    """Whether a run diverged: θ_T or a training loss ℓ(θₜ; bₜ) is NaN/inf, as
+    :class:`~metatune.population.PopulationResult` flags a member. ℓ_val(θ_T) alone does not
+    tell: a validation loss may map NaN parameters to a finite number (the truncated quadratic
+    ``torch.where(r.abs() < c, r**2, c**2)`` gives c² at r = NaN)."""
+    return not is_finite(*params.values(), losses)
+
+
 def evaluate_point(context: Context, point: Point) -> Outcome:
-    """ℓ_val(θ_T) after T steps at fixed (η, β) from θ₀ (inf if the parameters blew up)."""
+    """ℓ_val(θ_T) after T steps at fixed (η, β) from θ₀ (inf if the run diverged, :func:`run_diverged`)."""
     objective, began = context.objective, time.perf_counter()
     lr, momentum = point.hyperparameters(context.steps)
     run = unroll(objective.train_loss, context.params, lr, momentum, context.steps, context.batches)
-    value = float(objective.val_loss(run.params)) if is_finite(*run.params.values()) else math.inf
+    value = math.inf if run_diverged(run.params, run.losses) else float(objective.val_loss(run.params))
     return Outcome(point, value, time.perf_counter() - began, {"final_train_loss": float(run.losses[-1])})
 
 
 def evaluate_population(context: Context, points: list[Point]) -> list[Outcome]:
     """Every point, each one (η, β) for every parameter and step (:attr:`~metatune.point.Point.uniform`),
-    trained at once by :func:`metatune.population.train_population`."""
+    trained at once by :func:`metatune.population.train_population` (inf where a member diverged)."""
     objective, began = context.objective, time.perf_counter()
     result = train_population(objective.train_loss, objective.val_loss, context.params,
                               [p.lrs[0] for p in points], [p.momenta[0] for p in points], context.steps,
                               context.batches)
     seconds = (time.perf_counter() - began) / len(points)
+    values = torch.where(result.diverged, math.inf, result.values).tolist()
     return [Outcome(point, value, seconds, {"final_train_loss": loss})
-            for point, value, loss in zip(points, result.values.tolist(), result.final_train_loss.tolist())]
+            for point, value, loss in zip(points, values, result.final_train_loss.tolist())]
 
 
 def evaluate_hypergrad(context: Context, point: Point, mode: str, checkpoint: int | None = None) -> Outcome:
-    """ℓ_val(θ_T) with its meta-gradient ∂ℓ/∂η, ∂ℓ/∂β, the growth rate and amplification."""
+    """ℓ_val(θ_T) (inf if the run diverged, :func:`run_diverged`) with its meta-gradient ∂ℓ/∂η,
+    ∂ℓ/∂β, the growth rate and amplification."""
     objective, began = context.objective, time.perf_counter()
     lr, momentum = point.hyperparameters(context.steps)
     hg = hypergrad(objective.train_loss, objective.val_loss, context.params, lr, momentum, context.steps,
                    context.batches, mode=mode, checkpoint=checkpoint, costs=context.costs)
-    return Outcome(point, hg.value, time.perf_counter() - began, hypergrad_metrics(hg))
+    value = math.inf if run_diverged(hg.params, hg.train_losses) else hg.value
+    return Outcome(point, value, time.perf_counter() - began, hypergrad_metrics(hg))
 
 
 def hypergrad_metrics(hg: Any) -> dict[str, float]:
