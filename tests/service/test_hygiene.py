@@ -14,10 +14,13 @@ import httpx
 import pytest
 
 from metatune_service.api.deps import SESSION_COOKIE
+from metatune_service.core.db import POOL_SIZE
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "service_hygiene.py"
 RSS_GROWTH = 0.10
 STEADY = ("fds", "connections", "processes")
+OPTUNA_CONNECTIONS = 1
+"""The worker writes each job's Optuna study through one connection of Optuna's storage."""
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,12 @@ def test_a_server_running_jobs_returns_to_where_it_started(hygiene, tmp_path):
     start, end = result["start"], result["end"]
     print(f"jobs: 4 after 2: {start} -> {end}, {result['seconds']:.1f} s")
     assert result["statuses"].get("succeeded") == 4, result["statuses"]
-    assert {k: end[k] for k in STEADY} == {k: start[k] for k in STEADY}, (start, end)
+    assert end["processes"] == start["processes"], (start, end)
+    # A pool may still open connections up to its size after the warm-up (the jobs' reads and
+    # writes overlap differently from one run to the next): growth up to the bound is not a
+    # leak, and each such connection holds only its database files (the file, -wal, -shm).
+    opened = end["connections"] - start["connections"]
+    assert end["connections"] <= max(start["connections"], POOL_SIZE + OPTUNA_CONNECTIONS), (start, end)
+    assert end["fds"] - start["fds"] <= 3 * max(opened, 0), (start, end)
     assert start["processes"] >= 1 and start["connections"] >= 1
     assert result["rss_growth"] <= RSS_GROWTH, (start, end)
