@@ -72,11 +72,11 @@ def context_for(setup: TrialSetup, device: str) -> Context:
 
 
 def result_metrics(outcome: Outcome, index: int, evals: float, context: Context, setup: TrialSetup,
-                   start: int | None) -> dict[str, Any]:
+                   start: int | None, node: str | None = None) -> dict[str, Any]:
     """One point's report: the names Ray's ResultGrid and TensorBoard show (the point as
-    :meth:`~metatune.point.Point.to_params`)."""
+    :meth:`~metatune.point.Point.to_params`), and ``node``, the Ray node id of the trial."""
     rho = largest_spectral_radius(outcome.point, setup.eigenvalues)
-    return {
+    return {"node": node or "",
         "point": index, **outcome.point.to_params(), "value": outcome.value,
         METRIC: told_value(outcome.value, context.initial_value),
         "diverged": is_diverged(outcome.value, context.initial_value), "spectral_radius": rho,
@@ -87,13 +87,15 @@ def result_metrics(outcome: Outcome, index: int, evals: float, context: Context,
 
 def evaluate_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """The Ray Tune function trainable (bind ``setup`` with ``tune.with_parameters``)."""
+    import ray
     from ray import tune
 
     context = context_for(setup, assigned_device())
     proposal = Proposal.from_config(config)
     share = proposal.cost / len(proposal.points)
+    node = ray.get_runtime_context().get_node_id()
     for index, outcome in enumerate(evaluate(context, proposal)):
-        tune.report(result_metrics(outcome, index, share, context, setup, proposal.start))
+        tune.report(result_metrics(outcome, index, share, context, setup, proposal.start, node))
 
 
 OUTCOME_METRICS = ("final_train_loss", "dvalue_dlr", "dvalue_dmomentum", "growth_rate", "amplification")
@@ -106,7 +108,8 @@ def outcome_from_result(result: dict[str, Any], point: Point) -> Outcome:
     the point is the proposal's own, not parsed back from the flat names)."""
     per_slot = tuple(f"{name}{mark}" for name in OUTCOME_METRICS[1:3] for mark in "[@")
     metrics = {k: float(v) for k, v in result.items() if k in OUTCOME_METRICS or k.startswith(per_slot)}
-    return Outcome(point, float(result.get("value", math.nan)), float(result.get("wall_time", 0.0)), metrics)
+    return Outcome(point, float(result.get("value", math.nan)), float(result.get("wall_time", 0.0)), metrics,
+                   node=str(result.get("node") or "") or None)
 
 
 def reports_a_point(result: dict[str, Any] | None) -> bool:

@@ -332,10 +332,10 @@ class Tuner(abc.ABC):
         """Charge ``evals`` and record one outcome (failed when it carries an error)."""
         self.spent += evals
         return self.record(outcome.point, outcome.value, evals, outcome.seconds, error=outcome.error, chain=chain,
-                           **outcome.metrics)
+                           node=outcome.node, **outcome.metrics)
 
     def record(self, point: Point, value: float, evals: float, seconds: float, error: str | None = None,
-               chain: ChainStep | None = None, **metrics: float) -> Trial:
+               chain: ChainStep | None = None, node: str | None = None, **metrics: float) -> Trial:
         """Keep one evaluated point (its cost already charged) and report it to the callback."""
         diverged = error is None and is_diverged(value, self.initial_value)
         status = TrialStatus.FAILED if error is not None else TrialStatus.DIVERGED if diverged \
@@ -345,7 +345,7 @@ class Tuner(abc.ABC):
             number=len(self.trials), point=point, value=float(value) if status == TrialStatus.COMPLETED else math.inf,
             diverged=diverged, gradient_evals=evals, cumulative_evals=self.spent, wall_time=seconds,
             spectral_radius=rho, stable=rho < 1.0, metrics={k: float(v) for k, v in metrics.items()}, status=status,
-            error=error, lambda_max=self.curvature().lambda_max, chain=chain,
+            error=error, lambda_max=self.curvature().lambda_max, chain=chain, node=node,
         )
         self.trials.append(trial)
         self._recorded.setdefault(point, []).append(trial)
@@ -380,7 +380,7 @@ class Tuner(abc.ABC):
 def _outcome_of(trial: Trial) -> Outcome:
     """The outcome a recorded trial stands for (a failed one as NaN with its error)."""
     value = math.nan if trial.status == TrialStatus.FAILED else trial.value
-    return Outcome(trial.point, value, trial.wall_time, dict(trial.metrics), trial.error)
+    return Outcome(trial.point, value, trial.wall_time, dict(trial.metrics), trial.error, trial.node)
 
 
 def estimate_curvature(objective: Objective, params: dict, batches: Any, costs: CostModel = DEFAULT) -> Curvature:

@@ -62,13 +62,15 @@ class Proposal:
 @dataclass(frozen=True)
 class Outcome:
     """The evaluation of one point: ℓ_val(θ_T) (NaN with ``error`` when it crashed), seconds
-    spent, and method-specific metrics (e.g. the meta-gradient, :func:`hypergrad_metrics`)."""
+    spent, method-specific metrics (e.g. the meta-gradient, :func:`hypergrad_metrics`) and
+    ``node``, the Ray node that ran it (None in-process)."""
 
     point: Point
     value: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    node: str | None = None
 
     def gradient(self) -> MetaGradient | None:
         """The meta-gradient among the metrics, or None where none was taken."""

@@ -62,7 +62,8 @@ class Trial:
     prefix in a per-group space). ``value`` is ℓ_val(θ_T) (inf when the run diverged or
     failed); ``spectral_radius`` is ρ of the momentum transition over the curvature at θ₀;
     ``error`` says why a failed evaluation crashed; ``chain`` places a metagrad trial in its
-    chain (None for other methods).
+    chain (None for other methods); ``node`` is the id of the Ray node that evaluated it
+    (None in-process).
     """
 
     number: int
@@ -79,6 +80,7 @@ class Trial:
     error: str | None = None
     lambda_max: float = math.nan
     chain: ChainStep | None = None
+    node: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))
@@ -96,7 +98,7 @@ class Trial:
                 "gradient_evals": self.gradient_evals, "cumulative_evals": self.cumulative_evals,
                 "wall_time": self.wall_time, "spectral_radius": self.spectral_radius, "stable": self.stable,
                 "metrics": dict(self.metrics), "status": self.status.value, "error": self.error,
-                "lambda_max": self.lambda_max, "chain": chain}
+                "lambda_max": self.lambda_max, "chain": chain, "node": self.node}
 
     @property
     def momentum(self) -> Hyper:
