@@ -120,16 +120,35 @@ def test_metagrad_chains_run_concurrently_and_metrics_reach_ray(ray_cluster, qua
     assert all({"dvalue_dlr", "dvalue_dmomentum"} <= set(t.metrics) for t in steps)
     starts = [t.chain.start for t in steps]
     assert starts.count(0) >= 2 and starts.count(1) >= 2
-    grid = ray_tune.ExperimentAnalysis(str(_latest(ray_cluster / "m"))).dataframe()
-    assert {"value", "lr", "momentum", "spectral_radius", "stable", "gradient_evals", "wall_time",
-            "dvalue_dlr", "growth_rate"} <= set(grid.columns)
-    ray_steps = grid[grid["growth_rate"].notna()]  # one Ray trial per step and line point, one for the population
+    grid = _eventually(lambda: _last_results(ray_cluster / "m", "quadratic-metagrad-seed0-"),
+                       lambda rows: len(rows) == len(steps) + len(tail) + 1)
+    assert all({"value", "lr", "momentum", "spectral_radius", "stable", "gradient_evals", "wall_time", "node"}
+               <= set(row) for row in grid)
+    ray_steps = [row for row in grid if "growth_rate" in row]  # one Ray trial per step and line point, one population
     assert len(grid) == len(steps) + len(tail) + 1
-    assert sorted(ray_steps["value"]) == pytest.approx(sorted(t.value for t in steps))
+    assert sorted(row["value"] for row in ray_steps) == pytest.approx(sorted(t.value for t in steps))
+    assert {t.node for t in result.trials} == {ray.get_runtime_context().get_node_id()}
 
 
-def _latest(folder: Path) -> Path:
-    return max(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+def _last_results(storage: Path, job: str) -> list[dict]:
+    """The last result each Ray trial of the job named ``job…`` wrote in its folder of the
+    standing experiment under ``storage`` (Ray Tune's JSON logger: one line per report)."""
+    import json
+
+    files = [f / "result.json" for f in storage.glob(f"*/{job}*") if (f / "result.json").is_file()]
+    return [json.loads(lines[-1]) for lines in (f.read_text().splitlines() for f in files) if lines]
+
+
+def _eventually(read, done, timeout: float = 60.0):  # noqa: ANN001, ANN202
+    """``read()`` once ``done`` of it holds, polling for up to ``timeout`` seconds: Ray Tune copies
+    its driver's result files to the storage folder on each save of the experiment's state
+    (every 10 s or more) and when the experiment ends."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = read()
+    return value
 
 
 # -- a user's own model under MetagradSearch -----------------------------------------------------
@@ -349,4 +368,87 @@ def test_diverged_trials_reach_tensorboard_without_tensorboardx_warnings(ray_clu
     overflowed = [t for t in result.trials if t.diverged]
     assert overflowed and all(t.value == math.inf for t in overflowed)
     assert not [r for r in caplog.records if "NaN or Inf" in r.getMessage()]
-    assert len(list((tmp_path / "res").glob("*/trial_*/events.out.tfevents.*"))) == len(result.trials)
+    logs = _eventually(lambda: list((tmp_path / "res").glob("*/quadratic-tpe-seed0-*/events.out.tfevents.*")),
+                       lambda found: len(found) >= len(result.trials))
+    assert len(logs) == len(result.trials)
+
+
+# -- the standing experiment: jobs share one Ray Tune experiment and its warm actors -------------
+
+
+def _pid_logging(base: objectives.Objective, log: Path) -> objectives.Objective:
+    """``base`` whose training, in Ray workers only, appends the worker's pid to ``log`` once
+    per run (its first step)."""
+    import dataclasses
+
+    driver = os.getpid()
+
+    def train_loss(params, batch=None):
+        if os.getpid() != driver:
+            with open(log, "a") as out:
+                out.write(f"{os.getpid()}\n")
+        return base.train_loss(params, batch)
+
+    return dataclasses.replace(base, name="pid-logging", train_loss=train_loss, params={})
+
+
+def test_consecutive_jobs_run_in_the_same_warm_actor(ray_cluster, tmp_path, quadratic):
+    """Three jobs one after the other (the process's standing experiment): every trial of all
+    three runs in one actor process, and each job picks the points it picks in-process."""
+    logs = [tmp_path / f"pids-{i}.log" for i in range(3)]
+    results = [ray_run(_pid_logging(quadratic, log), "tpe", 31 * 3, seed=i, storage=tmp_path / "res")
+               for i, log in enumerate(logs)]
+    pids = [set(log.read_text().split()) for log in logs]
+    assert len(pids[0]) == 1 and pids[0] == pids[1] == pids[2]
+    for i, result in enumerate(results):
+        local = mt.tune(quadratic, "tpe", 31 * 3, seed=i)
+        assert [(t.lr, t.momentum) for t in result.trials] == [(t.lr, t.momentum) for t in local.trials]
+
+
+def test_jobs_from_two_threads_share_the_experiment_and_keep_their_own_trials(ray_cluster, tmp_path, quadratic):
+    """Two jobs submitted at once from two threads run side by side in one experiment; each
+    gets exactly its own trials: the points it picks in-process, with their values."""
+    from metatune.distributed import standing
+
+    out: dict[int, object] = {}
+
+    def submit(seed: int) -> None:
+        out[seed] = ray_run(quadratic, "tpe", 31 * 4, seed=seed, storage=tmp_path / "res")
+
+    threads = [threading.Thread(target=submit, args=(seed,)) for seed in (3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert len([e for e in standing._experiments if e.key[0] == str(tmp_path / "res")]) == 1
+    for seed in (3, 4):
+        local = mt.tune(quadratic, "tpe", 31 * 4, seed=seed)
+        assert [(t.lr, t.momentum) for t in out[seed].trials] == [(t.lr, t.momentum) for t in local.trials]
+        assert [t.value for t in out[seed].trials] == pytest.approx([t.value for t in local.trials], rel=1e-9)
+
+
+def test_a_job_whose_callback_fails_ends_alone(ray_cluster, tmp_path, quadratic):
+    """The error of one job's callback is raised by its own ``run``; the next job on the same
+    experiment runs to its end."""
+
+    def broken(trial):
+        if trial.number == 1:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ray_run(quadratic, "tpe", 31 * 4, seed=0, callback=broken, storage=tmp_path / "res")
+    after = ray_run(quadratic, "tpe", 31 * 3, seed=0, storage=tmp_path / "res")
+    assert [t.status for t in after.trials] == ["completed"] * 3
+
+
+def test_an_idle_experiment_ends_and_the_next_job_starts_another(ray_cluster, tmp_path, quadratic, monkeypatch):
+    from metatune.distributed import standing
+
+    monkeypatch.setattr(standing, "IDLE_SECONDS", 1.0)
+    ray_run(quadratic, "random", 31 * 2, seed=0, storage=tmp_path / "res")
+    (first,) = [e for e in standing._experiments if e.key[0] == str(tmp_path / "res")]
+    first.thread.join(timeout=30)
+    assert not first.thread.is_alive() and first.search.closed
+    result = ray_run(quadratic, "random", 31 * 2, seed=1, storage=tmp_path / "res")
+    (second,) = [e for e in standing._experiments if e.key[0] == str(tmp_path / "res")]
+    assert second is not first and len(result.trials) == 2

@@ -1,31 +1,48 @@
-"""``metatune bench ray``: what running a job on Ray Tune costs over running it in-process.
+"""``metatune bench ray``: what running jobs on Ray Tune costs over running them in-process,
+and how throughput grows with concurrency.
 
-For each job (random search over a 64-setting budget on mlp-digits, trained as vmapped
-populations; metagrad with 4 starts on the same budget) the same method, seed and budget
-run in-process and on the embedded local Ray (twice: the first pays for starting the
-trial actors). Overhead = (Ray wall − in-process wall) / Ray wall. Ray's own start-up
-time and memory (resident memory of its processes) are reported apart. Per-trial
-overhead: ``tpe`` trials on a tiny quadratic (T = 1) with and without actor reuse,
-against the same trials in-process, and random search's 64-setting populations.
+Every job runs in-process and on Ray (embedded local Ray, or ``--ray-address``) with the same
+method, seed and budget; Ray's jobs run after a warm-up job, so they share the standing
+experiment's warm trial actors as a service worker's jobs do. Overhead = (Ray wall −
+in-process wall) / Ray wall. Reported:
+
+1. Ray's start-up (seconds, resident memory of its processes) and the first job's extra cost
+   (its trial actor imports torch), apart.
+2. Jobs on mlp-digits at ``--settings`` fixed-(η, β) runs of budget (random as vmapped
+   populations, tpe, metagrad chains): wall times and overhead.
+3. Per trial once actors are warm: tpe trials on a tiny quadratic (T = 1), whose own work is
+   under a millisecond: (Ray − in-process) / trials.
+4. Throughput at concurrency 1, 2 and the cluster's CPU count on a ``--throughput-settings``
+   budget: trials per minute and gradient evaluations per second, the in-process figure
+   beside each.
+5. The ``--compare-budget`` (20,000) comparison's jobs, seed 0, per method.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
 from metatune.bench.common import machine, write_json
 
-NAME, HELP = "ray", "Ray Tune's overhead on a job, its start-up cost and its per-trial overhead"
+NAME, HELP = "ray", "Ray Tune's overhead per job and per trial, and throughput by concurrency"
+METHODS = (("random", {}), ("tpe", {}), ("metagrad", {"starts": 4, "screen": 8}))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", type=int, default=64, help="fixed-(lr, momentum) runs the budget affords")
     parser.add_argument("--steps", type=int, default=200, help="inner steps T on mlp-digits")
-    parser.add_argument("--trivial-trials", type=int, default=40, help="trials for the per-trial overhead")
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--trivial-trials", type=int, default=80, help="trials for the per-trial overhead")
+    parser.add_argument("--concurrency", default=None,
+                        help="comma-separated concurrencies for the throughput table (default 1,2,<cluster CPUs>)")
+    parser.add_argument("--throughput-settings", type=int, default=256,
+                        help="fixed-(lr, momentum) runs of budget in the throughput table (random: 64 a trial)")
+    parser.add_argument("--compare-budget", type=int, default=20_000,
+                        help="budget of the comparison-sized jobs (0: skip them)")
+    parser.add_argument("--ray-address", default=None, help="a running Ray cluster (default: an embedded local Ray)")
 
 
 def ray_memory_bytes() -> int:
@@ -40,57 +57,90 @@ def ray_memory_bytes() -> int:
     return total
 
 
-def _timed_job(objective, method: str, budget: float, backend: str, **options) -> tuple[float, int, float]:  # noqa: ANN001, ANN003
+def timed_job(objective: Any, method: str, budget: float, backend: str, **options: Any) -> tuple[float, Any]:
+    """(wall seconds, TuneResult) of one job."""
     from metatune import tune
 
     began = time.perf_counter()
     result = tune(objective, method, budget, seed=0, backend=backend, **options)
-    return time.perf_counter() - began, len(result.trials), result.best_value
+    return time.perf_counter() - began, result
+
+
+def overhead(local: float, ray: float) -> float:
+    """(Ray − in-process) / Ray."""
+    return (ray - local) / ray
 
 
 def main(args: argparse.Namespace) -> int:
+    import ray
+
     from metatune import distributed, objectives
 
     torch.set_num_threads(args.threads)
-    rows = []
+    rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    distributed.ensure_ray()
+    distributed.ensure_ray(args.ray_address)
     startup = time.perf_counter() - began
-    print(f"{machine()}\nRay start-up: {startup:.2f} s, Ray processes' resident memory {ray_memory_bytes() / 2**30:.2f} GiB")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    print(f"{machine()}; Ray cluster: {len(ray.nodes())} node(s), {cpus} CPUs")
+    print(f"Ray start-up: {startup:.2f} s, Ray processes' resident memory {ray_memory_bytes() / 2**30:.2f} GiB")
     rows.append({"what": "ray start-up", "seconds": startup, "ray_rss_bytes": ray_memory_bytes()})
+    tiny = objectives.get("quadratic", dim=10, kappa=100.0, steps=1)
+    first, _ = timed_job(tiny, "tpe", 2 * 2, "ray")
+    second, _ = timed_job(tiny, "tpe", 2 * 2, "ray")
+    print(f"first job on Ray (2 trivial trials): {first:.2f} s (its trial actor starts and imports torch); "
+          f"the same job again: {second:.2f} s")
+    rows.append({"what": "first job", "first_s": first, "second_s": second})
+
     digits = objectives.get("mlp-digits", steps=args.steps)
     budget = args.settings * (args.steps + 1)
-    print(f"\njobs on mlp-digits, T = {args.steps}, budget {budget} gradient evaluations ({args.settings} settings)")
-    print("| job | in-process s | Ray s (1st) | Ray s (2nd) | overhead 2nd = (Ray − local)/Ray | trials |")
-    print("|---|---|---|---|---|---|")
-    for method, options in (("random", {}), ("metagrad", {"starts": 4, "screen": 8})):
-        local, trials, _ = _timed_job(digits, method, budget, "local", **options)
-        ray_options = {**options, "concurrency": args.concurrency}
-        first, _, _ = _timed_job(digits, method, budget, "ray", **ray_options)
-        second, ray_trials, _ = _timed_job(digits, method, budget, "ray", **ray_options)
-        overhead = (second - local) / second
-        print(f"| {method} {options or ''} | {local:.2f} | {first:.2f} | {second:.2f} | {100 * overhead:.1f} % | "
-              f"{trials} / {ray_trials} |")
-        rows.append({"what": f"job {method}", "local_s": local, "ray_first_s": first, "ray_second_s": second,
-                     "overhead": overhead, "trials": trials})
-    tiny = objectives.get("quadratic", dim=10, kappa=100.0, steps=1)
+    print(f"\njobs on mlp-digits, T = {args.steps}, budget {budget} gradient evaluations ({args.settings} settings), "
+          "concurrency 1")
+    print("| job | in-process s | Ray s | overhead (Ray − in-process)/Ray | trials in-process / Ray |")
+    print("|---|---|---|---|---|")
+    for method, options in METHODS:
+        local, local_result = timed_job(digits, method, budget, "local", **options)
+        wall, ray_result = timed_job(digits, method, budget, "ray", **options)
+        print(f"| {method} {options or ''} | {local:.2f} | {wall:.2f} | {100 * overhead(local, wall):.1f} % | "
+              f"{len(local_result.trials)} / {len(ray_result.trials)} |")
+        rows.append({"what": f"job {method}", "local_s": local, "ray_s": wall, "overhead": overhead(local, wall)})
+
     n = args.trivial_trials
-    print(f"\nper-trial overhead: {n} tpe trials on a 10-dim quadratic, T = 1 (a trial's own work ≪ 1 ms)")
-    print("| variant | wall s | ms per trial over in-process |")
-    print("|---|---|---|")
-    local, _, _ = _timed_job(tiny, "tpe", 2 * n, "local")
-    for label, options in (("actor reuse", {"reuse_actors": True}), ("no actor reuse", {"reuse_actors": False})):
-        _timed_job(tiny, "tpe", 2 * 2, "ray", **options)  # warm-up
-        wall, trials, _ = _timed_job(tiny, "tpe", 2 * n, "ray", **options)
-        per_trial = (wall - local) / trials
-        print(f"| {label} | {wall:.2f} | {1000 * per_trial:.0f} |")
-        rows.append({"what": f"per trial, {label}", "wall_s": wall, "per_trial_s": per_trial})
-    wall, trials, _ = _timed_job(tiny, "random", 2 * n, "ray")
-    local_random, _, _ = _timed_job(tiny, "random", 2 * n, "local")
-    per_setting = (wall - local_random) / trials
-    print(f"| random, {n} settings as one population trial | {wall:.2f} | {1000 * per_setting:.1f} per setting |")
-    rows.append({"what": "per setting, population", "wall_s": wall, "per_setting_s": per_setting})
-    print(f"(in-process: tpe {local:.2f} s, random {local_random:.2f} s)")
+    local, _ = timed_job(tiny, "tpe", 2 * n, "local")
+    wall, result = timed_job(tiny, "tpe", 2 * n, "ray")
+    per_trial = (wall - local) / len(result.trials)
+    print(f"\nper trial, actors warm: {len(result.trials)} tpe trials on a 10-dim quadratic, T = 1: "
+          f"Ray {wall:.2f} s, in-process {local:.2f} s: {1000 * per_trial:.1f} ms a trial")
+    rows.append({"what": "per trial", "ray_s": wall, "local_s": local, "per_trial_s": per_trial})
+
+    levels = [int(c) for c in args.concurrency.split(",")] if args.concurrency else sorted({1, 2, cpus})
+    budget = args.throughput_settings * (args.steps + 1)
+    print(f"\nthroughput on mlp-digits (budget {budget}, {args.throughput_settings} settings): trials per minute / "
+          "gradient evaluations per second")
+    print("| method | in-process | " + " | ".join(f"Ray, concurrency {c}" for c in levels) + " |")
+    print("|---|---|" + "---|" * len(levels))
+    for method, options in METHODS:
+        cells = []
+        for backend, concurrency in (("local", 1), *(("ray", c) for c in levels)):
+            extra = {"concurrency": concurrency} if backend == "ray" else {}
+            wall, result = timed_job(digits, method, budget, backend, **options, **extra)
+            per_minute, per_second = 60 * len(result.trials) / wall, result.gradient_evals / wall
+            cells.append(f"{per_minute:.0f} / {per_second:.0f}")
+            rows.append({"what": f"throughput {method}", "backend": backend, "concurrency": concurrency,
+                         "trials_per_minute": per_minute, "evals_per_second": per_second, "wall_s": wall})
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+    if args.compare_budget:
+        print(f"\ncomparison-sized jobs on mlp-digits: budget {args.compare_budget}, seed 0, concurrency 1")
+        print("| method | in-process s | Ray s | overhead | best value in-process / Ray |")
+        print("|---|---|---|---|---|")
+        for method, options in METHODS:
+            local, local_result = timed_job(digits, method, args.compare_budget, "local", **options)
+            wall, ray_result = timed_job(digits, method, args.compare_budget, "ray", **options)
+            print(f"| {method} | {local:.2f} | {wall:.2f} | {100 * overhead(local, wall):.1f} % | "
+                  f"{local_result.best_value:.5f} / {ray_result.best_value:.5f} |")
+            rows.append({"what": f"compare {method}", "local_s": local, "ray_s": wall,
+                         "overhead": overhead(local, wall)})
     write_json(rows, args.json)
     distributed.shutdown()
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from metatune.distributed.cluster import default_root, ensure_ray, shutdown
-from metatune.distributed.recorder import CancelStopper, TrialRecorder
 from metatune.distributed.runner import run
 from metatune.distributed.search import MetagradSearch, TunerSearch
 from metatune.job import Resources
@@ -31,5 +30,5 @@ def hypergrad_report(hg: Any) -> dict[str, float]:
     return {"value": float(hg.value), **hypergrad_metrics(hg), "diverged": bool(hg.diverged)}
 
 
-__all__ = ["METRIC", "CancelStopper", "MetagradSearch", "Resources", "TrialRecorder", "TunerSearch",
+__all__ = ["METRIC", "MetagradSearch", "Resources", "TunerSearch",
            "default_root", "ensure_ray", "hypergrad_report", "run", "shutdown"]

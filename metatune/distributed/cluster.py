@@ -114,6 +114,7 @@ def ensure_ray(address: str | None = None, *, root: str | Path | None = None, nu
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        _node_address(address.rpartition(":")[0] or address)  # a loopback head is reached on loopback
         try:
             ray.init(address=address, **quiet)
         except ConnectionError as error:
@@ -157,10 +158,13 @@ def _watch(temp: Path) -> subprocess.Popen:
 
 
 def shutdown() -> None:
-    """Stop the embedded Ray this process started (its processes, its session folder and its
-    watchdog), or disconnect from a cluster (which goes on running)."""
+    """Stop this process's standing Ray Tune experiments, then the embedded Ray it started (its
+    processes, its session folder and its watchdog), or disconnect from a cluster (which goes
+    on running)."""
     import ray
 
+    if "metatune.distributed.standing" in sys.modules:
+        sys.modules["metatune.distributed.standing"].stop_all()
     if ray.is_initialized():
         ray.shutdown()
     session, watchdog = _started.session, _started.watchdog

@@ -1,12 +1,11 @@
-"""The one way results leave Ray: a driver-side Ray Tune callback, and the cancel stopper.
+"""What the driver keeps of Ray trials, and the TensorBoard logger of their results.
 
-:class:`TrialRecorder` collects each point a Ray trial reports and, when the trial ends,
-concludes its proposal in the job's tuner (:meth:`~metatune.tuners.base.Tuner.conclude`:
-the method is told, every point is recorded as a :class:`~metatune.tuners.base.Trial`,
-the budget charged and the job's callback called: a progress bar, the service's database
-writer). A retried trial re-reports points it had already reported; each is concluded
-once. A trial that errors after its retries is concluded with its reported points and
-one failed outcome, with its error, for each point it never reported; the job goes on.
+:class:`InFlight` holds a job's proposals whose trials still run and the points each has
+reported (:class:`~metatune.distributed.standing.LaneRecorder` hands them over and concludes
+each trial once, when it ends: the one way results leave Ray). A retried trial re-reports
+points it had already reported; each is concluded once. A trial that errors after its
+retries is concluded with its reported points and one failed outcome, with its error
+(:func:`error_text`), for each point it never reported; the job goes on.
 
 :class:`FiniteTensorBoard` is Ray Tune's TensorBoard logger for the same results, given only
 their finite numbers.
@@ -16,19 +15,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
-from ray.tune.stopper import Stopper
 
 from metatune.distributed.trainable import outcome_from_result, reports_a_point
-from metatune.tuners.base import Tuner
 from metatune.tuners.evaluation import Outcome, Proposal
-
-Cancel = Callable[[], bool] | threading.Event
 
 
 class DriverOnly:
@@ -68,36 +62,7 @@ class InFlight:
         return self.proposals.pop(trial_id, None), self.outcomes.pop(trial_id, {})
 
 
-class TrialRecorder(DriverOnly, Callback):
-    """Concludes every Ray trial's proposal once, in the order trials end, in ``tuner``."""
-
-    _live_fields = ("tuner", "flight")
-
-    def __init__(self, tuner: Tuner, flight: InFlight) -> None:
-        self.tuner, self.flight = tuner, flight
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any) -> None:
-        self.flight.report(trial.trial_id, result)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """A trial that ended (or was stopped by a cancel): what it reported."""
-        if trial.last_result:
-            self.flight.report(trial.trial_id, trial.last_result)
-        proposal, reported = self.flight.pop(trial.trial_id)
-        if proposal is not None and reported:
-            self.tuner.conclude(proposal, [reported[i] for i in sorted(reported)])
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """A trial that failed after its retries: its reported points, the rest failed."""
-        proposal, reported = self.flight.pop(trial.trial_id)
-        if proposal is None:
-            return
-        error = _error_text(trial)
-        self.tuner.conclude(proposal, [reported.get(i) or Outcome(point, math.nan, 0.0, error=error)
-                                       for i, point in enumerate(proposal.points)])
-
-
-def _error_text(trial: Any) -> str:
+def error_text(trial: Any) -> str:
     """The last line of the trial's latest error (its exception type and message), from the
     error file Ray writes in the trial's local folder."""
     try:
@@ -106,26 +71,6 @@ def _error_text(trial: Any) -> str:
     except (OSError, TypeError):
         lines = []
     return lines[-1][:500] if lines else "trial failed (no error recorded)"
-
-
-class CancelStopper(DriverOnly, Stopper):
-    """Stops the whole run when ``cancel()`` is true or the event is set (Ray polls it about
-    every 0.1 s and stops running trials at once)."""
-
-    _live_fields = ("cancel",)
-
-    def __init__(self, cancel: Cancel | None) -> None:
-        self.cancel = cancel
-        self.cancelled = False
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return self.stop_all()
-
-    def stop_all(self) -> bool:
-        cancel = self.cancel
-        if cancel is not None and not self.cancelled:
-            self.cancelled = bool(cancel.is_set() if isinstance(cancel, threading.Event) else cancel())
-        return self.cancelled
 
 
 class FiniteTensorBoard(TBXLoggerCallback):
@@ -150,10 +95,15 @@ def finite_only(result: dict[str, Any]) -> dict[str, Any]:
             if not (isinstance(value, numbers.Real) and not math.isfinite(value))}
 
 
-def tensorboard_loggers() -> list[Callback]:
-    """:class:`FiniteTensorBoard`, or none where tensorboardX is not installed."""
-    try:
-        return [FiniteTensorBoard()]
-    except ImportError:
-        return []
+def result_loggers() -> list[Callback]:
+    """Ray Tune's JSON and CSV result files and :class:`FiniteTensorBoard` (where tensorboardX is
+    installed): given to the experiment ahead of its recorder, so that a trial's files are
+    written before its job is told it ended."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    loggers: list[Callback] = [JsonLoggerCallback(), CSVLoggerCallback()]
+    try:
+        loggers.append(FiniteTensorBoard())
+    except ImportError:
+        pass
+    return loggers

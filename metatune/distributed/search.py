@@ -3,8 +3,8 @@
 :class:`TunerSearch` lets Ray drive any :class:`~metatune.tuners.base.Tuner` (metagrad's
 chains, Optuna's samplers over the tuner's own study, random search and the grid as
 vmapped populations): ``suggest`` asks for a proposal that fits the budget not yet
-committed (:meth:`~metatune.tuners.base.Tuner.propose`: never a point the job has recorded); the run's :class:`~metatune.distributed.recorder.TrialRecorder` concludes it
-when its trial ends. :class:`MetagradSearch` is metagrad for a Ray user's own trainable:
+committed (:meth:`~metatune.tuners.base.Tuner.propose`: never a point the job has recorded);
+:class:`~metatune.distributed.standing.LaneRecorder` concludes it when its trial ends. :class:`MetagradSearch` is metagrad for a Ray user's own trainable:
 it proposes ``{"lr", "momentum"}`` and turns the reported meta-gradient into the next
 proposal with the same chains (:mod:`metatune.tuners.chains`) the tuner uses.
 """
@@ -34,8 +34,8 @@ from metatune.distributed.trainable import METRIC
 class TunerSearch(DriverOnly, Searcher):
     """Ray Tune searcher asking ``tuner`` for proposals within its remaining budget.
 
-    ``flight``: the proposals in flight, shared with the run's recorder (which removes each
-    as its trial ends). ``pending``: a proposal to run first (one a resumed job had asked but
+    ``flight``: the proposals in flight, shared with the job's
+    :class:`~metatune.distributed.standing.Lane` (which removes each as its trial ends). ``pending``: a proposal to run first (one a resumed job had asked but
     not recorded). Returns ``Searcher.FINISHED`` once the budget not yet committed affords no
     run, or nothing more fits and no trial is in flight (the trials in flight still end and
     are recorded); None while the method waits for results (e.g. every metagrad chain has a

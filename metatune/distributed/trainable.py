@@ -1,9 +1,11 @@
 """What runs inside a Ray trial: evaluate one proposal and report one result per point.
 
-A trial's config is a :class:`~metatune.tuners.evaluation.Proposal` (``to_config``). The trial rebuilds the job's objective on the
-device Ray gave it (``ray.get_gpu_ids()``: Ray sets ``CUDA_VISIBLE_DEVICES``, so that GPU is
-``cuda:0`` here; CPU trials run torch on one thread), keeps θ₀ and the minibatches for the
-next trial of the same job in a reused actor, evaluates through the same
+A trial's config is a :class:`~metatune.tuners.evaluation.Proposal` (``to_config``) with the
+key of its job (:data:`LANE`) and the resources it holds. The trial fetches the job's
+:class:`TrialSetup` by that key from Ray's internal key-value store (:func:`publish`), rebuilds
+the job's objective on the device Ray gave it (``ray.get_gpu_ids()``: Ray sets
+``CUDA_VISIBLE_DEVICES``, so that GPU is ``cuda:0`` here; CPU trials run torch on one thread),
+keeps θ₀ and the minibatches of the last few jobs in its (reused) actor, evaluates through the same
 :func:`~metatune.tuners.evaluation.evaluate` as the in-process tuners, and reports each
 point's validation loss, η, β, ρ, stability, cost, wall time and (metagrad) its
 meta-gradient and growth rate. Trials never write anywhere but Ray's own results.
@@ -12,6 +14,8 @@ meta-gradient and growth rate. Trials never write anywhere but Ray's own results
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +32,18 @@ from metatune.tuners.optuna_base import told_value
 METRIC = "objective"
 """The metric searchers minimise: log ℓ_val, or a penalty for a diverged run (Optuna's told value)."""
 
-_CONTEXTS: dict[tuple[str, str], Context] = {}
+LANE = "lane"
+"""The config key naming a trial's job (its :class:`TrialSetup`'s key)."""
+SETUP_NAMESPACE = "metatune-setups"
+"""The namespace of Ray's internal key-value store that holds the setups of running jobs."""
+WAKE_KEY = "wake"
+"""The key, in :data:`SETUP_NAMESPACE`, counting the jobs a standing experiment has taken
+(:func:`wake`): a parked trial ends when it grows."""
+KEPT_CONTEXTS = 4
+"""Jobs whose θ₀ and minibatches an actor keeps (jobs running side by side share actors)."""
+
+_CONTEXTS: OrderedDict[tuple[str, str], Context] = OrderedDict()
+_SETUPS: OrderedDict[str, TrialSetup] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -59,15 +74,57 @@ def assigned_device() -> str:
     return "cpu"
 
 
+def publish(setup: TrialSetup) -> None:
+    """Make ``setup`` available to trials on every node of the Ray this process is connected to."""
+    from ray import cloudpickle
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(setup.key, cloudpickle.dumps(setup), overwrite=True, namespace=SETUP_NAMESPACE)
+
+
+def unpublish(key: str) -> None:
+    """Drop a job's setup once it has ended (when Ray is still there)."""
+    from ray.experimental import internal_kv
+
+    if internal_kv._internal_kv_initialized():
+        internal_kv._internal_kv_del(key, namespace=SETUP_NAMESPACE)
+
+
+def setup_for(key: str) -> TrialSetup:
+    """The :class:`TrialSetup` :func:`publish` made available under ``key`` (kept per actor)."""
+    if key not in _SETUPS:
+        from ray import cloudpickle
+        from ray.experimental import internal_kv
+
+        blob = internal_kv._internal_kv_get(key, namespace=SETUP_NAMESPACE)
+        if blob is None:
+            raise RuntimeError(f"job {key} has ended: its setup is no longer published")
+        _SETUPS[key] = cloudpickle.loads(blob)
+        while len(_SETUPS) > KEPT_CONTEXTS:
+            _SETUPS.popitem(last=False)
+    _SETUPS.move_to_end(key)
+    return _SETUPS[key]
+
+
+def trial_resources(config: dict[str, Any]) -> Any:
+    """What a trial holds: its job's ``cpu`` and ``gpu`` (Ray Tune's resources of a config)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory({"cpu": float(config.get("cpu", 1.0)), "gpu": float(config.get("gpu", 0.0))})
+
+
 def context_for(setup: TrialSetup, device: str) -> Context:
-    """θ₀, minibatches and cost model of ``setup``'s job on ``device``, built once per worker process."""
+    """θ₀, minibatches and cost model of ``setup``'s job on ``device``, built once per worker
+    process and kept for the last :data:`KEPT_CONTEXTS` jobs."""
     key = (setup.key, device)
     if key not in _CONTEXTS:
         objective = setup.objective
         if setup.registered and device != "cpu":
             objective = objectives.get(objective.name, **{**objective.params, "device": device})
-        _CONTEXTS.clear()  # one job's data at a time per reused actor
         _CONTEXTS[key] = Context.build(objective, setup.seed, setup.steps)
+        while len(_CONTEXTS) > KEPT_CONTEXTS:
+            _CONTEXTS.popitem(last=False)
+    _CONTEXTS.move_to_end(key)
     return _CONTEXTS[key]
 
 
@@ -85,11 +142,39 @@ def result_metrics(outcome: Outcome, index: int, evals: float, context: Context,
     }
 
 
-def evaluate_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """The Ray Tune function trainable (bind ``setup`` with ``tune.with_parameters``)."""
+def wake(jobs: int) -> None:
+    """Tell parked trials that the standing experiment has taken its ``jobs``-th job."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(WAKE_KEY, str(jobs), overwrite=True, namespace=SETUP_NAMESPACE)
+
+
+def park(seconds: float, jobs: int, poll: float = 0.01) -> None:
+    """Hold this actor for up to ``seconds``, ending as soon as the experiment has taken more
+    than ``jobs`` jobs (:func:`wake`).
+
+    A standing experiment with nothing to run parks one trial, so that Ray Tune keeps
+    stepping (with no trial running it waits for its searcher in steps of a second) and
+    the next job's first trial reuses this actor as soon as the parked trial ends."""
+    from ray.experimental import internal_kv
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and \
+            int(internal_kv._internal_kv_get(WAKE_KEY, namespace=SETUP_NAMESPACE) or 0) <= jobs:
+        time.sleep(poll)
+
+
+def evaluate_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: evaluate the proposal in ``config`` for the job its
+    :data:`LANE` names, reporting each point (or :func:`park`, for a ``park`` config)."""
     import ray
     from ray import tune
 
+    if config.get("park"):
+        park(float(config["park"]), int(config["jobs"]))
+        tune.report({"parked": 1.0})
+        return
+    setup = setup_for(config[LANE])
     context = context_for(setup, assigned_device())
     proposal = Proposal.from_config(config)
     share = proposal.cost / len(proposal.points)
