@@ -123,6 +123,8 @@ def main(args: argparse.Namespace) -> int:
         cells = []
         for backend, concurrency in (("local", 1), *(("ray", c) for c in levels)):
             extra = {"concurrency": concurrency} if backend == "ray" else {}
+            if backend == "ray":  # warm: as many actors as trials run at once, parked between jobs
+                timed_job(tiny, "tpe", 2 * 2 * concurrency, "ray", concurrency=concurrency)
             wall, result = timed_job(digits, method, budget, backend, **options, **extra)
             per_minute, per_second = 60 * len(result.trials) / wall, result.gradient_evals / wall
             cells.append(f"{per_minute:.0f} / {per_second:.0f}")

@@ -9,10 +9,10 @@ for ``idle_seconds`` (or, between jobs, after :data:`MAX_TRIALS` trials, since T
 trial it ran), and the next job starts another.
 
 * :class:`LaneSearch`, the experiment's searcher, asks the lanes in turn (round robin) for a
-  proposal, keeping each job's trials in flight at most its ``concurrency``.
+  proposal, keeping each job's trials in flight at most its ``concurrency``, and parks
+  trials in the slots it cannot fill so that their actors stay warm.
 * :class:`LaneRecorder`, its one callback, hands each trial's reports to the lane that asked
-  for it; the lane concludes the trial in its job's tuner (the one result path, as
-  :class:`~metatune.distributed.recorder.TrialRecorder`).
+  for it; the lane concludes the trial in its job's tuner (the one result path).
 * :class:`LaneStopper` stops a trial at its next report once its job has ended (cancelled
   or failed), and every trial when the experiment is stopped.
 
@@ -28,6 +28,7 @@ import itertools
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from metatune.tuners.base import Tuner
 from metatune.tuners.evaluation import Outcome
 from metatune.distributed.recorder import DriverOnly, InFlight, error_text, result_loggers
 from metatune.distributed.search import TunerSearch
-from metatune.distributed.trainable import LANE, evaluate_trial, trial_resources, wake
+from metatune.distributed.trainable import LANE, evaluate_trial, trial_resources, unpublish, wake
 
 IDLE_SECONDS = 60.0
 """How long a standing experiment waits for another job before it ends (its actors with it)."""
@@ -151,20 +152,25 @@ class Lane:
 class LaneSearch(DriverOnly, Searcher):
     """The standing experiment's searcher: asks its lanes in turn; ``FINISHED`` once it has
     had no lane for ``idle_seconds``, has run :data:`MAX_TRIALS` trials and has no lane, or
-    is stopped. It takes no lane after that."""
+    is stopped. It takes no lane after that.
+
+    When no lane has a trial to run and fewer trials run than the last job ran at once, it
+    parks a trial in the free slot (:func:`~metatune.distributed.trainable.park`), so that the
+    actor a finished trial leaves is kept for it; handing out a lane's trial wakes the parked
+    ones, whose actors then run the lane's pending trials."""
 
     _live_fields = ("lanes", "by_trial", "lock", "turn", "resources")
 
-    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(self, name: str, idle_seconds: float = IDLE_SECONDS) -> None:
         super().__init__()  # no metric: the lanes' tuners read the reports, and a parked trial reports none
-        self.idle_seconds = idle_seconds
+        self.name, self.idle_seconds = name, idle_seconds
         self.lanes: dict[str, Lane] = {}
         self.by_trial: dict[str, Lane | None] = {}  # None: a parked trial
         self.resources: Resources | None = None
         self.lock = threading.Lock()
         self.turn = itertools.count()
         self.idle_since = time.monotonic()
-        self.trials = self.jobs = 0
+        self.trials = self.wakes = self.warm = 0
         self.closed = self.stopping = False
 
     def add(self, lane: Lane) -> bool:
@@ -173,9 +179,7 @@ class LaneSearch(DriverOnly, Searcher):
             if self.closed or self.stopping or self.trials >= MAX_TRIALS:
                 return False
             self.lanes[lane.key] = lane
-            self.resources = lane.resources
-            self.jobs += 1
-            wake(self.jobs)
+            self.resources, self.warm = lane.resources, lane.concurrency
             return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -187,6 +191,9 @@ class LaneSearch(DriverOnly, Searcher):
                 config = lane.suggest(trial_id)
                 if config is not None:
                     with self.lock:
+                        if None in self.by_trial.values():  # parked trials end now, their actors reused
+                            self.wakes += 1
+                            wake(self.name, self.wakes)
                         self.by_trial[trial_id] = lane
                         self.trials += 1
                     return config
@@ -198,11 +205,11 @@ class LaneSearch(DriverOnly, Searcher):
             elif self.stopping or self.trials >= MAX_TRIALS or time.monotonic() - self.idle_since > self.idle_seconds:
                 self.closed = True
                 return Searcher.FINISHED
-            if self.by_trial or self.stopping or self.resources is None:
+            if len(self.by_trial) >= self.warm or self.stopping or self.resources is None:
                 return None
-            self.by_trial[trial_id] = None  # nothing runs: park a trial (see trainable.park)
-            return {"park": PARK_SECONDS, "jobs": self.jobs, "job": "parked", "cpu": self.resources.cpu,
-                    "gpu": self.resources.gpu}
+            self.by_trial[trial_id] = None  # a free slot: park a trial there (see trainable.park)
+            return {"park": PARK_SECONDS, "experiment": self.name, "wakes": self.wakes, "job": "parked",
+                    "cpu": self.resources.cpu, "gpu": self.resources.gpu}
 
     def lane_of(self, trial_id: str, forget: bool = False) -> Lane | None:
         with self.lock:
@@ -277,9 +284,9 @@ class StandingExperiment:
     def __init__(self, storage: Path, max_retries: int, reuse_actors: bool,
                  idle_seconds: float = IDLE_SECONDS) -> None:
         self.storage, self.max_retries, self.reuse_actors = storage, max_retries, reuse_actors
-        self.search = LaneSearch(idle_seconds)
+        self.name = f"metatune-{os.getpid()}-{next(self._names)}-{uuid.uuid4().hex[:6]}"
+        self.search = LaneSearch(self.name, idle_seconds)
         self.error: BaseException | None = None
-        self.name = f"metatune-{os.getpid()}-{next(self._names)}"
         self.thread = threading.Thread(target=self._fit, name=self.name, daemon=True)
         self.thread.start()
 
@@ -305,6 +312,7 @@ class StandingExperiment:
             self.error = error
         finally:
             self.search.close_all(self.error or RuntimeError("Ray Tune's experiment ended before the job did"))
+            unpublish(f"wake:{self.name}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every trial, end the experiment and wait up to ``timeout`` seconds for it."""

@@ -36,9 +36,6 @@ LANE = "lane"
 """The config key naming a trial's job (its :class:`TrialSetup`'s key)."""
 SETUP_NAMESPACE = "metatune-setups"
 """The namespace of Ray's internal key-value store that holds the setups of running jobs."""
-WAKE_KEY = "wake"
-"""The key, in :data:`SETUP_NAMESPACE`, counting the jobs a standing experiment has taken
-(:func:`wake`): a parked trial ends when it grows."""
 KEPT_CONTEXTS = 4
 """Jobs whose θ₀ and minibatches an actor keeps (jobs running side by side share actors)."""
 
@@ -142,25 +139,28 @@ def result_metrics(outcome: Outcome, index: int, evals: float, context: Context,
     }
 
 
-def wake(jobs: int) -> None:
-    """Tell parked trials that the standing experiment has taken its ``jobs``-th job."""
+def wake(experiment: str, wakes: int) -> None:
+    """End the trials ``experiment`` parked before its ``wakes``-th call (the count is kept in
+    Ray's internal key-value store under the experiment's name)."""
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_put(WAKE_KEY, str(jobs), overwrite=True, namespace=SETUP_NAMESPACE)
+    internal_kv._internal_kv_put(f"wake:{experiment}", str(wakes), overwrite=True, namespace=SETUP_NAMESPACE)
 
 
-def park(seconds: float, jobs: int, poll: float = 0.01) -> None:
-    """Hold this actor for up to ``seconds``, ending as soon as the experiment has taken more
-    than ``jobs`` jobs (:func:`wake`).
+def park(experiment: str, seconds: float, wakes: int, poll: float = 0.01) -> None:
+    """Hold this actor for up to ``seconds``, ending as soon as ``experiment`` calls
+    :func:`wake` a ``wakes + 1``-th time.
 
-    A standing experiment with nothing to run parks one trial, so that Ray Tune keeps
-    stepping (with no trial running it waits for its searcher in steps of a second) and
-    the next job's first trial reuses this actor as soon as the parked trial ends."""
+    A standing experiment with nothing to run parks as many trials as its last job ran at
+    once, so that their actors stay warm and Ray Tune keeps stepping (with no trial running
+    it waits for its searcher in steps of a second). The searcher wakes them when it hands
+    out the next job's trials: those are pending by the time the parked trials end, so Tune
+    gives them the parked trials' actors."""
     from ray.experimental import internal_kv
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and \
-            int(internal_kv._internal_kv_get(WAKE_KEY, namespace=SETUP_NAMESPACE) or 0) <= jobs:
+            int(internal_kv._internal_kv_get(f"wake:{experiment}", namespace=SETUP_NAMESPACE) or 0) <= wakes:
         time.sleep(poll)
 
 
@@ -171,7 +171,7 @@ def evaluate_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     if config.get("park"):
-        park(float(config["park"]), int(config["jobs"]))
+        park(str(config["experiment"]), float(config["park"]), int(config["wakes"]))
         tune.report({"parked": 1.0})
         return
     setup = setup_for(config[LANE])
