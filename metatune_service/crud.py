@@ -320,13 +320,14 @@ def meta_gradient_columns(gradient: MetaGradient, point: Point) -> dict[str, Any
 
 
 def trial_row(job_id: str, trial: LibraryTrial, lambda_max: float | None) -> dict[str, Any]:
-    """The ``trials`` row of a library Trial (inf and NaN stored as NULL)."""
+    """The ``trials`` row of a library Trial (inf and NaN stored as NULL; ``node``: the Ray node
+    that evaluated it, NULL in-process)."""
     return {
         "job_id": job_id, "number": trial.number, **point_columns(trial.point), "status": trial.status.value,
         "value": _finite(trial.value), "spectral_radius": _finite(trial.spectral_radius),
         "stable": trial.stable, "lambda_max": lambda_max, "gradient_evals": trial.gradient_evals,
         "cumulative_evals": trial.cumulative_evals, "wall_seconds": trial.wall_time, "error": trial.error,
-        "start": None if trial.chain is None else trial.chain.start,
+        "start": None if trial.chain is None else trial.chain.start, "node": trial.node,
     }
 
 
@@ -434,7 +435,7 @@ def library_trial(row: Trial, metrics: dict[str, float | None]) -> LibraryTrial:
                         gradient_evals=row.gradient_evals, cumulative_evals=row.cumulative_evals,
                         wall_time=row.wall_seconds, spectral_radius=row.spectral_radius or math.nan,
                         stable=bool(row.stable), metrics={k: v for k, v in metrics.items() if v is not None},
-                        status=row.status, error=row.error)
+                        status=row.status, error=row.error, node=row.node)
 
 
 # -- comparisons ------------------------------------------------------------------------------------

@@ -146,7 +146,8 @@ class Trial(Base):
     those per group, and ``"schedule": {"shape", "warmup", "final"}`` for a warm-up + cosine
     point. ``lr`` and ``momentum`` are sort keys derived from it: for a point without groups, η
     and β of its first knot (the point's own η and β when constant, the peak η and the β of a
-    warm-up + cosine point); NULL for a per-group point.
+    warm-up + cosine point); NULL for a per-group point. ``node`` is the hex id of the Ray node
+    that evaluated the trial, NULL when it ran in-process.
     """
 
     __tablename__ = "trials"
@@ -167,6 +168,7 @@ class Trial(Base):
     wall_seconds: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     start: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    node: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="trials")

@@ -236,14 +236,17 @@ def trial_params(point: Point, space: SearchSpace) -> tuple[dict[str, float], di
 def trial_attrs(row: Trial, metrics: Mapping[str, float | None],
                 chain_step: tuple[int, bool] | None = None) -> dict[str, Any]:
     """A trial's user attrs: its metrics (flat), number, status, ρ, stability, λ_max, cost,
-    exact point, error, a failed trial's value, and for metagrad the meta-gradient in the
-    point's form and its chain, step and acceptance; JSON-safe (non-finite as null)."""
+    exact point, error, the Ray node that evaluated it (where one did), a failed trial's value,
+    and for metagrad the meta-gradient in the point's form and its chain, step and acceptance;
+    JSON-safe (non-finite as null)."""
     attrs: dict[str, Any] = dict(metrics)
     attrs.update({TRIAL_ATTR: row.number, "status": row.status, "spectral_radius": row.spectral_radius,
                   "stable": row.stable, "lambda_max": row.lambda_max, "gradient_evals": row.gradient_evals,
                   "cumulative_evals": row.cumulative_evals, "wall_time": row.wall_seconds, "point": row.point})
     if row.error is not None:
         attrs["error"] = row.error
+    if row.node is not None:
+        attrs["node"] = row.node
     if row.status != TrialStatus.COMPLETED and row.value is not None:
         attrs["value"] = row.value
     gradient = meta_gradient_public(crud.point_of(row), metrics)

@@ -252,6 +252,8 @@ class TrialPublic(BaseModel):
     wall_seconds: float
     error: str | None
     start: int | None
+    node: str | None = Field(description="id of the Ray node that evaluated this trial; null when it ran "
+                                         "in-process")
     meta_gradient: MetaGradientPublic | None = Field(default=None, description="metagrad's meta-gradient at "
                                                                                "this point (null for a run at "
                                                                                "fixed hyperparameters)")

@@ -8,8 +8,12 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from metatune.point import Point
+from metatune.tuners import Trial as LibraryTrial
 from metatune_service import crud
 from metatune_service.models import Job
+from metatune_service.status import JobStatus
+from metatune_service.worker import JobWriter
 
 QUAD = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}, "method": "tpe",
         "budget": {"inner_steps": 30, "trials": 5}}
@@ -228,3 +232,34 @@ def test_integers_past_the_databases_range_get_a_4xx_not_a_500(served, path):
                                         "budget": {"gradient_evals": 2000}}).json()
     response = client.get(path.format(id=job["id"]))
     assert 400 <= response.status_code < 500, response.text
+
+
+RAY_NODE = "3f1a2b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4"  # 56 hex digits, as Ray's node ids
+
+
+def node_trial(number: int, node: str | None) -> LibraryTrial:
+    return LibraryTrial(number=number, point=Point.scalar(0.1 * (number + 1), 0.5), value=0.25, diverged=False,
+                        gradient_evals=31.0, cumulative_evals=31.0 * (number + 1), wall_time=0.1,
+                        spectral_radius=0.5, stable=True, node=node)
+
+
+def test_a_trials_ray_node_is_served_everywhere_a_trial_is_and_replayed_to_the_library(served):
+    client = served.client()
+    job_id = client.post("/v1/jobs", json=QUAD).json()["id"]
+    assert crud.claim_job(served.db, worker="w", lease_seconds=60, max_attempts=3).id == job_id
+    writer = JobWriter(served.db, job_id, "w", batch=10, interval=60.0)  # the worker's one path into the database
+    for number, node in enumerate((RAY_NODE, None, RAY_NODE[::-1])):
+        writer(node_trial(number, node))
+    writer.flush()
+    crud.finish_job(served.db, job_id=job_id, worker="w", status=JobStatus.SUCCEEDED)
+    expected = [RAY_NODE, None, RAY_NODE[::-1]]
+    assert [t["node"] for t in client.get(f"/v1/jobs/{job_id}/trials").json()["items"]] == expected
+    assert [client.get(f"/v1/jobs/{job_id}/trials/{n}").json()["node"] for n in range(3)] == expected
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"interval": 0.05}).text  # the job has ended: finite
+    trial_events = [json.loads(line[5:]) for line in events.splitlines()
+                    if line.startswith("data:") and '"number"' in line]
+    assert [(e["number"], e["node"]) for e in trial_events] == list(enumerate(expected))
+    assert [t.node for t in crud.library_trials(served.db, job_id=job_id)] == expected
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["TrialPublic"]
+    assert "node" in schema["required"] and "Ray node" in schema["properties"]["node"]["description"]
+    assert {v.get("type") for v in schema["properties"]["node"]["anyOf"]} == {"string", "null"}

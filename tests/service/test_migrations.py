@@ -1,10 +1,12 @@
 """Alembic: upgrade → downgrade → upgrade, models and migrations agree, outdated databases refused,
-0001 and 0002 rows kept through 0002 and 0003 and back, points of every form stored exactly."""
+0001 and 0002 rows kept through 0002 and 0003 and back, points of every form stored exactly,
+0004's keys, and 0005's trial node (NULL for older rows, dropped on downgrade)."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -295,5 +297,38 @@ def test_0004_adds_keys_unique_per_owner_and_its_downgrade_keeps_every_row(datab
         assert rows(db, "SELECT id FROM comparisons") == [("c1",)]
         upgrade(database_url)
         assert current_revision(db.engine) == head_revision()
+    finally:
+        db.dispose()
+
+
+RAY_NODE = "8d2f" * 14  # 56 hex digits, as Ray's node ids
+
+
+def test_0005_adds_a_null_node_to_every_trial_and_its_downgrade_keeps_every_trial(database_url):
+    upgrade(database_url, "0004")
+    db = Database(database_url)
+    try:
+        insert_job(db, "old")
+        with db.engine.begin() as connection:  # a trial of revision 0004 (raw SQL: the models describe head)
+            connection.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = 'old'"))
+            connection.execute(text(
+                "INSERT INTO trials (job_id, number, point, lr, momentum, status, value, gradient_evals, "
+                "cumulative_evals, wall_seconds, created_at) VALUES ('old', 0, :point, 0.1, 0.9, 'completed', 0.5, "
+                "31.0, 31.0, 0.1, '2026-01-01 00:00:00')"), {"point": json.dumps({"lr": 0.1, "momentum": 0.9})})
+        upgrade(database_url, "0005")
+        columns = {c["name"]: c for c in inspect(db.engine).get_columns("trials")}
+        assert columns["node"]["nullable"] and getattr(columns["node"]["type"], "length", None) == 64
+        assert rows(db, "SELECT job_id, number, node FROM trials") == [("old", 0, None)]
+        assert [t.node for t in crud.library_trials(db, job_id="old")] == [None]
+        ray = write_job(db, TuningJob("quadratic", "tpe"), [replace(library_trial(0, Point.scalar(0.2, 0.8)),
+                                                                    node=RAY_NODE)])
+        assert rows(db, f"SELECT node FROM trials WHERE job_id = '{ray}'") == [(RAY_NODE,)]
+        assert [t.node for t in crud.library_trials(db, job_id=ray)] == [RAY_NODE]
+        downgrade(database_url, "0004")
+        assert "node" not in {c["name"] for c in inspect(db.engine).get_columns("trials")}
+        assert sorted(rows(db, "SELECT job_id, number FROM trials")) == sorted([("old", 0), (ray, 0)])
+        upgrade(database_url)
+        assert current_revision(db.engine) == head_revision()
+        assert sorted(rows(db, "SELECT job_id, node FROM trials")) == sorted([("old", None), (ray, None)])
     finally:
         db.dispose()

@@ -124,10 +124,11 @@ def test_every_job_the_worker_runs_is_a_study_with_every_trial_and_its_value(ser
 
 
 def library_trial(number: int, point: Point, value: float, status: TrialStatus = TrialStatus.COMPLETED,
-                  rho: float = 0.5, error: str | None = None, gradient: MetaGradient | None = None) -> LibraryTrial:
+                  rho: float = 0.5, error: str | None = None, gradient: MetaGradient | None = None,
+                  node: str | None = None) -> LibraryTrial:
     return LibraryTrial(number=number, point=point, value=value, diverged=status == TrialStatus.DIVERGED,
                         gradient_evals=31.0, cumulative_evals=31.0 * (number + 1), wall_time=0.25,
-                        spectral_radius=rho, stable=rho < 1, status=status, error=error, lambda_max=12.5,
+                        spectral_radius=rho, stable=rho < 1, status=status, error=error, lambda_max=12.5, node=node,
                         metrics={} if gradient is None else gradient.to_metrics(GROUPS, 2),
                         chain=None if gradient is None else ChainStep(0, accepted=number == 0, gradient=gradient))
 
@@ -140,7 +141,8 @@ TRIALS = [
     library_trial(0, point(0.1, 0.9), 0.25, gradient=MetaGradient((1.0, 2.0, 3.0, 4.0), (-1.0, 0.0, 0.5, math.nan),
                                                                    growth_rate=-0.1, amplification=2.0)),
     library_trial(1, point(0.4, 0.5), math.inf, TrialStatus.DIVERGED, rho=1.7),
-    library_trial(2, point(0.01, 0.3), math.inf, TrialStatus.FAILED, rho=math.nan, error="RuntimeError: boom"),
+    library_trial(2, point(0.01, 0.3), math.inf, TrialStatus.FAILED, rho=math.nan, error="RuntimeError: boom",
+                  node="9c" * 28),  # evaluated on a Ray node (its 56-hex-digit id)
     library_trial(3, point(0.5 * (1 + 1e-12), 0.95 + 1e-13), 0.125),  # a rounding error past the box
 ]
 
@@ -172,6 +174,7 @@ def test_diverged_and_failed_trials_fail_with_rho_or_the_error_and_points_are_cl
     assert diverged["spectral_radius"] == 1.7 and diverged["stable"] is False and diverged["lambda_max"] == 12.5
     assert diverged["status"] == "diverged" and "error" not in diverged
     assert failed["error"] == "RuntimeError: boom" and failed["spectral_radius"] is None
+    assert failed["node"] == "9c" * 28 and "node" not in done  # in-process: no node
     assert done["meta_gradient"]["lr"] == {"w": [1.0, 2.0], "b": [3.0, 4.0]}
     assert done["meta_gradient"]["momentum"] == {"w": [-1.0, 0.0], "b": [0.5, None]}  # NaN: null
     assert done["dvalue_dlr[b]@1"] == 4.0 and done["chain_start"] == 0 and done["accepted"] is True
