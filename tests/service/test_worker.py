@@ -42,6 +42,9 @@ def test_a_job_runs_on_ray_and_its_trials_are_those_of_in_process_tuning(served,
     served_values = [math.inf if t["value"] is None else t["value"] for t in trials]  # JSON has no inf: null
     assert served_values == pytest.approx([t.value for t in local.trials], rel=1e-12)
     assert [t["status"] for t in trials] == [t.status for t in local.trials]
+    import ray  # the worker's Ray: the test session's one node
+
+    assert {t["node"] for t in trials} == {ray.get_runtime_context().get_node_id()}
     assert done["best_trial"]["value"] == pytest.approx(local.best_value, rel=1e-12)
     assert done["gradient_evals"] == pytest.approx(local.gradient_evals)
     assert [int(line.split('"number": ')[1].split(",")[0]) for line in events.splitlines()
