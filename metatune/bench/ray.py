@@ -14,7 +14,9 @@ in-process wall) / Ray wall. Reported:
    under a millisecond: (Ray − in-process) / trials.
 4. Throughput at concurrency 1, 2 and the cluster's CPU count on a ``--throughput-settings``
    budget: trials per minute and gradient evaluations per second, the in-process figure
-   beside each.
+   beside each. Each concurrency starts a fresh standing experiment with a warm-up job, so
+   that it has that many warm actors (a running experiment grows its actors only where a
+   trial outlasts an actor's start: Tune hands a pending trial the first actor that frees).
 5. The ``--compare-budget`` (20,000) comparison's jobs, seed 0, per method.
 """
 
@@ -75,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     import ray
 
     from metatune import distributed, objectives
+    from metatune.distributed import standing
 
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
@@ -123,7 +126,8 @@ def main(args: argparse.Namespace) -> int:
         cells = []
         for backend, concurrency in (("local", 1), *(("ray", c) for c in levels)):
             extra = {"concurrency": concurrency} if backend == "ray" else {}
-            if backend == "ray":  # warm: as many actors as trials run at once, parked between jobs
+            if backend == "ray":  # a fresh experiment starts `concurrency` actors at once; parked between jobs
+                standing.stop_all()
                 timed_job(tiny, "tpe", 2 * 2 * concurrency, "ray", concurrency=concurrency)
             wall, result = timed_job(digits, method, budget, backend, **options, **extra)
             per_minute, per_second = 60 * len(result.trials) / wall, result.gradient_evals / wall

@@ -25,6 +25,7 @@ An error in one job (its callback raising, say) ends that job alone.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -297,6 +298,9 @@ class StandingExperiment:
     def _fit(self) -> None:
         from ray import tune
 
+        # Tune reads every trial's results back into a ResultGrid when the experiment ends; the
+        # lanes have them already, and a trial parked and stopped before it reported has none.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         try:
             tune.Tuner(
                 tune.with_resources(evaluate_trial, trial_resources),
