@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL server to create the scratch database on ('' to skip)")
     parser.add_argument("--no-worker", action="store_true", help="no worker: submitted jobs stay queued")
+    parser.add_argument("--worker-nice", type=int, default=10,
+                        help="the worker's niceness (with its Ray): below the API's priority, as on a shared machine")
     parser.add_argument("--clients", type=int, default=50, help="closed-loop clients of the saturation figure")
     parser.add_argument("--saturation-seconds", type=float, default=10.0, help="0: no saturation figure")
     parser.add_argument("--no-ingestion", action="store_true", help="skip the ingestion figure")
@@ -360,15 +362,17 @@ def check_integrity(url: str, *, owner: str, submitted: list[str], known: list[s
                      jobs_with_bad_trials=bad, trials=sum(rows for _, rows, _, _ in per_job))
 
 
-def start_process(command: list[str], url: str, log: Path) -> subprocess.Popen:
-    """``metatune <command>`` on ``url`` with the bench's token, its output in ``log``."""
+def start_process(command: list[str], url: str, log: Path, nice: int = 0) -> subprocess.Popen:
+    """``metatune <command>`` on ``url`` with the bench's token, its output in ``log``, at
+    ``nice`` (its Ray and trial actors, started by it, inherit the priority)."""
     env = {**os.environ, "METATUNE_DATABASE_URL": url, "METATUNE_API_TOKENS": f"{OWNER}:{TOKEN}",
            "METATUNE_MAX_GRADIENT_EVALS": "1e9", "METATUNE_OPTUNA_STORAGE": "off",
            "METATUNE_OUTPUT_DIR": str(log.parent / "out"), "METATUNE_RATE_LIMIT": "0",
            "OMP_NUM_THREADS": "1"}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "metatune.cli", *command], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=log.parent)
+                                stderr=subprocess.STDOUT, cwd=log.parent,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 60) -> None:
@@ -441,7 +445,7 @@ def run_database(label: str, url: str, args: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="metatune-bench-service-"))
     port = _free_port()
     server = start_process(["serve", "--no-worker", "--port", str(port)], url, folder / "serve.log")
-    worker = None if args.no_worker else start_process(["worker"], url, folder / "worker.log")
+    worker = None if args.no_worker else start_process(["worker"], url, folder / "worker.log", args.worker_nice)
     try:
         figures = asyncio.run(_phases(port, args, worker, server))
     finally:
@@ -508,7 +512,7 @@ def main(args: argparse.Namespace) -> int:
     parse_mix(args.mix)  # a bad mix fails before any process starts
     print(f"{machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; open loop "
           f"({args.arrivals}) at {args.rate:g}/s for {args.duration:g} s, mix {args.mix}, "
-          f"{'no worker' if args.no_worker else 'one worker running the jobs'}")
+          f"{'no worker' if args.no_worker else f'one worker running the jobs (nice {args.worker_nice})'}")
     databases = [(url.split(":", 1)[0], url) for url in args.database or []]
     scratch = None
     if args.database is None:
