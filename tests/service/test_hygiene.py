@@ -1,5 +1,5 @@
 """Resource hygiene of a real ``metatune serve``: after a warm-up, many requests and jobs leave
-its open file descriptors, database connections and processes where they were, and its
+its open file descriptors, database connections and processes no higher than they were, and its
 resident memory within 10 %. Bounded versions of ``examples/service_hygiene.py`` (whose full
 run, 500 jobs after 50, is the figure in RELIABILITY.md)."""
 
@@ -33,12 +33,13 @@ def hygiene():
 
 
 def back_to(hygiene, pid: int, database_url: str, start: dict, seconds: float = 15) -> dict:
-    """A snapshot once fds, connections and processes are back at ``start`` (or the last one
-    after ``seconds``: a request or a Ray helper may still be closing when the load stops)."""
+    """A snapshot once fds, connections and processes are back at or below ``start`` (or the
+    last one after ``seconds``: a request or a Ray helper may still be closing when the load
+    stops)."""
     deadline = time.monotonic() + seconds
     while True:
         now = hygiene.snapshot(pid, database_url)
-        if all(now[k] == start[k] for k in STEADY) or time.monotonic() > deadline:
+        if all(now[k] <= start[k] for k in STEADY) or time.monotonic() > deadline:
             return now
         time.sleep(0.5)
 
@@ -81,7 +82,7 @@ def test_the_api_holds_steady_under_many_requests(hygiene, database_url, tmp_pat
     finally:
         hygiene.stop(server)
     print(f"API, 60 rounds after 15 on {database_url.split(':')[0]}: {start} -> {end}")
-    assert {k: end[k] for k in STEADY} == {k: start[k] for k in STEADY}
+    assert all(end[k] <= start[k] for k in STEADY), (start, end)
     assert start["connections"] >= 1
     assert (end["rss_kib"] - start["rss_kib"]) / start["rss_kib"] <= RSS_GROWTH, (start, end)
 
@@ -90,12 +91,14 @@ def test_the_api_holds_steady_under_many_requests(hygiene, database_url, tmp_pat
 def test_a_server_running_jobs_returns_to_where_it_started(hygiene, tmp_path):
     """``metatune serve`` with its worker and Ray: 2 jobs warm it up, 4 more (each a Ray Tune run,
     ≈ 8 s on 2 busy cores, most of it starting the trial's actor) leave its fds, database
-    connections and child processes as they were and its RSS within 10 %."""
+    connections and child processes no higher than they were and its RSS within 10 %."""
     result = hygiene.measure(jobs=4, warmup=2, workdir=tmp_path)
     start, end = result["start"], result["end"]
     print(f"jobs: 4 after 2: {start} -> {end}, {result['seconds']:.1f} s")
     assert result["statuses"].get("succeeded") == 4, result["statuses"]
-    assert end["processes"] == start["processes"], (start, end)
+    # Ray's worker pool and the standing experiment's parked actors may end between the
+    # snapshots (a parked trial's actor, an idle worker Ray reaps): fewer is not a leak.
+    assert end["processes"] <= start["processes"], (start, end)
     # A pool may still open connections up to its size after the warm-up (the jobs' reads and
     # writes overlap differently from one run to the next): growth up to the bound is not a
     # leak, and each such connection holds only its database files (the file, -wal, -shm).
