@@ -13,9 +13,9 @@ import math
 import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -178,33 +178,83 @@ def get_job(db: Database, *, job_id: str, owner: str | None = None) -> Job | Non
     return job if job is not None and (owner is None or job.owner == owner) else None
 
 
+class BestTrial(NamedTuple):
+    """What a job's summary shows of its best trial."""
+
+    number: int
+    point: dict[str, Any]
+    value: float | None
+    status: str
+
+
+class JobView(NamedTuple):
+    """A job as it is shown: ``job`` has the columns of :class:`Job` (a row read by
+    :data:`JOB_VIEW`, or a :class:`Job`), ``trials`` how many it has recorded, ``best`` its
+    best trial."""
+
+    job: Any
+    trials: int
+    best: BestTrial | None
+
+
+_JOBS, _TRIALS, _METRICS = Job.__table__, Trial.__table__, TrialMetric.__table__
+_BEST = _TRIALS.alias("best")
+JOB_VIEW = (select(_JOBS,
+                   select(func.count()).where(_TRIALS.c.job_id == _JOBS.c.id).scalar_subquery().label("trial_count"),
+                   _BEST.c.point.label("best_point"), _BEST.c.value.label("best_trial_value"),
+                   _BEST.c.status.label("best_status"))
+            .outerjoin_from(_JOBS, _BEST, (_BEST.c.job_id == _JOBS.c.id) & (_BEST.c.number == _JOBS.c.best_trial)))
+"""A job's columns, its trial count and its best trial's, in one statement (Core, not the ORM:
+reading a job is the service's most frequent request, and one statement through Core costs a
+fifth of the CPU of three through the ORM's identity map)."""
+_JOB_BY_ID = JOB_VIEW.where(_JOBS.c.id == bindparam("job_id"))
+_OWNED_JOB = _JOB_BY_ID.where(_JOBS.c.owner == bindparam("owner"))
+# Statements built once, their values bound at each call: SQLAlchemy finds their compiled form
+# by a cache key it computes again for every new statement object.
+_TRIALS_AFTER = (select(_TRIALS).where(_TRIALS.c.job_id == bindparam("job_id"), _TRIALS.c.number > bindparam("after"))
+                 .order_by(_TRIALS.c.number).limit(bindparam("limit")))
+_TRIAL = select(_TRIALS).where(_TRIALS.c.job_id == bindparam("job_id"), _TRIALS.c.number == bindparam("number"))
+_METRICS_OF = (select(_METRICS.c.trial_id, _METRICS.c.name, _METRICS.c.value)
+               .where(_METRICS.c.trial_id.in_(bindparam("trial_ids", expanding=True))))
+
+
+def _view(row: Row[Any]) -> JobView:
+    best = (None if row.best_point is None else
+            BestTrial(row.best_trial, row.best_point, row.best_trial_value, row.best_status))
+    return JobView(row, int(row.trial_count), best)
+
+
+def job_view(db: Database, *, job_id: str, owner: str | None = None) -> JobView | None:
+    """The job as it is shown, if it exists and (when ``owner`` is given) belongs to ``owner``."""
+    if not is_id(job_id):
+        return None
+    with db.read() as session:
+        row = (session.execute(_JOB_BY_ID, {"job_id": job_id}) if owner is None else
+               session.execute(_OWNED_JOB, {"job_id": job_id, "owner": owner})).first()
+    return None if row is None else _view(row)
+
+
+def job_views(db: Database, *, job_ids: Sequence[str]) -> list[JobView]:
+    """The views of ``job_ids`` (those that exist), in the order given."""
+    if not job_ids:
+        return []
+    with db.read() as session:
+        found = {row.id: _view(row) for row in session.execute(JOB_VIEW.where(_JOBS.c.id.in_(job_ids)))}
+    return [found[i] for i in job_ids if i in found]
+
+
 def list_jobs(db: Database, *, owner: str, status: JobStatus | None = None, method: str | None = None,
-              objective: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+              objective: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[JobView], int]:
     """A page of the owner's jobs, newest first, and how many match in all."""
-    query = select(Job).where(Job.owner == owner)
-    for column, value in ((Job.status, status), (Job.method, method), (Job.objective, objective)):
+    match = [_JOBS.c.owner == owner]
+    for column, value in ((_JOBS.c.status, status), (_JOBS.c.method, method), (_JOBS.c.objective, objective)):
         if value is not None:
-            query = query.where(column == value)
+            match.append(column == value)
     with db.read() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
-    return list(rows), int(total or 0)
-
-
-def summaries(db: Database, *, jobs: Sequence[Job]) -> dict[str, tuple[int, Trial | None]]:
-    """Per job: how many trials it has and its best trial, in two queries for all of them."""
-    ids = [job.id for job in jobs]
-    if not ids:
-        return {}
-    best_numbers = [(job.id, job.best_trial) for job in jobs if job.best_trial is not None]
-    with db.read() as session:
-        counts = dict(session.execute(select(Trial.job_id, func.count()).where(Trial.job_id.in_(ids))
-                                      .group_by(Trial.job_id)).all())
-        best: dict[str, Trial] = {}
-        if best_numbers:
-            wanted = or_(*((Trial.job_id == job_id) & (Trial.number == number) for job_id, number in best_numbers))
-            best = {t.job_id: t for t in session.scalars(select(Trial).where(wanted))}
-    return {job_id: (counts.get(job_id, 0), best.get(job_id)) for job_id in ids}
+        total = session.scalar(select(func.count()).select_from(_JOBS).where(*match))
+        rows = session.execute(JOB_VIEW.where(*match).order_by(_JOBS.c.created_at.desc(), _JOBS.c.id)
+                               .limit(limit).offset(offset)).all()
+    return [_view(row) for row in rows], int(total or 0)
 
 
 def request_cancel(db: Database, *, job_id: str) -> Job | None:
@@ -302,7 +352,7 @@ def point_columns(point: Point) -> dict[str, Any]:
             "momentum": point.momenta[0] if keyed else None}
 
 
-def point_of(row: Trial | MetagradStep) -> Point:
+def point_of(row: Any) -> Point:
     """Inverse of :func:`point_columns` (through :meth:`Point.from_json`)."""
     return Point.from_json(row.point)
 
@@ -378,15 +428,16 @@ def _add_metagrad_steps(session: Session, job_id: str, trials: Sequence[LibraryT
         session.execute(insert(MetagradStep), rows)
 
 
-def list_trials(db: Database, *, job_id: str, after: int = -1, limit: int = 1000) -> list[Trial]:
+def list_trials(db: Database, *, job_id: str, after: int = -1, limit: int = 1000) -> Sequence[Row[Any]]:
+    """The job's trials numbered past ``after``, in order: rows with :class:`Trial`'s columns
+    (read through Core: a page of trials is read on every poll of an event stream)."""
     with db.read() as session:
-        return list(session.scalars(select(Trial).where(Trial.job_id == job_id, Trial.number > after)
-                                    .order_by(Trial.number).limit(limit)).all())
+        return session.execute(_TRIALS_AFTER, {"job_id": job_id, "after": after, "limit": limit}).all()
 
 
-def get_trial(db: Database, *, job_id: str, number: int) -> Trial | None:
+def get_trial(db: Database, *, job_id: str, number: int) -> Row[Any] | None:
     with db.read() as session:
-        return session.scalar(select(Trial).where(Trial.job_id == job_id, Trial.number == number))
+        return session.execute(_TRIAL, {"job_id": job_id, "number": number}).first()
 
 
 def trial_metrics(db: Database, *, trial_ids: Sequence[int]) -> dict[int, dict[str, float | None]]:
@@ -394,8 +445,8 @@ def trial_metrics(db: Database, *, trial_ids: Sequence[int]) -> dict[int, dict[s
         return {}
     out: dict[int, dict[str, float | None]] = {i: {} for i in trial_ids}
     with db.read() as session:
-        for row in session.scalars(select(TrialMetric).where(TrialMetric.trial_id.in_(trial_ids))):
-            out[row.trial_id][row.name] = row.value
+        for trial_id, name, value in session.execute(_METRICS_OF, {"trial_ids": list(trial_ids)}):
+            out[trial_id][name] = value
     return out
 
 
@@ -409,7 +460,7 @@ def library_trials(db: Database, *, job_id: str, chains: bool = False) -> list[L
     return as_library_trials(db, job_id, rows, metrics, chains=chains)
 
 
-def as_library_trials(db: Database, job_id: str, rows: Sequence[Trial], metrics: dict[int, dict[str, float | None]],
+def as_library_trials(db: Database, job_id: str, rows: Sequence[Row[Any]], metrics: dict[int, dict[str, float | None]],
                       chains: bool = False) -> list[LibraryTrial]:
     """:func:`library_trials` of rows already read (with their :func:`trial_metrics`)."""
     trials = [library_trial(r, metrics[r.id]) for r in rows]
@@ -427,7 +478,7 @@ def as_library_trials(db: Database, job_id: str, rows: Sequence[Trial], metrics:
     return trials
 
 
-def library_trial(row: Trial, metrics: dict[str, float | None]) -> LibraryTrial:
+def library_trial(row: Row[Any] | Trial, metrics: dict[str, float | None]) -> LibraryTrial:
     """The library Trial a stored row stands for (NULL value: inf; NULL metrics left out)."""
     return LibraryTrial(number=row.number, point=point_of(row),
                         value=row.value if row.value is not None else math.inf,

@@ -14,8 +14,6 @@ from metatune.compare import json_safe
 from metatune.point import MetaGradient, Point
 from metatune.schedule import Schedule as LibrarySchedule
 from metatune_service import crud
-from metatune_service.core.db import Database
-from metatune_service.models import Job, Trial
 from metatune_service.schemas import JobPublic, MetaGradientPublic, Schedule, TrialPublic, TrialSummary
 
 
@@ -26,22 +24,22 @@ def json_response(body: BaseModel, status_code: int = 200) -> Response:
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
-def job_public(db: Database, job: Job, summary: tuple[int, Trial | None] | None = None) -> JobPublic:
-    """The job as the API shows it (``summary``: its trial count and best trial, if known).
+def job_public(view: crud.JobView) -> JobPublic:
+    """The job as the API shows it, from its :class:`~metatune_service.crud.JobView`.
 
     Budget, groups and schedule are read from the stored spec (:meth:`TuningJob.to_json`, which
     always writes them) rather than through :meth:`Job.tuning_job`, whose checks cost most of
     a page of jobs' time."""
-    trials, best = summary if summary is not None else crud.summaries(db, jobs=[job])[job.id]
+    job = view.job
     space = job.spec.get("space") or {}
     schedule = LibrarySchedule.parse(space.get("schedule"))
     return JobPublic(
         id=job.id, status=job.status, owner=job.owner, objective=job.objective, method=job.method, seed=job.seed,
         spec=job.spec, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        error=job.error, trials=trials, gradient_evals=job.gradient_evals, budget=job.spec["budget"]["gradient_evals"],
-        attempts=job.attempts, comparison_id=job.comparison_id, groups=space.get("groups"),
-        schedule=Schedule(knots=schedule.knots, shape=schedule.shape),
-        best_trial=None if best is None else trial_summary(best),
+        error=job.error, trials=view.trials, gradient_evals=job.gradient_evals,
+        budget=job.spec["budget"]["gradient_evals"], attempts=job.attempts, comparison_id=job.comparison_id,
+        groups=space.get("groups"), schedule=Schedule(knots=schedule.knots, shape=schedule.shape),
+        best_trial=None if view.best is None else trial_summary(view.best),
     )
 
 
@@ -51,15 +49,16 @@ def point_fields(point: Point) -> dict[str, Any]:
     return {"schedule": None, **point.to_json()}
 
 
-def trial_summary(trial: Trial) -> TrialSummary:
+def trial_summary(trial: crud.BestTrial) -> TrialSummary:
     return TrialSummary(number=trial.number, **point_fields(crud.point_of(trial)), value=trial.value,
                         status=trial.status)
 
 
-def trial_public(trial: Trial, metrics: Mapping[str, float | None] | None = None) -> TrialPublic:
-    """The trial as the API shows it: its point in JSON form (floats, lists of knot values,
-    dicts of those by group; a warm-up + cosine point's ``schedule``) and, for a metagrad trial
-    (its ``metrics`` hold one), the meta-gradient in the same form."""
+def trial_public(trial: Any, metrics: Mapping[str, float | None] | None = None) -> TrialPublic:
+    """The trial (a row with :class:`~metatune_service.models.Trial`'s columns) as the API shows
+    it: its point in JSON form (floats, lists of knot values, dicts of those by group; a
+    warm-up + cosine point's ``schedule``) and, for a metagrad trial (its ``metrics`` hold
+    one), the meta-gradient in the same form."""
     point = crud.point_of(trial)
     metrics = dict(metrics or {})
     shown = ("lr", "momentum", "schedule", "metrics", "meta_gradient")

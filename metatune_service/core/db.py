@@ -2,8 +2,10 @@
 through one lock per engine (SQLite has one writer at a time; waiting on our lock is cheaper
 and fairer than its busy loop). PostgreSQL through psycopg 3.
 
-Reads run in autocommit (each statement its own snapshot: no BEGIN and ROLLBACK round trips
-around a request's one or two SELECTs); writes in one transaction each. A pooled connection is
+Reads run on their own pool of connections opened in autocommit (each statement its own
+snapshot: no BEGIN and ROLLBACK round trips around a request's one or two SELECTs, and no
+isolation level set and reset at each checkout, which on SQLite is a PRAGMA each way and
+cost as much as the read); writes in one transaction each, on the other pool. A pooled connection is
 pinged before use only when it has been idle for :data:`PING_AFTER_IDLE_SECONDS` (one that
 fails is replaced): under load connections are reused within milliseconds, and a ping on
 every checkout would double a read's round trips, while one left idle through a database
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 PING_AFTER_IDLE_SECONDS = 1.0
 """How long a pooled connection may have been idle before it is pinged at checkout."""
 POOL_SIZE = 4
-"""Connections per engine, and so threads of one process in the database at once; the others
+"""Connections per pool (a process has two: reads and writes), and so threads of one process in the database at once; the others
 wait for one in the pool (asleep, not holding the GIL). Under 200 requests/s on 2 cores, 4
 gave p50 7 ms where 20 (+ 40 overflow, opened and closed again under load) gave 150 ms: past
 a few, threads only contend for the GIL and the cores, and SQLite's single writer."""
@@ -38,12 +40,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, busy timeout and foreign keys on every connection."""
+def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """An engine for ``url`` (``autocommit``: every connection opened in autocommit); SQLite
+    gets WAL, busy timeout and foreign keys on every connection."""
     url = normalise_url(url)
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=POOL_SIZE,
-                               max_overflow=0, pool_timeout=POOL_TIMEOUT_SECONDS)
+                               max_overflow=0, pool_timeout=POOL_TIMEOUT_SECONDS, **isolation)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:  # noqa: ANN001
@@ -55,7 +59,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_SECONDS)
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_SECONDS, **isolation)
     ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
     return engine
 
@@ -81,14 +85,15 @@ def ping_when_idle(engine: Engine, seconds: float) -> None:
 
 
 class Database:
-    """An engine, its session factory and the write path (one lock on SQLite)."""
+    """Two engines (writes, and reads in autocommit), their session factories and the write
+    path (one lock on SQLite)."""
 
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.read_sessions = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                                          expire_on_commit=False)
+        self.read_engine = make_engine(self.url, autocommit=True)
+        self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._reading = threading.local()
@@ -125,3 +130,4 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()

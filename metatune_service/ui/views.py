@@ -69,7 +69,7 @@ def job_view(db: Database, job: Job) -> dict[str, Any]:
     charts = json_safe({"best_so_far": figures.best_so_far_steps(trials), "plane": plane,
                         "outer": figures.outer_steps(trials) if job.method == "metagrad" else [],
                         "schedule": schedule})
-    return {"job": job_public(db, job).model_dump(mode="json"), "final": job.status.final,
+    return {"job": job_public(crud.job_view(db, job_id=job.id) or crud.JobView(job, len(rows), None)).model_dump(mode="json"), "final": job.status.final,
             "trials": [trial_public(r, metrics[r.id]).model_dump(mode="json") for r in rows], **charts}
 
 
@@ -78,7 +78,6 @@ def comparison_view(db: Database, group: Comparison, jobs: Sequence[Job], plots:
     (:func:`~metatune.figures.convergence_data`, median and min–max band; running jobs
     count with what they have recorded), the table once a worker has built it, and the
     URLs of its PNGs."""
-    summary = crud.summaries(db, jobs=jobs)
     budget = jobs[0].tuning_job().budget if jobs else 1.0
     results: dict[str, list[TuneResult]] = {}
     for job in jobs:
@@ -89,7 +88,7 @@ def comparison_view(db: Database, group: Comparison, jobs: Sequence[Job], plots:
     return json_safe({
         "id": group.id, "name": group.name, "objective": group.objective, "status": status.value,
         "final": status.final, "budget": budget,
-        "jobs": [job_public(db, j, summary[j.id]).model_dump(mode="json") for j in jobs],
+        "jobs": [job_public(v).model_dump(mode="json") for v in crud.job_views(db, job_ids=[j.id for j in jobs])],
         "convergence": figures.convergence_data(results, budget),
         "target": None if group.table is None else group.table.get("target"),
         "table": None if group.table is None else group.table.get("summary"),

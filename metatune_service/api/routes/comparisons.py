@@ -52,10 +52,9 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
                                        idempotency_key=idempotency_key)
     except crud.IdempotencyConflict as error:
         raise HTTPException(409, str(error)) from None
-    counts = crud.summaries(db, jobs=jobs)
     return ComparisonPublic(id=group.id, name=group.name, objective=group.objective,
                             status=comparisons.overall_status(jobs), table=group.table, plots=[],
-                            jobs=[job_public(db, j, counts[j.id]) for j in jobs])
+                            jobs=[job_public(v) for v in crud.job_views(db, job_ids=[j.id for j in jobs])])
 
 
 @router.get("/{comparison_id}", response_model=ComparisonPublic, operation_id="readComparison", responses=responses(404, 422))
@@ -64,11 +63,11 @@ def read(comparison_id: ComparisonId, db: DatabaseDep, settings: SettingsDep, ow
     ``metatune compare`` and the plots' URLs (``table`` is null until then)."""
     with db.read():
         group, jobs = owned_comparison(db, comparison_id, owner)
-        summary = crud.summaries(db, jobs=jobs)
+        views = crud.job_views(db, job_ids=[j.id for j in jobs])
     plots = [f"/v1/comparisons/{group.id}/plots/{name}.png" for name in comparisons.plots_of(settings, group.id)]
     return json_response(ComparisonPublic(id=group.id, name=group.name, objective=group.objective,
                                           status=comparisons.overall_status(jobs), table=group.table, plots=plots,
-                                          jobs=[job_public(db, j, summary[j.id]) for j in jobs]))
+                                          jobs=[job_public(v) for v in views]))
 
 
 @router.get("/{comparison_id}/plots/{name}.png", response_class=FileResponse, operation_id="comparisonPlot",

@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import time
-from typing import Annotated, AsyncIterator
+from typing import Annotated, Any, AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response, StreamingResponse
@@ -17,7 +17,6 @@ from metatune_service.api.deps import REUSED_KEY, DatabaseDep, IdempotencyKey, O
 from metatune_service.api.errors import AUTHENTICATED, WITH_BODY, responses
 from metatune_service.api.presenters import job_public, json_response, trial_public
 from metatune_service.core.db import Database
-from metatune_service.models import Job
 from metatune_service.schemas import JobCreate, JobList, JobPublic, Method, TrialList, TrialPublic
 from metatune_service.status import JobStatus
 from metatune_service.validation import normalise
@@ -31,11 +30,11 @@ JobId = Annotated[str, Path(max_length=64, description="a job's id (32 hex digit
 Filter = Query(None, max_length=100, pattern=r"^[^\x00]*$")
 
 
-def owned_job(db: Database, job_id: str, owner: str) -> Job:
-    job = crud.get_job(db, job_id=job_id, owner=owner)
-    if job is None:
+def owned_job(db: Database, job_id: str, owner: str) -> crud.JobView:
+    view = crud.job_view(db, job_id=job_id, owner=owner)
+    if view is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    return job
+    return view
 
 
 JOB_LINKS = {name: {"operationId": name, "parameters": {"job_id": "$response.body#/id"}}
@@ -54,7 +53,9 @@ def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: Owner
                                      idempotency_key=idempotency_key)
     except crud.IdempotencyConflict as error:
         raise HTTPException(409, str(error)) from None
-    return job_public(db, job, None if idempotency_key else (0, None))  # with a key: perhaps the first, run since
+    if idempotency_key:  # perhaps the first request's job, run since
+        return job_public(owned_job(db, job.id, owner))
+    return job_public(crud.JobView(job, 0, None))
 
 
 @router.get("", response_model=JobList, operation_id="listJobs", responses=responses(400, 422))
@@ -68,25 +69,24 @@ def list_jobs(db: DatabaseDep, owner: OwnerDep, status: JobStatus | None = None,
             raise HTTPException(400, f"cursor={cursor!r} is not one this server issued; pass next_cursor as given")
         offset = int(cursor)
     with db.read():
-        jobs, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
-                                     limit=limit, offset=offset)
-        summaries = crud.summaries(db, jobs=jobs)
-        nxt = offset + len(jobs)
-        return json_response(JobList(items=[job_public(db, j, summaries[j.id]) for j in jobs], total=total,
-                                     next_cursor=str(nxt) if nxt < total else None))
+        views, total = crud.list_jobs(db, owner=owner, status=status, method=method, objective=objective,
+                                      limit=limit, offset=offset)
+    nxt = offset + len(views)
+    return json_response(JobList(items=[job_public(v) for v in views], total=total,
+                                 next_cursor=str(nxt) if nxt < total else None))
 
 
 @router.get("/{job_id}", response_model=JobPublic, operation_id="readJob", responses=responses(404, 422))
 def read_job(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> Response:
-    with db.read():
-        return json_response(job_public(db, owned_job(db, job_id, owner)))
+    return json_response(job_public(owned_job(db, job_id, owner)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, operation_id="cancelJob", responses=responses(404, *WITH_BODY))
 def cancel(job_id: JobId, db: DatabaseDep, owner: OwnerDep) -> JobPublic:
     """A queued job is cancelled at once; a running one within seconds (its worker stops Ray)."""
     owned_job(db, job_id, owner)
-    return job_public(db, crud.request_cancel(db, job_id=job_id))
+    crud.request_cancel(db, job_id=job_id)
+    return job_public(owned_job(db, job_id, owner))
 
 
 @router.get("/{job_id}/trials", response_model=TrialList, operation_id="listTrials", responses=responses(404, 422))
@@ -94,11 +94,10 @@ def list_trials(job_id: JobId, db: DatabaseDep, owner: OwnerDep, after: int = Qu
                 limit: int = Query(1000, ge=1, le=10_000)) -> Response:
     """Trials in order; ``after`` = the last number already seen; ``total``: the job's trials."""
     with db.read():
-        job = owned_job(db, job_id, owner)
+        view = owned_job(db, job_id, owner)
         trials = crud.list_trials(db, job_id=job_id, after=after, limit=limit)
         metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
-        total, _ = crud.summaries(db, jobs=[job])[job.id]
-        return json_response(TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=total))
+    return json_response(TrialList(items=[trial_public(t, metrics[t.id]) for t in trials], total=view.trials))
 
 
 @router.get("/{job_id}/trials/{number}", response_model=TrialPublic, operation_id="readTrial",
@@ -146,14 +145,15 @@ async def _event_stream(db: Database, job_id: str, interval: float, keepalive: f
         await asyncio.sleep(interval)
 
 
-def _poll(db: Database, job_id: str, last: int) -> tuple[Job, list[str], int]:
+def _poll(db: Database, job_id: str, last: int) -> tuple[Any, list[str], int]:
     """One poll of an event stream, in one thread and one read: the job, then the ``trial``
     events of every trial numbered past ``last`` (all recorded before the job was read, so a
     final status is sent after its last trial), and the last number sent."""
     events = []
     with db.read():
-        job = crud.get_job(db, job_id=job_id)
-        assert job is not None  # jobs are never deleted
+        view = crud.job_view(db, job_id=job_id)
+        assert view is not None  # jobs are never deleted
+        job = view.job
         while True:
             trials = crud.list_trials(db, job_id=job_id, after=last, limit=PAGE)
             metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
