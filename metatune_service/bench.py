@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL server to create the scratch database on ('' to skip)")
     parser.add_argument("--no-worker", action="store_true", help="no worker: submitted jobs stay queued")
+    parser.add_argument("--processes", type=int, default=1, help="the server's API processes (serve --processes)")
     parser.add_argument("--worker-nice", type=int, default=10,
                         help="the worker's niceness (with its Ray): below the API's priority, as on a shared machine")
     parser.add_argument("--clients", type=int, default=50, help="closed-loop clients of the saturation figure")
@@ -119,6 +120,9 @@ class LoadResult:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     submitted: list[str] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    """How late the generator sent each request (seconds after its scheduled time): part of
+    every latency, and the generator's share of a tail."""
     offered: int = 0
     wall: float = 0.0
 
@@ -234,6 +238,7 @@ class Generator:
 
     async def send(self, kind: str, scheduled: float) -> None:
         loop = asyncio.get_running_loop()
+        self.result.lags.append(loop.time() - scheduled)
         try:
             problem = await getattr(self, kind)(scheduled)
         except Exception as error:  # noqa: BLE001 - every failure is counted, with its kind and text
@@ -386,10 +391,26 @@ def stop_process(process: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and of its living descendants (the API
+    processes of ``serve --processes N``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # ended since it was listed
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that are still running."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
 
 
 async def wait_ready(client: RawClient, seconds: float = 60) -> None:
@@ -444,7 +465,8 @@ def run_database(label: str, url: str, args: argparse.Namespace) -> dict:
     upgrade(url)
     folder = Path(tempfile.mkdtemp(prefix="metatune-bench-service-"))
     port = _free_port()
-    server = start_process(["serve", "--no-worker", "--port", str(port)], url, folder / "serve.log")
+    server = start_process(["serve", "--no-worker", "--port", str(port), "--processes", str(args.processes)], url,
+                           folder / "serve.log")
     worker = None if args.no_worker else start_process(["worker"], url, folder / "worker.log", args.worker_nice)
     try:
         figures = asyncio.run(_phases(port, args, worker, server))
@@ -459,7 +481,8 @@ def run_database(label: str, url: str, args: argparse.Namespace) -> dict:
            "error_samples": {k: v[:3] for k, v in load.errors.items()}, "submitted": len(load.submitted),
            "lost": integrity.lost, "unexpected": integrity.unexpected, "trials": integrity.trials,
            "bad_trials": integrity.jobs_with_bad_trials, "server_cpu": figures["server_cpu"],
-           "latency": load.percentiles(), "reads_per_s": figures["reads_per_s"], "logs": str(folder)}
+           "latency": load.percentiles(),
+           "lag_ms": (float(np.percentile(load.lags, 50)) * 1e3, float(np.percentile(load.lags, 99)) * 1e3), "reads_per_s": figures["reads_per_s"], "logs": str(folder)}
     if not args.no_ingestion:
         row["ingestion_rows_per_s"] = ingestion(url)
     return row
@@ -504,6 +527,8 @@ def print_row(row: dict) -> None:
     print("| endpoint | answered | p50 ms | p99 ms |\n|---|---|---|---|")
     for kind, (count, p50, p99) in row["latency"].items():
         print(f"| {ENDPOINTS[kind]} | {count} | {p50:.1f} | {p99:.1f} |")
+    print(f"| (the generator's lateness in sending, part of each latency) | {row['offered']} | "
+          f"{row['lag_ms'][0]:.1f} | {row['lag_ms'][1]:.1f} |")
     print(f"saturation: {row['reads_per_s']:.0f} GET /v1/jobs/{{id}} per second (closed loop)"
           + (f"; ingestion {row['ingestion_rows_per_s']:.0f} rows/s" if "ingestion_rows_per_s" in row else ""))
 
@@ -512,7 +537,8 @@ def main(args: argparse.Namespace) -> int:
     parse_mix(args.mix)  # a bad mix fails before any process starts
     print(f"{machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; open loop "
           f"({args.arrivals}) at {args.rate:g}/s for {args.duration:g} s, mix {args.mix}, "
-          f"{'no worker' if args.no_worker else f'one worker running the jobs (nice {args.worker_nice})'}")
+          f"{'no worker' if args.no_worker else f'one worker running the jobs (nice {args.worker_nice})'}, "
+          f"{args.processes} API process{'es' if args.processes > 1 else ''}")
     databases = [(url.split(":", 1)[0], url) for url in args.database or []]
     scratch = None
     if args.database is None:

@@ -51,11 +51,25 @@ def port_number(text: str) -> int:
     return port
 
 
+def process_count(text: str) -> int:
+    """A number of API processes, 1–64 (argparse exits 2 with the message otherwise)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (an integer 1-64)") from None
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"{count} processes: give 1-64")
+    return count
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the REST API with an embedded worker")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default 8000)")
     serve.add_argument("--no-worker", action="store_true", help="API only (run `metatune worker` apart)")
+    serve.add_argument("--processes", type=process_count, default=1,
+                       help="API processes sharing the port (default 1; the embedded worker, if any, runs in "
+                            "the parent): one process answers with one core at most")
     serve.set_defaults(handler=serve_command)
     worker = commands.add_parser("worker", help="run jobs from the database (several may share one)")
     worker.set_defaults(handler=worker_command)
@@ -107,12 +121,40 @@ def serve_command(args: argparse.Namespace) -> int:
         db.dispose()
     with embedded_ray(settings, start=not args.no_worker):
         exit_on_signals()  # what uvicorn re-raises once it has shut down: exit code 0
-        app = create_app(settings, embedded_worker=not args.no_worker)
+        processes = f", {args.processes} processes" if args.processes > 1 else ""
         print(f"metatune serve: http://{args.host}:{args.port} (docs at /docs), database "
-              f"{_shown(settings.database_url)}, Optuna studies {_optuna_shown(settings)}", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                    timeout_graceful_shutdown=GRACEFUL_SECONDS)
+              f"{_shown(settings.database_url)}, Optuna studies {_optuna_shown(settings)}{processes}", flush=True)
+        if args.processes == 1:
+            uvicorn.run(create_app(settings, embedded_worker=not args.no_worker), host=args.host, port=args.port,
+                        log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
+        else:
+            serve_processes(settings, args)
     return 0
+
+
+def serve_processes(settings: Settings, args: argparse.Namespace) -> None:
+    """``args.processes`` API processes on one listening socket (uvicorn's supervisor: the
+    kernel spreads connections over them, and one that dies is started again), each building
+    its app from the same ``METATUNE_*`` environment (:func:`metatune_service.main.app_from_environment`);
+    the embedded worker runs in this, the parent, process, and hands back its job when the
+    supervisor has stopped the API processes."""
+    import uvicorn
+
+    from metatune_service.worker import start_embedded
+
+    worker = db = None
+    if not args.no_worker:
+        db = open_database(settings)
+        worker = start_embedded(db, settings)
+    try:
+        uvicorn.run("metatune_service.main:app_from_environment", factory=True, workers=args.processes,
+                    host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS)
+    finally:
+        if worker is not None and db is not None:
+            thread, stop = worker
+            stop.set()
+            thread.join(timeout=30)
+            db.dispose()
 
 
 GRACEFUL_SECONDS = 5

@@ -71,6 +71,15 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """The service without an embedded worker, from the ``METATUNE_*`` environment: each API
+    process of ``metatune serve --processes N`` builds its app with this (the parent runs the
+    worker and has already checked the database's revision)."""
+    from metatune_service.core.config import load_settings
+
+    return create_app(load_settings())
+
+
 def settle_heap() -> None:
     """Move what start-up made (torch, Ray, SQLAlchemy, the app: some 300,000 objects) out of
     the collector's reach (:func:`gc.freeze`), so that a full collection under load walks

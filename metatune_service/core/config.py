@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     max_json_depth: int = 32
     """Deepest nesting of arrays and objects a request body may have (a job spec needs 5)."""
     rate_limit: float = 300.0
-    """Requests per second a token may make on average (0: no limit); past it, 429 with Retry-After."""
+    """Requests per second a token may make on average (0: no limit); past it, 429 with Retry-After.
+    Each API process keeps its own count (``serve --processes N``: up to N times this)."""
     rate_burst: float = 600.0
     """Requests a token may make at once before :attr:`rate_limit` applies."""
     keepalive_seconds: float = 10.0

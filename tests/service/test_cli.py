@@ -68,6 +68,16 @@ def test_serve_refuses_a_port_outside_1_to_65535_in_one_line(port, capsys):
     assert "--port" in error and "port number" in error and port.lstrip("-") in error
 
 
+@pytest.mark.parametrize("count", ["0", "65", "-2", "two"])
+def test_serve_refuses_a_process_count_outside_1_to_64_in_one_line(count, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", "--processes", count])
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--processes" in error and count.lstrip("-") in error and "1-64" in error
+    assert build_parser().parse_args(["serve", "--processes", "3"]).processes == 3
+
+
 def test_db_current_on_a_missing_sqlite_file_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
     """Reading the revision of a database that is not there used to create an empty file."""
     path = tmp_path / "nowhere.db"

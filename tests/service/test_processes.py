@@ -89,9 +89,19 @@ def start(argv: list[str], tmp_path: Path, root: Path, url: str) -> subprocess.P
            "METATUNE_POLL_SECONDS": "0.2"}
     env.pop("RAY_ADDRESS", None)
     env.pop("METATUNE_RAY_HOST", None)
-    with open(tmp_path / f"{argv[0]}-{time.monotonic_ns()}.log", "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "metatune.cli", *argv], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    path = tmp_path / f"{argv[0]}-{time.monotonic_ns()}.log"
+    with open(path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "metatune.cli", *argv], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = path  # type: ignore[attr-defined]
+    return process
+
+
+def ready(process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait for the command's start-up line, printed once its own signal handlers replace Ray's
+    (a SIGTERM before then meets ``ray.init``'s handler)."""
+    wait_until(lambda: f"metatune {process.args[3]}" in process.log.read_text()  # type: ignore[attr-defined]
+               or process.poll() is not None, timeout, "the command's start-up line")
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -207,6 +217,7 @@ def test_a_killed_worker_leaves_no_ray_process_and_a_new_start_sweeps_what_remai
     third = start(["worker"], tmp_path, ray_root, url)
     try:
         mine = ray_up(third)
+        ready(third)
         assert not session.exists() and not alive(processes), alive(processes)  # swept before its Ray started
         assert [s.name.rsplit("_", 1)[1] for s in sessions(ray_root)] == [str(third.pid)]
         assert stop(third) == 0
@@ -231,7 +242,9 @@ def slow_job(url: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [["worker"], ["serve", "--port", "{port}"]], ids=["worker", "serve"])
+@pytest.mark.parametrize("argv", [["worker"], ["serve", "--port", "{port}"],
+                                  ["serve", "--port", "{port}", "--processes", "2"]],
+                         ids=["worker", "serve", "serve-2-processes"])
 def test_sigterm_hands_the_running_job_back_and_leaves_nothing(argv, tmp_path, ray_root):
     """SIGTERM while a job runs: exit code 0 within seconds; the job is queued again with no
     lease (another worker claims it at once, without waiting for the lease to run out); none
@@ -262,3 +275,44 @@ def test_sigterm_hands_the_running_job_back_and_leaves_nothing(argv, tmp_path, r
     finally:
         stop(command)
         db.dispose()
+
+
+def api_processes(command: subprocess.Popen) -> list[psutil.Process]:
+    """The API processes of ``serve --processes N`` (uvicorn's spawned children)."""
+    return [p for p in descendants(command) if "spawn_main" in command_line(p)]
+
+
+def test_serve_processes_share_the_port_and_one_killed_is_started_again(tmp_path, ray_root):
+    """``serve --processes 2``: two API processes answer on one port (every answer complete
+    and the same job's), ``kill -9`` of one is answered by the other and the supervisor
+    starts a new one, and SIGTERM exits 0 with none of them left."""
+    import httpx
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    port = free_port()
+    command = start(["serve", "--no-worker", "--port", str(port), "--processes", "2"], tmp_path, ray_root, url)
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKENS.split(',')[0].split(':')[1]}"}
+
+    def answering() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(lambda: len(api_processes(command)) == 2 and answering(), 120, "two API processes answering")
+        first = api_processes(command)
+        job = httpx.post(f"{base}/v1/jobs", json={"objective": "quadratic", "method": "random"}, headers=headers,
+                         timeout=10).json()
+        reads = [httpx.get(f"{base}/v1/jobs/{job['id']}", headers=headers, timeout=10) for _ in range(20)]
+        assert {r.status_code for r in reads} == {200} and {r.json()["id"] for r in reads} == {job["id"]}
+        first[0].kill()
+        assert httpx.get(f"{base}/v1/jobs/{job['id']}", headers=headers, timeout=10).json()["status"] == "queued"
+        wait_until(lambda: len(api_processes(command)) == 2 and first[0].pid not in
+                   {p.pid for p in api_processes(command)}, 60, "the killed API process started again")
+        processes = descendants(command)
+        assert stop(command) == 0
+        wait_until(lambda: not alive(processes), 15, "no API process left")
+    finally:
+        stop(command)
