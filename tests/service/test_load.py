@@ -6,6 +6,7 @@ not asserted here.) Also the load generator's own parts: the schedule, the mix, 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -28,7 +29,8 @@ def test_a_short_open_loop_loses_and_duplicates_nothing(served, worker):
 
     known, result = asyncio.run(load())
     assert result.error_count == 0, dict(result.errors)
-    assert sum(len(v) for v in result.latencies.values()) == result.offered
+    assert sum(len(v) for v in result.latencies.values()) == result.offered == len(result.lags)
+    assert min(result.lags) >= 0
     assert set(result.latencies) == set(bench.ENDPOINTS)  # every kind of request was sent and answered
     assert len(result.submitted) == len(result.latencies["submit"]) > 0
     deadline = time.monotonic() + 120  # until the worker has recorded trials, so that their check means something
@@ -39,6 +41,24 @@ def test_a_short_open_loop_loses_and_duplicates_nothing(served, worker):
     integrity = bench.check_integrity(served.settings.database_url, owner="alice", submitted=result.submitted,
                                       known=known)
     assert integrity.ok, integrity
+
+
+def test_the_server_s_cpu_counts_its_living_children():
+    """``serve --processes N``'s CPU is in its children: :func:`bench.cpu_seconds` of a process
+    adds theirs (here a child that spins 0.5 s of CPU, then waits)."""
+    import subprocess
+    import sys
+
+    spin = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\nprint(flush=True)\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # it has spun
+        own = time.process_time()
+        assert child.pid in bench.children(os.getpid())
+        assert bench.cpu_seconds(os.getpid()) - own >= 0.45
+    finally:
+        child.communicate(b"")
+    assert child.pid not in bench.children(os.getpid())
 
 
 def test_the_integrity_check_finds_lost_unexpected_and_misnumbered_rows(migrated):
