@@ -353,7 +353,8 @@ def point_columns(point: Point) -> dict[str, Any]:
 
 
 def point_of(row: Any) -> Point:
-    """Inverse of :func:`point_columns` (through :meth:`Point.from_json`)."""
+    """Inverse of :func:`point_columns` (through :meth:`Point.from_json`): the point of any row
+    with a ``point`` column (a trial's, a :class:`MetagradStep`)."""
     return Point.from_json(row.point)
 
 

@@ -69,7 +69,9 @@ def job_view(db: Database, job: Job) -> dict[str, Any]:
     charts = json_safe({"best_so_far": figures.best_so_far_steps(trials), "plane": plane,
                         "outer": figures.outer_steps(trials) if job.method == "metagrad" else [],
                         "schedule": schedule})
-    return {"job": job_public(crud.job_view(db, job_id=job.id) or crud.JobView(job, len(rows), None)).model_dump(mode="json"), "final": job.status.final,
+    shown = crud.job_view(db, job_id=job.id)
+    assert shown is not None  # jobs are never deleted
+    return {"job": job_public(shown).model_dump(mode="json"), "final": job.status.final,
             "trials": [trial_public(r, metrics[r.id]).model_dump(mode="json") for r in rows], **charts}
 
 
