@@ -1,4 +1,4 @@
-"""Tables of the service (SQLAlchemy 2.0 typed ORM). Migrations in ``alembic/`` mirror them."""
+"""Tables of the service (SQLAlchemy 2.0 typed ORM). Migrations in ``metatune_service/migrations/`` mirror them."""
 
 from __future__ import annotations
 

@@ -247,7 +247,9 @@ def test_the_image_installs_the_tests_ray_and_the_pinned_torch():
     assert [cluster["spec"]["rayVersion"] for cluster in of_kind("RayCluster")] == [ray.__version__]
     torch_spec = re.search(r"^TORCH_SPEC\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), flags=re.M)
     assert torch_spec is not None and torch_spec.group(1) in dockerfile.split()
-    assert re.search(r"""pip install [^\n]*-e ["']/src\[ray,service\]["']""", dockerfile)
+    assert re.search(r"""pip install [^\n]*["']/src\[ray,service\]["']""", dockerfile)
+    copied = set(re.findall(r"^COPY (.+) /src/", dockerfile, flags=re.M))
+    assert {"metatune", "metatune_service"} <= copied  # the migrations come inside metatune_service
 
 
 def test_the_workers_join_the_rayclusters_head():

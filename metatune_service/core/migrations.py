@@ -14,7 +14,8 @@ from sqlalchemy import Engine, inspect
 
 from metatune.errors import UserError
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "migrations"
+"""The Alembic scripts, inside the package: every install (a wheel, an editable one) carries them."""
 VERSION_TABLE = "metatune_alembic_version"
 
 

@@ -332,3 +332,42 @@ def test_0005_adds_a_null_node_to_every_trial_and_its_downgrade_keeps_every_tria
         assert sorted(rows(db, "SELECT job_id, node FROM trials")) == sorted([("old", None), (ray, None)])
     finally:
         db.dispose()
+
+
+def test_a_wheel_carries_its_migrations_and_upgrades_a_database_without_the_source_tree(tmp_path):
+    """A plain (non-editable) install: the wheel holds every migration, and the package
+    unpacked away from the source tree (Python started without site, so the editable
+    install's finder is not loaded) upgrades a new SQLite file to head."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import zipfile
+    from pathlib import Path
+
+    root, source = Path(__file__).resolve().parents[2], tmp_path / "src"
+    source.mkdir()  # what deploy/Dockerfile copies, built away from the checkout
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source)
+    for name in ("metatune", "metatune_service"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("metatune-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "site")
+    versions = {f"metatune_service/migrations/versions/{p.name}"
+                for p in (root / "metatune_service/migrations/versions").glob("*.py")}
+    assert len(versions) >= 5 and versions <= names
+    assert {"metatune_service/migrations/env.py", "metatune_service/migrations/script.py.mako"} <= names
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = (f"import sys; sys.path[:0] = [{str(tmp_path / 'site')!r}, {sysconfig.get_paths()['purelib']!r}]\n"
+            "from metatune_service.core import migrations\n"
+            f"assert str(migrations.ALEMBIC_DIR).startswith({str(tmp_path / 'site')!r}), migrations.ALEMBIC_DIR\n"
+            f"migrations.upgrade({url!r})\n"
+            "from metatune_service.core.db import Database\n"
+            f"print(migrations.current_revision(Database({url!r}).engine))")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [head_revision()]
