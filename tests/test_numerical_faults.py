@@ -281,3 +281,24 @@ def test_a_loss_that_rounds_to_zero_ends_its_chain_instead_of_dividing_its_slope
     assert chains.tell(chains.ask(), 1.0, MetaGradient((-10.0,), (0.0,), amplification=1.0))
     assert chains.tell(chains.ask(), 0.0, MetaGradient((1e-13,), (-1e-13,), amplification=1.0))
     assert chains.ask() is None and chains.finished()
+
+
+@pytest.mark.parametrize("value, moves", [(0.0, False), (1e-200, True)], ids=["rounds-to-zero", "tiny"])
+def test_online_keeps_its_hyperparameters_where_the_loss_rounds_to_zero(monkeypatch, value, moves):
+    """Each stretch of an ``online`` run reports ℓ = 0 with a meta-gradient of rounding size
+    (1e-160): ∇ log ℓ is 0 there, so the run ends at the (η, β) it started from, rather than
+    step on the rounding divided by the floor 1e-300 of log ℓ. The same meta-gradient of a
+    loss of 1e-200, above the floor, moves it (the check can fail)."""
+    import dataclasses
+
+    from metatune.tuners import online
+
+    def rounded(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), value=value, lr=1e-160, momentum=-1e-160)
+
+    real = online.hypergrad
+    monkeypatch.setattr(online, "hypergrad", rounded)
+    trial = tune("quadratic", "online", budget=1_000, seed=0, horizon=25).trials[0]
+    start = (trial.metrics["start_lr"], trial.metrics["start_momentum"])
+    assert ((trial.lr, trial.momentum) != pytest.approx(start, rel=1e-12)) is moves
+    assert trial.value == value

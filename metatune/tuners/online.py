@@ -86,9 +86,10 @@ class OnlineTuner(MetagradTuner):
                            batches, mode="reverse", velocity=velocity, costs=self.costs)
             if hg.diverged:
                 break
-            lr, momentum = point.lrs[0], point.momenta[0]
-            adam = adam_update(adam, np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / max(hg.value, LOG_FLOOR))
-            state = self.project(state - self.meta_lr * adam_direction(adam))
+            if hg.value > LOG_FLOOR:  # ∇ log ℓ = 0 at ℓ = 0: what a run reports there is rounding
+                lr, momentum = point.lrs[0], point.momenta[0]  # (chains.log_loss_gradient)
+                adam = adam_update(adam, np.array([hg.lr * lr, -hg.momentum * (1.0 - momentum)]) / hg.value)
+                state = self.project(state - self.meta_lr * adam_direction(adam))
             params, velocity = hg.params, hg.velocity
         value = math.inf if hg is None or hg.diverged else hg.value
         self.record(point, value, spent, time.perf_counter() - began, horizon=self.horizon,
