@@ -249,7 +249,7 @@ def test_a_worker_whose_lease_ran_out_stops_and_the_next_one_resumes_the_job(mig
     settings = Settings(database_url=database_url, output_dir=tmp_path / "out", lease_seconds=5,
                         heartbeat_seconds=0.5, poll_seconds=0.1, max_gradient_evals=1e7, optuna_storage="off")
     job_id = submit(migrated, settings, objective="mlp-digits", method="tpe", concurrency=2,
-                    budget={"inner_steps": 100, "trials": 8})
+                    budget={"inner_steps": 100, "trials": 30})  # A must not finish it before B's claim
     a_clock, b_clock = FakeClock(), FakeClock()
     a = Worker(migrated, settings, name="a", clock=a_clock)
     job = crud.claim_job(migrated, worker="a", lease_seconds=5, max_attempts=3, clock=a_clock)
@@ -258,14 +258,18 @@ def test_a_worker_whose_lease_ran_out_stops_and_the_next_one_resumes_the_job(mig
     wait_until(lambda: len(crud.list_trials(migrated, job_id=job_id)) >= 3, 60, "worker A records 3 trials")
     b_clock.advance(6)
     assert crud.claim_job(migrated, worker="b", lease_seconds=5, max_attempts=3, clock=a_clock) is None
-    taken = crud.claim_job(migrated, worker="b", lease_seconds=60, max_attempts=3, clock=b_clock)
+    claims = []  # polled as a worker polls: a claim skips the row while A's heartbeat or write holds its lock
+    wait_until(lambda: claims.append(crud.claim_job(migrated, worker="b", lease_seconds=60, max_attempts=3,
+                                                    clock=b_clock)) or claims[-1] is not None, 10,
+               f"B claims the job ({len(crud.list_trials(migrated, job_id=job_id))} trials recorded)")
+    taken = claims[-1]
     assert taken is not None and taken.id == job_id and taken.attempts == 2
     running.join(timeout=120)
     assert not running.is_alive()
     before = recorded(migrated, job_id)
     assert crud.get_job(migrated, job_id=job_id).lease_holder == "b"  # A changed nothing once it lost the lease
     Worker(migrated, settings, name="b", clock=b_clock).execute(taken)
-    assert_whole(migrated, job_id, 8, before)
+    assert_whole(migrated, job_id, 30, before)
 
 
 def test_two_workers_racing_for_one_job_claim_it_once_and_a_trial_number_is_stored_once(migrated, database_url):
