@@ -26,7 +26,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from metatune.errors import UserError
 from metatune_service.status import JobStatus
@@ -39,27 +39,25 @@ if TYPE_CHECKING:
     from metatune_service.core.db import Database
 
 
-def port_number(text: str) -> int:
-    """A TCP port, 1–65535 (argparse exits 2 with the message otherwise: a port past the range
-    would make uvicorn fail after the URL is printed)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (an integer 1-65535)") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
-    return port
+def bounded_int(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``low``–``high``, else argparse exits 2 with one line
+    naming ``what`` and the range (a port past 65535 used to make uvicorn fail after the URL
+    was printed)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (an integer {low}-{high})") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not {what} ({low}-{high})")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
 
 
-def process_count(text: str) -> int:
-    """A number of API processes, 1–64 (argparse exits 2 with the message otherwise)."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (an integer 1-64)") from None
-    if not 1 <= count <= 64:
-        raise argparse.ArgumentTypeError(f"{count} processes: give 1-64")
-    return count
+port_number = bounded_int("a port number", 1, 65535)
+process_count = bounded_int("a number of API processes", 1, 64)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
