@@ -497,7 +497,7 @@ def ingestion(url: str, trials: int = 2000, batch: int = 32) -> float:
     from metatune_service.core.db import Database
 
     db = Database(url)
-    (created,), _ = crud.create_jobs(db, owner="bench-ingestion", specs=[TuningJob("quadratic", "metagrad", budget=1.0)])
+    [created] = crud.create_jobs(db, owner="bench-ingestion", specs=[TuningJob("quadratic", "metagrad", budget=1.0)]).jobs
     job = crud.claim_job(db, worker="bench", lease_seconds=600, max_attempts=5)
     while job is not None and job.id != created.id:  # queued jobs the worker left: claimed, then ours
         job = crud.claim_job(db, worker="bench", lease_seconds=600, max_attempts=5)

@@ -29,6 +29,9 @@ from metatune_service.models import ApiToken, Clock, Comparison, Job, MetagradSt
 from metatune_service.status import JobStatus
 
 
+_JOBS, _TRIALS, _METRICS, _TOKENS = Job.__table__, Trial.__table__, TrialMetric.__table__, ApiToken.__table__
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -69,17 +72,22 @@ def revoke_tokens(db: Database, *, token_id: int | None = None, owner: str | Non
                                .values(revoked=True)).rowcount
 
 
+_LIVE_TOKEN = (select(_TOKENS.c.id, _TOKENS.c.owner, _TOKENS.c.token_hash, _TOKENS.c.last_used_at)
+               .where(_TOKENS.c.token_hash == bindparam("digest"), _TOKENS.c.revoked.is_(False)))
+"""A stored, unrevoked token by its hash: read on every request that carries one (Core, built once)."""
+
+
 def owner_of_token(db: Database, *, token: str) -> str | None:
-    """The owner of a stored, unrevoked token (its last use is recorded), or None."""
+    """The owner of a stored, unrevoked token (its last use is recorded, to the minute), or None."""
     digest = hash_token(token)
     with db.read() as session:
-        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked.is_(False)))
+        row = session.execute(_LIVE_TOKEN, {"digest": digest}).first()
     if row is None or not secrets.compare_digest(row.token_hash, digest):
         return None
     if row.last_used_at is None or utcnow() - _aware(row.last_used_at) > timedelta(minutes=1):
         with db.write() as session:
             session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
-    return row.owner
+    return str(row.owner)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -94,37 +102,50 @@ class IdempotencyConflict(Exception):
     """An idempotency key reused by its owner for a different request."""
 
 
+class Submission(NamedTuple):
+    """What :func:`create_jobs` queued (or found): the jobs, their comparison (or None), and
+    whether they were made by an earlier request with the same idempotency key (``reused``:
+    they may have run since, so show them as they are now)."""
+
+    jobs: list[Row[Any]]
+    """Rows with the columns of :class:`Job`."""
+    comparison: Comparison | None
+    reused: bool
+
+
 def create_jobs(db: Database, *, owner: str, specs: Sequence[TuningJob], comparison: dict[str, Any] | None = None,
-                idempotency_key: str | None = None) -> tuple[list[Job], Comparison | None]:
+                idempotency_key: str | None = None) -> Submission:
     """Queue ``specs`` (validated jobs, stored as their JSON) in one transaction, optionally as
     one comparison.
 
     With ``idempotency_key``, a request the owner made before with that key is not made again:
     its jobs (and comparison) are returned as stored, or :class:`IdempotencyConflict` is raised
     when the request differs (:func:`request_hash`). The key is stored with the job (or the
-    comparison) under a unique ``(owner, key)`` constraint, so that of two submissions racing
-    with one key the database keeps one; the other reads it back.
+    comparison) under a unique ``(owner, key)`` constraint, and the insert is tried first: a
+    new key (the usual case) costs one write and no lookup, and of two submissions racing with
+    one key the database keeps one while the other, refused by the constraint, reads it back.
     """
     digest = request_hash(specs, comparison) if idempotency_key is not None else None
     try:
         with db.write() as session:
-            if idempotency_key is not None:
-                found = _submitted(session, owner, idempotency_key, digest, comparison is not None)
-                if found is not None:
-                    return found
-            return _insert_jobs(session, owner, specs, comparison, idempotency_key, digest)
+            jobs, group = _insert_jobs(session, owner, specs, comparison, idempotency_key, digest)
+        return Submission(jobs, group, reused=False)
     except IntegrityError:
         if idempotency_key is None:
             raise
-        with db.read() as session:  # the racing submission with this key committed first
+        with db.read() as session:  # this key was used before, or by a racing submission that committed first
             found = _submitted(session, owner, idempotency_key, digest, comparison is not None)
         if found is None:
             raise
-        return found
+        return Submission(*found, reused=True)
+
+
+_NEW_JOBS = insert(_JOBS).returning(*_JOBS.c, sort_by_parameter_order=True)
+"""Queue jobs and read back each as stored, in the order given (its id, time and defaults)."""
 
 
 def _insert_jobs(session: Session, owner: str, specs: Sequence[TuningJob], comparison: dict[str, Any] | None,
-                 key: str | None, digest: str | None) -> tuple[list[Job], Comparison | None]:
+                 key: str | None, digest: str | None) -> tuple[list[Row[Any]], Comparison | None]:
     group = None
     if comparison is not None:
         group = Comparison(owner=owner, name=comparison["name"], objective=comparison["objective"],
@@ -132,28 +153,30 @@ def _insert_jobs(session: Session, owner: str, specs: Sequence[TuningJob], compa
         session.add(group)
         session.flush()
     keyed = {"idempotency_key": key, "request_hash": digest} if group is None else {}
-    jobs = [Job(owner=owner, spec=spec.to_json(), method=spec.method, objective=spec.objective, seed=spec.seed,
-                comparison_id=group.id if group else None, **keyed) for spec in specs]
-    session.add_all(jobs)
-    session.flush()
-    return jobs, group
+    rows = [{"owner": owner, "spec": spec.to_json(), "method": spec.method, "objective": spec.objective,
+             "seed": spec.seed, "comparison_id": group.id if group else None, **keyed} for spec in specs]
+    return list(session.execute(_NEW_JOBS, rows)), group
 
 
 def _submitted(session: Session, owner: str, key: str, digest: str | None,
-               as_comparison: bool) -> tuple[list[Job], Comparison | None] | None:
+               as_comparison: bool) -> tuple[list[Row[Any]], Comparison | None] | None:
     """What the owner submitted with ``key`` (None if nothing); IdempotencyConflict if it was
     another request."""
-    table = Comparison if as_comparison else Job
-    row = session.scalar(select(table).where(table.owner == owner, table.idempotency_key == key))
-    if row is None:
+    if as_comparison:
+        group = session.scalar(select(Comparison).where(Comparison.owner == owner, Comparison.idempotency_key == key))
+        first = group
+    else:
+        group, first = None, session.execute(select(_JOBS).where(_JOBS.c.owner == owner,
+                                                                 _JOBS.c.idempotency_key == key)).first()
+    if first is None:
         return None
-    if row.request_hash != digest:
+    if first.request_hash != digest:
         raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for another request: use a new key for a "
                                   f"new request, or send the first request again unchanged")
-    if not as_comparison:
-        return [row], None
-    jobs = session.scalars(select(Job).where(Job.comparison_id == row.id).order_by(Job.created_at, Job.id)).all()
-    return list(jobs), row
+    if group is None:
+        return [first], None
+    jobs = select(_JOBS).where(_JOBS.c.comparison_id == group.id).order_by(_JOBS.c.created_at, _JOBS.c.id)
+    return list(session.execute(jobs)), group
 
 
 def request_hash(specs: Sequence[TuningJob], comparison: dict[str, Any] | None = None) -> str:
@@ -197,7 +220,6 @@ class JobView(NamedTuple):
     best: BestTrial | None
 
 
-_JOBS, _TRIALS, _METRICS = Job.__table__, Trial.__table__, TrialMetric.__table__
 _BEST = _TRIALS.alias("best")
 JOB_VIEW = (select(_JOBS,
                    select(func.count()).where(_TRIALS.c.job_id == _JOBS.c.id).scalar_subquery().label("trial_count"),

@@ -5,6 +5,7 @@ naming what to change."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -50,6 +51,21 @@ def check_objective(name: str, params: dict[str, Any], max_size: int = 4096) -> 
                             f"{type(default).__name__} (default {default!r})")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > max_size and key != "steps":
             raise SpecError(f"objective_params.{key}={value!r} exceeds this server's limit {max_size}")
+    try:
+        return _built(name, tuple(sorted(params.items())))
+    except TypeError:  # a value that cannot be a cache key (a list): built anew
+        return _build(name, params)
+
+
+@functools.lru_cache(maxsize=256)
+def _built(name: str, params: tuple[tuple[str, Any], ...]) -> objectives.Objective:
+    """:func:`_build`, remembered: most submissions name a handful of objectives, and building
+    one (its data, its optimum) costs more than the rest of a submission's checks. An
+    :class:`~metatune.objectives.Objective` is frozen, so one may serve every request."""
+    return _build(name, dict(params))
+
+
+def _build(name: str, params: dict[str, Any]) -> objectives.Objective:
     try:
         return objectives.get(name, **params)
     except ValueError as error:

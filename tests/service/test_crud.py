@@ -36,7 +36,7 @@ def test_concurrent_workers_claim_each_job_exactly_once(migrated):
 def test_an_expired_lease_is_reclaimed_and_a_job_is_given_up_after_max_attempts(migrated):
     clock = FakeClock()
     lease = {"lease_seconds": 10, "max_attempts": 2, "clock": clock}
-    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    [job] = crud.create_jobs(migrated, owner="alice", specs=[SPEC]).jobs
     assert crud.claim_job(migrated, worker="a", **lease).id == job.id
     clock.advance(9)
     assert crud.claim_job(migrated, worker="b", **lease) is None  # a's lease holds
@@ -54,7 +54,7 @@ def test_an_expired_lease_is_reclaimed_and_a_job_is_given_up_after_max_attempts(
 
 
 def test_a_cancel_request_reaches_the_heartbeat(migrated):
-    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    [job] = crud.create_jobs(migrated, owner="alice", specs=[SPEC]).jobs
     crud.claim_job(migrated, worker="a", lease_seconds=60, max_attempts=3)
     assert crud.request_cancel(migrated, job_id=job.id).status == "running"
     assert crud.heartbeat(migrated, job_id=job.id, worker="a", lease_seconds=60) is True
@@ -89,7 +89,7 @@ def instant(moment: datetime) -> datetime:
 
 def test_a_worker_renews_its_lease_as_its_clock_passes_the_heartbeat_interval(migrated):
     clock = FakeClock()
-    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    [job] = crud.create_jobs(migrated, owner="alice", specs=[SPEC]).jobs
     thread, cancel, done = lease_keeper(migrated, clock, "a")
     try:
         for _ in range(10):  # 100 s of heartbeats every 10 s, over a 30 s lease
@@ -105,7 +105,7 @@ def test_a_worker_renews_its_lease_as_its_clock_passes_the_heartbeat_interval(mi
 
 def test_a_worker_whose_lease_was_taken_stops_its_run_at_its_next_heartbeat(migrated):
     clock, later = FakeClock(), FakeClock()
-    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    [job] = crud.create_jobs(migrated, owner="alice", specs=[SPEC]).jobs
     thread, cancel, done = lease_keeper(migrated, clock, "a")
     try:
         later.now = clock() + timedelta(seconds=31)  # b's time: a's lease has expired (a stalled)
@@ -130,7 +130,7 @@ def test_reads_see_each_commit_and_a_connection_closed_while_idle_is_replaced(mi
 
     from metatune_service.core.db import PING_AFTER_IDLE_SECONDS
 
-    (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[SPEC])
+    [job] = crud.create_jobs(migrated, owner="alice", specs=[SPEC]).jobs
     with migrated.read() as session:
         assert session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
         crud.create_jobs(migrated, owner="alice", specs=[SPEC.with_changes(seed=1)])

@@ -223,7 +223,7 @@ def test_a_job_of_a_thousand_trials_renders_with_every_row(dashboard, page, caps
     from metatune.tuners.records import Trial
 
     db = dashboard.db
-    (job,), _ = crud.create_jobs(db, owner="alice", specs=[_spec()])
+    [job] = crud.create_jobs(db, owner="alice", specs=[_spec()]).jobs
     crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3)
     trials = [Trial(i, Point.scalar(10 ** (-5 + 4 * (i % 97) / 97), (i % 89) / 90), 1.0 / (i + 1), False, 31.0,
                     31.0 * (i + 1), 0.01, 0.5, True) for i in range(1000)]

@@ -38,7 +38,7 @@ QUICK = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.
 
 
 def submit(db: Database, settings: Settings, **spec) -> str:
-    (job,), _ = crud.create_jobs(db, owner="alice", specs=[normalise(JobCreate(**spec), settings)])
+    [job] = crud.create_jobs(db, owner="alice", specs=[normalise(JobCreate(**spec), settings)]).jobs
     return job.id
 
 

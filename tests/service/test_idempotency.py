@@ -119,7 +119,7 @@ def test_two_identical_submissions_racing_in_the_data_layer_make_one_job(migrate
 
     def submit() -> None:
         barrier.wait()
-        (job,), _ = crud.create_jobs(migrated, owner="alice", specs=[spec], idempotency_key="race")
+        [job] = crud.create_jobs(migrated, owner="alice", specs=[spec], idempotency_key="race").jobs
         results.append(job.id)
 
     threads = [threading.Thread(target=submit) for _ in range(8)]

@@ -67,8 +67,8 @@ def test_the_integrity_check_finds_lost_unexpected_and_misnumbered_rows(migrated
     from metatune.tuners import Trial
     from metatune_service import crud
 
-    jobs, _ = crud.create_jobs(migrated, owner="alice", specs=[TuningJob("quadratic", "random", budget=12.0,
-                                                                          steps=5)] * 2)
+    jobs = crud.create_jobs(migrated, owner="alice", specs=[TuningJob("quadratic", "random", budget=12.0,
+                                                                       steps=5)] * 2).jobs
     assert crud.claim_job(migrated, worker="w", lease_seconds=60, max_attempts=3).id == jobs[0].id
     trials = [Trial(n, Point.scalar(0.1, 0.9), 1.0, False, 6.0, 6.0 * (n + 1), 0.01, 0.5, True, {}) for n in (0, 2)]
     assert crud.write_trials(migrated, job_id=jobs[0].id, worker="w", trials=trials, lambda_max=None)

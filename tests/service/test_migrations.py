@@ -197,7 +197,7 @@ GROUP_KNOTS_POINT = Point.of({"0": [0.1, 0.2], "2": [0.3, 0.4]}, {"0": [0.5, 0.6
 
 
 def write_job(db: Database, spec: TuningJob, trials: list[LibraryTrial]) -> str:
-    (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
+    [job] = crud.create_jobs(db, owner="alice", specs=[spec]).jobs
     assert crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3).id == job.id
     assert crud.write_trials(db, job_id=job.id, worker="w", trials=trials, lambda_max=None)
     crud.finish_job(db, job_id=job.id, worker="w", status=JobStatus.SUCCEEDED)

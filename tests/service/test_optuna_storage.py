@@ -151,7 +151,7 @@ def recorded_job(db: Database, trials: list[LibraryTrial] = TRIALS, finish: bool
     """A metagrad job over two groups and two knots, its trials written as a worker writes them."""
     spec = TuningJob("quadratic", "metagrad", budget=1_000, steps=30, space=SPACE, groups=list(GROUPS),
                      schedule=Schedule(knots=2))
-    (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
+    [job] = crud.create_jobs(db, owner="alice", specs=[spec]).jobs
     assert crud.claim_job(db, worker="w", lease_seconds=60, max_attempts=3).id == job.id
     crud.write_trials(db, job_id=job.id, worker="w", trials=trials, lambda_max=12.5)
     if finish:

@@ -235,7 +235,7 @@ def slow_job(url: str) -> str:
         budget = {"inner_steps": 100, "trials": 500}
         spec = normalise(JobCreate(objective="mlp-digits", method="tpe", budget=budget),
                          Settings(database_url=url, max_gradient_evals=1e7))
-        (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
+        [job] = crud.create_jobs(db, owner="alice", specs=[spec]).jobs
         return job.id
     finally:
         db.dispose()

@@ -90,7 +90,7 @@ def test_a_killed_workers_job_is_resumed_without_losing_or_repeating_a_trial(dat
 
     spec = normalise(JobCreate(objective="mlp-digits", method="tpe", budget={"inner_steps": 100, "trials": 40}),
                      settings)
-    (job,), _ = crud.create_jobs(db, owner="alice", specs=[spec])
+    [job] = crud.create_jobs(db, owner="alice", specs=[spec]).jobs
     first = run_worker(database_url, tmp_path)
     try:
         deadline = time.monotonic() + 120

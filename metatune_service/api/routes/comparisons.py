@@ -48,8 +48,8 @@ def create(body: ComparisonCreate, db: DatabaseDep, settings: SettingsDep, owner
     summary = {"name": body.name or f"{body.objective}: {', '.join(body.methods)}", "objective": body.objective,
                "spec": {**body.model_dump(), "seeds": seeds}}
     try:
-        jobs, group = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary,
-                                       idempotency_key=idempotency_key)
+        jobs, group, _ = crud.create_jobs(db, owner=owner, specs=specs, comparison=summary,
+                                          idempotency_key=idempotency_key)
     except crud.IdempotencyConflict as error:
         raise HTTPException(409, str(error)) from None
     return ComparisonPublic(id=group.id, name=group.name, objective=group.objective,

@@ -49,11 +49,12 @@ def submit(body: JobCreate, db: DatabaseDep, settings: SettingsDep, owner: Owner
     """Queue a tuning job. Only ``objective`` and ``method`` are required. With an
     ``Idempotency-Key`` used before for the same request, the job made then (as it is now)."""
     try:
-        (job,), _ = crud.create_jobs(db, owner=owner, specs=[normalise(body, settings)],
+        submitted = crud.create_jobs(db, owner=owner, specs=[normalise(body, settings)],
                                      idempotency_key=idempotency_key)
     except crud.IdempotencyConflict as error:
         raise HTTPException(409, str(error)) from None
-    if idempotency_key:  # perhaps the first request's job, run since
+    [job] = submitted.jobs
+    if submitted.reused:  # the first request's job, perhaps run since
         return job_public(owned_job(db, job.id, owner))
     return job_public(crud.JobView(job, 0, None))
 
