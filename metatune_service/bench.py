@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -529,7 +530,9 @@ def print_row(row: dict) -> None:
         print(f"| {ENDPOINTS[kind]} | {count} | {p50:.1f} | {p99:.1f} |")
     print(f"| (the generator's lateness in sending, part of each latency) | {row['offered']} | "
           f"{row['lag_ms'][0]:.1f} | {row['lag_ms'][1]:.1f} |")
-    print(f"saturation: {row['reads_per_s']:.0f} GET /v1/jobs/{{id}} per second (closed loop)"
+    reads = row["reads_per_s"]
+    print(("saturation: not measured (--saturation-seconds 0)" if math.isnan(reads) else
+           f"saturation: {reads:.0f} GET /v1/jobs/{{id}} per second (closed loop)")
           + (f"; ingestion {row['ingestion_rows_per_s']:.0f} rows/s" if "ingestion_rows_per_s" in row else ""))
 
 

@@ -13,6 +13,7 @@ from metatune.tuners import Trial as LibraryTrial
 from metatune_service import crud
 from metatune_service.models import Job
 from metatune_service.status import JobStatus
+from metatune_service.validation import check_objective
 from metatune_service.worker import JobWriter
 
 QUAD = {"objective": "quadratic", "objective_params": {"dim": 10, "kappa": 100.0}, "method": "tpe",
@@ -48,7 +49,7 @@ def test_a_job_is_queued_with_its_defaults_filled_in(served):
     space = __import__("metatune").objectives.get("quadratic").space  # the objective's own default space
     assert spec["space"]["lr"] == {"low": space.lr_low, "high": space.lr_high, "log": space.lr_log}
     assert spec["space"]["momentum"] == {"low": space.momentum_low, "high": space.momentum_high} and spec["seed"] == 0
-    assert served.client().get(f"/v1/jobs/{job['id']}").json()["spec"] == spec
+    assert served.client().get(f"/v1/jobs/{job['id']}").json() == job  # the answer is the job as stored
 
 
 BAD_SPECS = [
@@ -97,6 +98,14 @@ def test_bad_specs_get_422_with_a_message_and_nothing_is_stored(served, spec, me
     assert response.status_code == 422
     assert message in str(response.json()["detail"])
     assert count_jobs(served) == 0
+
+
+def test_an_objective_checked_once_is_remembered_for_its_parameters_only():
+    """Validation builds each (objective, parameters) once: the same parameters give the same
+    (frozen) objective, other parameters their own."""
+    small, again, large = (check_objective("quadratic", params) for params in ({"dim": 3}, {"dim": 3}, {"dim": 5}))
+    assert again is small and large is not small
+    assert (small.init_params(0)["x"].shape, large.init_params(0)["x"].shape) == ((3,), (5,))
 
 
 def test_an_oversized_body_is_refused_with_413(served):

@@ -63,7 +63,10 @@ def test_a_retry_returns_the_first_job_and_another_body_gets_409(served):
     first = alice.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "retry-1"})
     again = alice.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "retry-1"})
     assert (first.status_code, again.status_code) == (202, 202)
-    assert again.json()["id"] == first.json()["id"]
+    assert again.json() == first.json()  # the job as stored (its id, time and defaults)
+    assert alice.post(f"/v1/jobs/{first.json()['id']}/cancel").status_code == 200
+    cancelled = alice.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": "retry-1"})
+    assert cancelled.json()["id"] == first.json()["id"] and cancelled.json()["status"] == "cancelled"  # as it is now
     other = alice.post("/v1/jobs", json={**SPEC, "seed": 1}, headers={"Idempotency-Key": "retry-1"})
     assert other.status_code == 409 and other.json()["code"] == "conflict"
     assert "Idempotency-Key" in other.json()["detail"]

@@ -99,3 +99,13 @@ def test_the_schedule_offers_the_rate_and_the_mix():
 def test_a_bad_mix_is_refused_with_what_to_give(text):
     with pytest.raises(ValueError, match="mix"):
         bench.parse_mix(text)
+
+
+@pytest.mark.parametrize("reads, shown", [(float("nan"), "saturation: not measured (--saturation-seconds 0)"),
+                                          (1234.4, "saturation: 1234 GET /v1/jobs/{id} per second")])
+def test_a_phase_without_a_saturation_figure_says_so(capsys, reads, shown):
+    row = {"database": "SQLite", "offered": 10, "wall_s": 1.0, "rate": 10.0, "server_cpu": 0.5, "errors": 0,
+           "error_samples": [], "submitted": 1, "lost": [], "unexpected": [], "trials": 0, "bad_trials": [],
+           "latency": {"job": (9, 1.0, 2.0)}, "lag_ms": (0.1, 0.2), "reads_per_s": reads}
+    bench.print_row(row)
+    assert shown in capsys.readouterr().out
