@@ -1,8 +1,8 @@
 """The FastAPI app: routers combined, settings and database opened at start-up (the schema
 migrated when the database is new, refused when it is outdated), an embedded worker when
 asked, requests limited in rate, size and depth (:mod:`~metatune_service.api.limits`), every
-error answered in one shape (:mod:`~metatune_service.api.errors`), and ``/docs`` served
-without a CDN."""
+error answered in one shape (:mod:`~metatune_service.api.errors`), ``/docs`` served without
+a CDN, and the registered objectives named in the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -68,7 +68,30 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     for module in (jobs, comparisons, objectives):
         app.include_router(module.router)
     dashboard.install(app)
+    name_objectives(app)
     return app
+
+
+SUBMISSIONS = ("JobCreate", "ComparisonCreate")
+"""The request bodies whose ``objective`` names a registered objective."""
+
+
+def name_objectives(app: FastAPI) -> None:
+    """The OpenAPI document lists the objectives this server knows as the ``enum`` of each
+    submission's ``objective`` (the registry, entry points included, is read when the document
+    is first built), so that clients and generated code offer the names a submission can use."""
+    from metatune import objectives as registry
+
+    build = app.openapi
+
+    def document() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for body in SUBMISSIONS:
+                schema["components"]["schemas"][body]["properties"]["objective"]["enum"] = registry.names()
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
 
 
 def app_from_environment() -> FastAPI:

@@ -87,6 +87,19 @@ def test_the_openapi_document_declares_every_status_of_every_route(served):
     assert {link["operationId"] for link in links.values()} <= operation_ids and "readTrial" in links
 
 
+def test_the_document_names_the_objectives_a_submission_can_use(served):
+    """``objective`` of a job and of a comparison is an enum of this server's registry, the
+    names ``/v1/objectives`` lists; a name outside it is refused with the names to use."""
+    client = served.client()
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    listed = sorted(o["name"] for o in client.get("/v1/objectives").json())
+    assert len(listed) > 1
+    for body in ("JobCreate", "ComparisonCreate"):
+        assert schemas[body]["properties"]["objective"]["enum"] == listed, body
+    refused = client.post("/v1/jobs", json={"objective": "not-" + listed[0], "method": "random"})
+    assert refused.status_code == 422 and listed[0] in refused.json()["detail"]
+
+
 # --- UTC timestamps ---------------------------------------------------------------------------
 
 def test_timestamps_carry_a_utc_offset_on_every_database(served):
