@@ -43,7 +43,9 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from metatune import checks
 from metatune.bench.common import machine, write_json
+from metatune.errors import InvalidArgumentError
 
 NAME, HELP = "service", "REST service under open-loop load: latency per endpoint, integrity, saturation, ingestion"
 TOKEN = "bench-token"
@@ -91,11 +93,24 @@ def parse_mix(text: str) -> dict[str, float]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         kind, _, weight = item.partition("=")
         if kind not in ENDPOINTS or not weight:
-            raise ValueError(f"mix item {item!r}: give kind=weight with kind one of {sorted(ENDPOINTS)}")
+            raise InvalidArgumentError(f"mix item {item!r}: give kind=weight with kind one of {sorted(ENDPOINTS)}")
         weights[kind] = float(weight)
     if not weights or min(weights.values()) < 0 or sum(weights.values()) <= 0:
-        raise ValueError(f"mix={text!r}: give non-negative weights, at least one positive")
+        raise InvalidArgumentError(f"mix={text!r}: give non-negative weights, at least one positive")
     return weights
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number and the mix in range, before any process starts (else
+    :class:`~metatune.errors.InvalidArgumentError`: one line, exit 2)."""
+    parse_mix(args.mix)
+    for name in ("rate", "duration", "stream_seconds"):
+        checks.positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    checks.number("--stream-interval", args.stream_interval, low=0.05, high=10.0, note="the server's bounds")
+    checks.non_negative("--saturation-seconds", args.saturation_seconds)
+    checks.integer("--processes", args.processes, low=1, high=64)
+    checks.integer("--clients", args.clients, low=1)
+    checks.integer("--worker-nice", args.worker_nice, low=0, high=19)
 
 
 def schedule(rate: float, duration: float, mix: dict[str, float], *, arrivals: str = "poisson",
@@ -537,7 +552,7 @@ def print_row(row: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    parse_mix(args.mix)  # a bad mix fails before any process starts
+    check_arguments(args)
     print(f"{machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; open loop "
           f"({args.arrivals}) at {args.rate:g}/s for {args.duration:g} s, mix {args.mix}, "
           f"{'no worker' if args.no_worker else f'one worker running the jobs (nice {args.worker_nice})'}, "

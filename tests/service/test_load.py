@@ -101,6 +101,19 @@ def test_a_bad_mix_is_refused_with_what_to_give(text):
         bench.parse_mix(text)
 
 
+@pytest.mark.parametrize("given, named", [(["--processes", "0"], "--processes=0"), (["--rate", "-1"], "--rate=-1.0"),
+                                          (["--duration", "nan"], "--duration=nan"), (["--clients", "0"], "--clients=0"),
+                                          (["--stream-interval", "0.01"], "--stream-interval=0.01"),
+                                          (["--worker-nice", "20"], "--worker-nice=20"), (["--mix", "job=-1"], "mix=")])
+def test_bad_bench_arguments_are_one_line_and_exit_2_before_any_process_starts(capsys, monkeypatch, given, named):
+    from metatune import cli
+
+    monkeypatch.setattr(bench, "start_process", lambda *a, **k: pytest.fail("a process was started"))
+    assert cli.main(["bench", "service", *given]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("metatune bench: error: ") and named in error and error.count("\n") == 1
+
+
 @pytest.mark.parametrize("reads, shown", [(float("nan"), "saturation: not measured (--saturation-seconds 0)"),
                                           (1234.4, "saturation: 1234 GET /v1/jobs/{id} per second")])
 def test_a_phase_without_a_saturation_figure_says_so(capsys, reads, shown):
