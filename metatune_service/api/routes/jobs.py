@@ -121,16 +121,23 @@ def events(job_id: JobId, db: DatabaseDep, owner: OwnerDep, settings: SettingsDe
     its metrics), until the job ends (then one last ``status``); a ``: keep-alive`` comment
     after ``keepalive_seconds`` without an event, so that clients and proxies with a read
     timeout keep the stream."""
-    owned_job(db, job_id, owner)
-    return StreamingResponse(_event_stream(db, job_id, interval, settings.keepalive_seconds),
+    first = _poll(db, job_id, -1, owner=owner)  # in this request's thread: the stream starts with it
+    if first is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return StreamingResponse(_event_stream(db, job_id, first, interval, settings.keepalive_seconds),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _event_stream(db: Database, job_id: str, interval: float, keepalive: float) -> AsyncIterator[str]:
-    status, last, sent_at = None, -1, time.monotonic()
+Poll = tuple[Any, list[str], int]
+"""One poll of an event stream: the job, its new ``trial`` events, the last trial number sent."""
+
+
+async def _event_stream(db: Database, job_id: str, polled: Poll, interval: float,
+                        keepalive: float) -> AsyncIterator[str]:
+    status, sent_at = None, time.monotonic()
     while True:
-        job, events, last = await run_in_threadpool(_poll, db, job_id, last)
+        job, events, last = polled
         if events:
             sent_at = time.monotonic()
             yield "".join(events)
@@ -144,17 +151,21 @@ async def _event_stream(db: Database, job_id: str, interval: float, keepalive: f
             sent_at = time.monotonic()
             yield ": keep-alive\n\n"
         await asyncio.sleep(interval)
+        following = await run_in_threadpool(_poll, db, job_id, last)
+        assert following is not None  # jobs are never deleted
+        polled = following
 
 
-def _poll(db: Database, job_id: str, last: int) -> tuple[Any, list[str], int]:
-    """One poll of an event stream, in one thread and one read: the job, then the ``trial``
-    events of every trial numbered past ``last`` (all recorded before the job was read, so a
-    final status is sent after its last trial), and the last number sent."""
+def _poll(db: Database, job_id: str, last: int, owner: str | None = None) -> Poll | None:
+    """One poll of an event stream, in one thread and one read: the job (None if it is not
+    ``owner``'s), then the ``trial`` events of every trial numbered past ``last`` (all recorded
+    before the job was read, so a final status is sent after its last trial), and the last
+    number sent."""
     events = []
     with db.read():
-        view = crud.job_view(db, job_id=job_id)
-        assert view is not None  # jobs are never deleted
-        job = view.job
+        view = crud.job_view(db, job_id=job_id, owner=owner)
+        if view is None:
+            return None
         while True:
             trials = crud.list_trials(db, job_id=job_id, after=last, limit=PAGE)
             metrics = crud.trial_metrics(db, trial_ids=[t.id for t in trials])
@@ -162,7 +173,7 @@ def _poll(db: Database, job_id: str, last: int) -> tuple[Any, list[str], int]:
                 last = trial.number
                 events.append(_sse("trial", trial_public(trial, metrics[trial.id]).model_dump(mode="json")))
             if len(trials) < PAGE:
-                return job, events, last
+                return view.job, events, last
 
 
 def _sse(event: str, data: dict) -> str:
