@@ -155,10 +155,23 @@ def run_jobs(client: httpx.Client, count: int) -> dict[str, int]:
     return ended
 
 
-def settled(pid: int, database_url: str, seconds: float = 2.0) -> dict[str, int]:
-    """A snapshot once the server has been idle for ``seconds`` (its worker polls an empty queue)."""
+STEADY = ("fds", "connections", "processes")
+"""What returns to where it was once a server is idle again (RSS may grow, within bounds)."""
+
+
+def settled(pid: int, database_url: str, seconds: float = 2.0, *, back_to: dict[str, int] | None = None,
+            within: float = 15.0) -> dict[str, int]:
+    """A snapshot once the server has been idle for ``seconds`` (its worker polls an empty
+    queue); with ``back_to``, the first one whose fds, connections and processes are at or
+    below it, or the last after ``within`` seconds more (a Ray helper or a closing connection
+    may still be ending when the last job ends)."""
     time.sleep(seconds)
-    return snapshot(pid, database_url)
+    deadline = time.monotonic() + within
+    while True:
+        now = snapshot(pid, database_url)
+        if back_to is None or all(now[k] <= back_to[k] for k in STEADY) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.5)
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -190,7 +203,7 @@ def measure(jobs: int = 500, warmup: int = 50, database_url: str | None = None,
             began = time.monotonic()
             ended = run_jobs(client, jobs)
             seconds = time.monotonic() - began
-            end = settled(server.pid, database_url)
+            end = settled(server.pid, database_url, back_to=start)
     finally:
         stop(server)
     return {"jobs": jobs, "warmup": warmup, "warmup_statuses": warm, "statuses": ended, "seconds": seconds,

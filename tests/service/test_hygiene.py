@@ -18,7 +18,6 @@ from metatune_service.core.db import POOL_SIZE
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "service_hygiene.py"
 RSS_GROWTH = 0.10
-STEADY = ("fds", "connections", "processes")
 OPTUNA_CONNECTIONS = 1
 """The worker writes each job's Optuna study through one connection of Optuna's storage."""
 
@@ -30,18 +29,6 @@ def hygiene():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def back_to(hygiene, pid: int, database_url: str, start: dict, seconds: float = 15) -> dict:
-    """A snapshot once fds, connections and processes are back at or below ``start`` (or the
-    last one after ``seconds``: a request or a Ray helper may still be closing when the load
-    stops)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        now = hygiene.snapshot(pid, database_url)
-        if all(now[k] <= start[k] for k in STEADY) or time.monotonic() > deadline:
-            return now
-        time.sleep(0.5)
 
 
 def requests_round(client: httpx.Client, url: str, token: str) -> None:
@@ -78,11 +65,11 @@ def test_the_api_holds_steady_under_many_requests(hygiene, database_url, tmp_pat
             start = hygiene.snapshot(server.pid, database_url)
             for _ in range(60):
                 requests_round(client, url, token)
-            end = back_to(hygiene, server.pid, database_url, start)
+            end = hygiene.settled(server.pid, database_url, 0.0, back_to=start)
     finally:
         hygiene.stop(server)
     print(f"API, 60 rounds after 15 on {database_url.split(':')[0]}: {start} -> {end}")
-    assert all(end[k] <= start[k] for k in STEADY), (start, end)
+    assert all(end[k] <= start[k] for k in hygiene.STEADY), (start, end)
     assert start["connections"] >= 1
     assert (end["rss_kib"] - start["rss_kib"]) / start["rss_kib"] <= RSS_GROWTH, (start, end)
 
