@@ -54,7 +54,7 @@ def main() -> int:
                 time.sleep(0.5)
         else:
             raise SystemExit("the service did not start within 60 s")
-        code = subprocess.call([*metatune, "compare", "--server", url, "--token", token, "--objective", args.objective,
+        code = subprocess.call([*metatune, "compare", "--server", url, f"--token={token}", "--objective", args.objective,
                                 "--methods", args.methods, "--budget", args.budget, "--seeds", args.seeds,
                                 "--out", str(out)], env=env)
         optuna_dashboard = Path(sys.executable).parent / "optuna-dashboard"
