@@ -54,9 +54,10 @@ def main() -> int:
                 time.sleep(0.5)
         else:
             raise SystemExit("the service did not start within 60 s")
-        code = subprocess.call([*metatune, "compare", "--server", url, f"--token={token}", "--objective", args.objective,
-                                "--methods", args.methods, "--budget", args.budget, "--seeds", args.seeds,
-                                "--out", str(out)], env=env)
+        # --token=VALUE: a random token may start with "-", which argparse would take for an option
+        code = subprocess.call([*metatune, "compare", "--server", url, f"--token={token}",
+                                "--objective", args.objective, "--methods", args.methods, "--budget", args.budget,
+                                "--seeds", args.seeds, "--out", str(out)], env=env)
         optuna_dashboard = Path(sys.executable).parent / "optuna-dashboard"
         print(f"\ndashboard: {url}/ui  (sign in with the token {token})\n"
               f"the same jobs in optuna-dashboard: {optuna_dashboard} sqlite:///{out / 'demo-optuna.db'}")
