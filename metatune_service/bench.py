@@ -46,6 +46,7 @@ import numpy as np
 from metatune import checks
 from metatune.bench.common import machine, write_json
 from metatune.errors import InvalidArgumentError
+from metatune_service.cli import MAX_PROCESSES
 
 NAME, HELP = "service", "REST service under open-loop load: latency per endpoint, integrity, saturation, ingestion"
 TOKEN = "bench-token"
@@ -108,7 +109,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         checks.positive(f"--{name.replace('_', '-')}", getattr(args, name))
     checks.number("--stream-interval", args.stream_interval, low=0.05, high=10.0, note="the server's bounds")
     checks.non_negative("--saturation-seconds", args.saturation_seconds)
-    checks.integer("--processes", args.processes, low=1, high=64)
+    checks.integer("--processes", args.processes, low=1, high=MAX_PROCESSES)  # serve's own bound
     checks.integer("--clients", args.clients, low=1)
     checks.integer("--worker-nice", args.worker_nice, low=0, high=19)
 

@@ -57,7 +57,9 @@ def bounded_int(what: str, low: int, high: int) -> Callable[[str], int]:
 
 
 port_number = bounded_int("a port number", 1, 65535)
-process_count = bounded_int("a number of API processes", 1, 64)
+MAX_PROCESSES = 64
+"""The most API processes ``serve --processes`` starts."""
+process_count = bounded_int("a number of API processes", 1, MAX_PROCESSES)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
